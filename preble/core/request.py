@@ -1,0 +1,53 @@
+"""A request's state as the scheduler sees it: tokens, progress, and the KV pages it holds."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .radix_cache import TreeNode
+from .sampling_params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    arrival_time: float
+    eos_token_ids: frozenset[int] = frozenset()
+    output_token_ids: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    # KV state: the first `num_computed_tokens` tokens have K/V in `pages`; the leading pages up
+    # to `cache_node` belong to the radix cache and are locked by this request.
+    num_computed_tokens: int = 0
+    pages: list[int] = field(default_factory=list)
+    cache_node: TreeNode | None = None
+    num_cached_tokens: int | None = None  # prompt tokens served from the cache, first admission
+    num_preemptions: int = 0
+    finish_reason: str | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    @property
+    def in_prefill(self) -> bool:
+        """Whether tokens other than the newest one still lack K/V."""
+        return self.num_tokens - self.num_computed_tokens > 1

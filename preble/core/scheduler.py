@@ -1,0 +1,259 @@
+"""Continuous batching with chunked prefill over a paged KV pool and a radix prefix cache.
+
+Each step spends a token budget: running decodes first (one token each), then the unfinished
+prefills of running requests, then new admissions in the waiting policy's order, each taking a
+chunk of whatever budget is left. A request is admitted only when pages for its whole prompt can
+be had (evicting cached prefixes if needed), so prefill never stalls half-way; a decode that
+needs a page when none is left preempts the most recently admitted request, which will be
+recomputed later (its computed pages stay in the cache, so the recompute is mostly a hit).
+
+The scheduler does no I/O and never touches tensors: the engine runs the forward pass that a
+`SchedulerOutput` describes, the simulator times it with a cost model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .local_policy import make_waiting_queue
+from .pages import PageAllocator
+from .radix_cache import RadixCache
+from .request import Request, Status
+
+
+class RequestTooLong(ValueError):
+    """The prompt cannot fit the context window or the KV pool."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_batched_tokens: int = 2048  # token budget of one forward pass
+    max_prefill_chunk: int | None = None  # cap on one request's prefill tokens per step
+    max_running_requests: int = 256
+    max_model_len: int | None = None  # context window (prompt + output); None: the KV pool's size
+    kv_watermark: float = 0.01  # fraction of pages admissions leave free for decodes
+    local_policy: str = "preble"  # fcfs | lpm | preble
+
+
+@dataclass(frozen=True)
+class ScheduledChunk:
+    """`num_tokens` tokens of `request` from position `start` run in this step."""
+
+    request: Request
+    start: int
+    num_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+    @property
+    def samples(self) -> bool:
+        """A chunk that reaches the last known token produces the next token."""
+        return self.end == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, allocator: PageAllocator, cache: RadixCache,
+                 clock: Callable[[], float]) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.cache = cache
+        self.clock = clock
+        self.waiting = make_waiting_queue(config.local_policy)
+        self.running: list[Request] = []
+        self._ids = itertools.count()
+        self.num_preemptions = 0
+        ps = allocator.page_size
+        self._watermark_pages = int(config.kv_watermark * allocator.num_pages)
+        kv_tokens = (allocator.num_pages - self._watermark_pages) * ps
+        self.max_model_len = min(config.max_model_len or kv_tokens, kv_tokens)
+
+    # ------------------------------------------------------------------ intake
+
+    def add_request(self, req: Request) -> None:
+        if len(req.prompt_token_ids) == 0:
+            raise RequestTooLong("prompt is empty")
+        if len(req.prompt_token_ids) >= self.max_model_len:
+            raise RequestTooLong(
+                f"prompt has {len(req.prompt_token_ids)} tokens; this engine takes at most "
+                f"{self.max_model_len - 1} (context window and KV pool)")
+        self.waiting.add(req)
+
+    def abort(self, req: Request) -> None:
+        if req.is_finished:
+            return
+        if req.status is Status.WAITING:
+            self.waiting.remove(req)
+        else:
+            self.running.remove(req)
+            self._release(req)
+        self._finish(req, "abort")
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    # ------------------------------------------------------------------ scheduling
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        chunk_cap = self.config.max_prefill_chunk or budget
+        for req in [r for r in self.running if not r.in_prefill]:
+            if budget == 0:
+                break
+            if req not in self.running:  # preempted by an earlier decode this step
+                continue
+            if not self._grow_for_decode(req, out):
+                continue
+            out.chunks.append(ScheduledChunk(req, req.num_computed_tokens, 1))
+            budget -= 1
+        for req in [r for r in self.running if r.in_prefill]:
+            if budget == 0:
+                break
+            n = min(req.num_tokens - req.num_computed_tokens, budget, chunk_cap)
+            out.chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            budget -= n
+        if budget > 0 and len(self.waiting) and not out.preempted:
+            self._admit(out, budget, chunk_cap)
+        return out
+
+    def _grow_for_decode(self, req: Request, out: SchedulerOutput) -> bool:
+        """Make sure `req` has a slot for one more token, preempting others if it must."""
+        need = self.allocator.pages_for(req.num_computed_tokens + 1) - len(req.pages)
+        while need > 0 and not self._reserve(need):
+            victim = self.running[-1]
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is req:
+                return False
+        if need > 0:
+            req.pages.extend(self.allocator.alloc(need))
+        return True
+
+    def _admit(self, out: SchedulerOutput, budget: int, chunk_cap: int) -> None:
+        order = self.waiting.ordered(self.cache.match_len)
+        admitted = 0
+        for req in order:
+            if budget == 0 or len(self.running) >= self.config.max_running_requests:
+                break
+            tokens = req.all_token_ids
+            match = self.cache.match_prefix(tokens[:-1])  # at least one token must be computed
+            self.cache.lock(match.node)
+            need = self.allocator.pages_for(len(tokens)) - len(match.pages)
+            if not self._reserve(need + self._watermark_pages):
+                self.cache.unlock(match.node)
+                break
+            req.pages = match.pages + self.allocator.alloc(need)
+            req.cache_node = match.node
+            req.num_computed_tokens = len(match.pages) * self.allocator.page_size
+            if req.num_cached_tokens is None:
+                req.num_cached_tokens = req.num_computed_tokens
+                self.cache.stats.record(len(tokens), req.num_computed_tokens)
+            req.status = Status.RUNNING
+            self.waiting.remove(req)
+            self.running.append(req)
+            n = min(len(tokens) - req.num_computed_tokens, budget, chunk_cap)
+            out.chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            budget -= n
+            admitted += 1
+        self.waiting.admitted(admitted)
+
+    def _reserve(self, pages: int) -> bool:
+        """Ensure `pages` pages are free, evicting unlocked cache entries as needed."""
+        short = pages - self.allocator.num_free
+        if short > 0:
+            self.cache.evict(short)
+        return self.allocator.num_free >= pages
+
+    # ------------------------------------------------------------------ results
+
+    def update(self, out: SchedulerOutput, sampled: dict[Request, int]) -> list[Request]:
+        """Record a finished step: advance progress, append sampled tokens; return finished."""
+        now = self.clock()
+        finished = []
+        for chunk in out.chunks:
+            req = chunk.request
+            if req.is_finished or req.status is not Status.RUNNING:
+                continue  # aborted while the step ran
+            req.num_computed_tokens = chunk.end
+            if not chunk.samples:
+                continue
+            was_prefill = chunk.num_tokens > 1 or not req.output_token_ids
+            token = sampled[req]
+            req.output_token_ids.append(token)
+            if req.first_token_time is None:
+                req.first_token_time = now
+            reason = self._stop_reason(req, token)
+            if reason is not None:
+                self.finish(req, reason)
+                finished.append(req)
+            elif was_prefill:
+                self._cache_computed(req)  # share the prompt with requests arriving meanwhile
+        return finished
+
+    def _stop_reason(self, req: Request, token: int) -> str | None:
+        sp = req.sampling
+        if token in sp.stop_token_ids or (not sp.ignore_eos and token in req.eos_token_ids):
+            return "stop"
+        if len(req.output_token_ids) >= sp.max_tokens or req.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def finish(self, req: Request, reason: str) -> None:
+        """End a running request (also used by the engine for stop strings)."""
+        self.running.remove(req)
+        self._release(req)
+        self._finish(req, reason)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.status = Status.FINISHED
+        req.finish_reason = reason
+        req.finish_time = self.clock()
+
+    # ------------------------------------------------------------------ KV bookkeeping
+
+    def _cache_computed(self, req: Request) -> None:
+        """Hand the full computed pages of `req` to the radix cache and lock them."""
+        full = req.num_computed_tokens // self.allocator.page_size
+        tokens = req.all_token_ids[: full * self.allocator.page_size]
+        result = self.cache.insert(tokens, req.pages[:full])
+        self.cache.lock(result.node)
+        if req.cache_node is not None:
+            self.cache.unlock(req.cache_node)
+        req.pages[:full] = result.pages
+        req.cache_node = result.node
+
+    def _release(self, req: Request) -> None:
+        """Cache what `req` computed, then drop its locks and the pages it still owns."""
+        self._cache_computed(req)
+        owned = req.pages[req.num_computed_tokens // self.allocator.page_size:]
+        self.cache.unlock(req.cache_node)
+        self.allocator.free(owned)
+        req.pages, req.cache_node = [], None
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release(req)
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        req.status = Status.WAITING
+        self.waiting.add(req)

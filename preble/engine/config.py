@@ -1,0 +1,33 @@
+"""Engine configuration: one object, every default documented here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from ..core.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str  # Hugging Face folder: config.json, *.safetensors, tokenizer files
+    device: str = "cpu"
+    dtype: str | None = None  # float32 | bfloat16 | float16; default: float32 on CPU, else the checkpoint's half type
+    page_size: int = 16  # token slots per KV page; the prefix cache shares whole pages
+    num_pages: int | None = None  # KV pool size; default: from the memory budget below
+    kv_cache_gib: float | None = None  # KV pool memory; default: 1 GiB on CPU, else from gpu_memory_utilization
+    gpu_memory_utilization: float = 0.85  # share of the GPU memory weights + KV pool may take
+    attention_backend: str | None = None  # default: torch_sdpa on CPU
+    seed: int = 0  # seeds the RNG of requests that bring no seed of their own
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    @classmethod
+    def from_options(cls, model: str, **options) -> EngineConfig:
+        """Build from flat keyword options; scheduler fields may be given at the top level."""
+        engine_keys = {f.name for f in fields(cls)} - {"model", "scheduler"}
+        sched_keys = {f.name for f in fields(SchedulerConfig)}
+        unknown = set(options) - engine_keys - sched_keys - {"scheduler"}
+        if unknown:
+            raise TypeError(f"unknown engine options {sorted(unknown)}")
+        scheduler = replace(options.pop("scheduler", SchedulerConfig()),
+                            **{k: options.pop(k) for k in list(options) if k in sched_keys})
+        return cls(model=str(model), scheduler=scheduler, **options)

@@ -1,0 +1,153 @@
+"""The engine: model, KV pool, radix cache and scheduler wired into a step loop.
+
+`step()` is the whole loop body: schedule, run the forward pass, feed the sampled tokens back,
+apply stop strings. Servers call it from their own loop; the offline `LLM` calls it until done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import AutoTokenizer
+
+from ..core.kv_events import KVEvent
+from ..core.pages import PageAllocator
+from ..core.radix_cache import RadixCache
+from ..core.request import Request
+from ..core.sampling_params import SamplingParams
+from ..core.scheduler import Scheduler
+from .attention import make_backend
+from .config import EngineConfig
+from .kv_pool import KVPool, page_bytes
+from .model.config import DTYPES, ModelConfig
+from .model.loader import load_model
+from .model_runner import ModelRunner
+from .sampler import Sampler
+
+GIB = 1 << 30
+
+
+class InvalidPrompt(ValueError):
+    """The prompt holds token ids outside the vocabulary, or is empty."""
+
+
+def _resolve_dtype(config: EngineConfig, model_config: ModelConfig) -> torch.dtype:
+    if config.dtype is not None:
+        if config.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+        return DTYPES[config.dtype]
+    if torch.device(config.device).type == "cpu":
+        return torch.float32
+    return model_config.torch_dtype if model_config.dtype != "float32" else torch.bfloat16
+
+
+def _num_pages(config: EngineConfig, bytes_per_page: int, device: torch.device) -> int:
+    if config.num_pages is not None:
+        return config.num_pages
+    if config.kv_cache_gib is not None:
+        budget = config.kv_cache_gib * GIB
+    elif device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free - (1 - config.gpu_memory_utilization) * total
+    else:
+        budget = GIB
+    return max(1, int(budget // bytes_per_page))
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic,
+                 on_kv_event: Callable[[KVEvent], None] | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.device = torch.device(config.device)
+        self.model_config = ModelConfig.from_dir(config.model)
+        mc = self.model_config
+        self.dtype = _resolve_dtype(config, mc)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.eos_token_ids = frozenset(mc.eos_token_ids) or frozenset(
+            [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])
+        torch.manual_seed(config.seed)
+        self.model = load_model(config.model, mc, self.device, self.dtype)
+        num_pages = _num_pages(config, page_bytes(mc.num_layers, config.page_size, mc.num_kv_heads,
+                                                  mc.head_dim, self.dtype), self.device)
+        self.kv_pool = KVPool(mc.num_layers, num_pages, config.page_size, mc.num_kv_heads,
+                              mc.head_dim, self.dtype, self.device)
+        self.allocator = PageAllocator(num_pages, config.page_size)
+        self.cache = RadixCache(self.allocator, clock, on_kv_event)
+        max_len = min(config.scheduler.max_model_len or mc.max_position_embeddings,
+                      mc.max_position_embeddings)
+        sched_config = dataclasses.replace(config.scheduler, max_model_len=max_len)
+        self.scheduler = Scheduler(sched_config, self.allocator, self.cache, clock)
+        backend_name = config.attention_backend or "torch_sdpa"
+        self.runner = ModelRunner(self.model, make_backend(backend_name, self.kv_pool),
+                                  Sampler(self.device), config.page_size, self.device)
+        self._ids = itertools.count()
+        self._requests: dict[str, Request] = {}
+
+    # ------------------------------------------------------------------ requests
+
+    def add_request(self, prompt_token_ids: list[int], sampling: SamplingParams,
+                    request_id: str | None = None) -> Request:
+        """Queue a request; raises a ValueError subclass on bad input, changing nothing."""
+        sampling.validate()
+        ids = list(prompt_token_ids)
+        vocab = self.model_config.vocab_size
+        if not ids:
+            raise InvalidPrompt("prompt is empty")
+        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
+            raise InvalidPrompt(f"prompt token ids must be integers in [0, {vocab})")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        req = Request(request_id, ids, sampling, self.clock(), self.eos_token_ids)
+        self.scheduler.add_request(req)
+        self._requests[request_id] = req
+        return req
+
+    def abort(self, request_id: str) -> None:
+        req = self._requests.pop(request_id, None)
+        if req is not None:
+            self.scheduler.abort(req)
+            self.runner.sampler.release(request_id)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self) -> list[Request]:
+        """Run one scheduler step; return the requests that finished in it."""
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        sampled = self.runner.execute(out)
+        finished = self.scheduler.update(out, sampled)
+        for req in sampled:
+            if not req.is_finished and req.sampling.stop and self._hit_stop_string(req):
+                self.scheduler.finish(req, "stop")
+                finished.append(req)
+        for req in finished:
+            self._requests.pop(req.request_id, None)
+            self.runner.sampler.release(req.request_id)
+        return finished
+
+    # ------------------------------------------------------------------ text
+
+    def decode(self, req: Request) -> str:
+        """The output text, cut before the first stop string."""
+        text = self.tokenizer.decode(req.output_token_ids,
+                                     skip_special_tokens=req.sampling.skip_special_tokens)
+        cut = min((i for s in req.sampling.stop if (i := text.find(s)) >= 0), default=len(text))
+        return text[:cut]
+
+    def _hit_stop_string(self, req: Request) -> bool:
+        # Only the tail can newly contain a stop string: decode enough tokens to cover the longest.
+        longest = max(len(s) for s in req.sampling.stop)
+        tail = self.tokenizer.decode(req.output_token_ids[-(longest + 4):],
+                                     skip_special_tokens=req.sampling.skip_special_tokens)
+        return any(s in tail for s in req.sampling.stop)

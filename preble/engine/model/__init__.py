@@ -1,0 +1,1 @@
+"""Llama-family decoders loaded from Hugging Face folders."""

@@ -1,0 +1,67 @@
+"""Batched sampling: greedy, temperature, top-k, top-p, per-request seeds.
+
+Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), which draws exactly from
+p. A seeded request draws its noise from its own generator, so its tokens do not depend on which
+other requests share the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.sampling_params import SamplingParams
+
+
+class Sampler:
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator_for(self, request_id: str, seed: int) -> torch.Generator:
+        gen = self._generators.get(request_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(seed)
+            self._generators[request_id] = gen
+        return gen
+
+    def release(self, request_id: str) -> None:
+        self._generators.pop(request_id, None)
+
+    def __call__(self, logits: torch.Tensor, request_ids: list[str],
+                 params: list[SamplingParams]) -> torch.Tensor:
+        """logits: [B, V] float32 -> sampled token ids [B]."""
+        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+        argmax = logits.argmax(dim=-1)
+        if bool(greedy.all()):
+            return argmax
+        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params],
+                             device=logits.device, dtype=logits.dtype)
+        probs = self._filtered_probs(logits / temps[:, None], params)
+        noise = torch.empty_like(probs)
+        for i, (rid, p) in enumerate(zip(request_ids, params)):
+            gen = self.generator_for(rid, p.seed) if p.seed is not None else None
+            noise[i].exponential_(generator=gen)
+        sampled = (probs / noise).argmax(dim=-1)
+        return torch.where(greedy, argmax, sampled)
+
+    @staticmethod
+    def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """Softmax after masking tokens outside each row's top-k and top-p sets."""
+        vocab = logits.shape[-1]
+        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params],
+                             device=logits.device)
+        top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype)
+        if bool((top_k == vocab).all()) and bool((top_p >= 1.0).all()):
+            return torch.softmax(logits, dim=-1)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(vocab, device=logits.device)[None, :]
+        drop = ranks >= top_k[:, None]
+        sorted_probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+        # Keep the smallest head whose mass reaches top_p: drop a token when the mass before it
+        # already does (the top token always survives).
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop |= mass_before >= top_p[:, None]
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        filtered = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        return torch.softmax(filtered, dim=-1)
