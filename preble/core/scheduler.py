@@ -39,20 +39,22 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ScheduledChunk:
-    """`num_tokens` tokens of `request` from position `start` run in this step."""
+    """`num_tokens` tokens of `request` from position `start` run in this step; a chunk that
+    reaches the request's last known token `samples` the next one."""
 
     request: Request
     start: int
     num_tokens: int
+    samples: bool
+
+    @classmethod
+    def of(cls, request: Request, num_tokens: int) -> ScheduledChunk:
+        start = request.num_computed_tokens
+        return cls(request, start, num_tokens, start + num_tokens == request.num_tokens)
 
     @property
     def end(self) -> int:
         return self.start + self.num_tokens
-
-    @property
-    def samples(self) -> bool:
-        """A chunk that reaches the last known token produces the next token."""
-        return self.end == self.request.num_tokens
 
 
 @dataclass
@@ -123,13 +125,13 @@ class Scheduler:
                 continue
             if not self._grow_for_decode(req, out):
                 continue
-            out.chunks.append(ScheduledChunk(req, req.num_computed_tokens, 1))
+            out.chunks.append(ScheduledChunk.of(req, 1))
             budget -= 1
         for req in [r for r in self.running if r.in_prefill]:
             if budget == 0:
                 break
             n = min(req.num_tokens - req.num_computed_tokens, budget, chunk_cap)
-            out.chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            out.chunks.append(ScheduledChunk.of(req, n))
             budget -= n
         if budget > 0 and len(self.waiting) and not out.preempted:
             self._admit(out, budget, chunk_cap)
@@ -171,7 +173,7 @@ class Scheduler:
             self.waiting.remove(req)
             self.running.append(req)
             n = min(len(tokens) - req.num_computed_tokens, budget, chunk_cap)
-            out.chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            out.chunks.append(ScheduledChunk.of(req, n))
             budget -= n
             admitted += 1
         self.waiting.admitted(admitted)

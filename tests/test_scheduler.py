@@ -1,0 +1,211 @@
+"""The continuous-batching scheduler, driven without a model: fake tokens, fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from preble.core.pages import PageAllocator
+from preble.core.radix_cache import RadixCache
+from preble.core.request import Request, Status
+from preble.core.sampling_params import SamplingParams
+from preble.core.scheduler import RequestTooLong, Scheduler, SchedulerConfig
+
+EOS = 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_scheduler(num_pages=64, page_size=4, **kw) -> Scheduler:
+    alloc = PageAllocator(num_pages, page_size)
+    clock = FakeClock()
+    config = SchedulerConfig(**{"kv_watermark": 0.0, "local_policy": "fcfs", **kw})
+    return Scheduler(config, alloc, RadixCache(alloc, clock), clock)
+
+
+def request(name: str, prompt: list[int], max_tokens: int = 4, arrival: float = 0.0) -> Request:
+    return Request(name, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True), arrival,
+                   frozenset({EOS}))
+
+
+def fake_token(req: Request) -> int:
+    return 1 + (req.num_tokens * 7 + len(req.request_id)) % 97
+
+
+def run_step(s: Scheduler):
+    out = s.schedule()
+    sampled = {c.request: fake_token(c.request) for c in out.chunks if c.samples}
+    return out, s.update(out, sampled)
+
+
+def run_to_completion(s: Scheduler, max_steps: int = 10_000) -> int:
+    for step in range(max_steps):
+        if not s.has_work:
+            return step
+        run_step(s)
+    raise AssertionError("scheduler did not drain: livelock or deadlock")
+
+
+def assert_pages_conserved(s: Scheduler) -> None:
+    """Every page is free, in the cache, or owned by exactly one running request."""
+    owned = [p for r in s.running for p in r.pages[_tree_prefix_len(r):]]
+    assert len(owned) == len(set(owned))
+    assert s.allocator.num_free + s.cache.total_pages + len(owned) == s.allocator.num_pages
+
+
+def _tree_prefix_len(req: Request) -> int:
+    """How many leading pages of `req` the cache owns: the pages on its locked path."""
+    n, node = 0, req.cache_node
+    while node is not None and node.parent is not None:
+        n += len(node.pages)
+        node = node.parent
+    return n
+
+
+def test_decodes_go_first_then_prefill_chunks_within_the_budget():
+    s = make_scheduler(max_num_batched_tokens=10)
+    for i in range(3):
+        s.add_request(request(f"d{i}", [10 + i, 20, 30], max_tokens=50))
+    run_step(s)  # three short prefills: 9 tokens
+    s.add_request(request("long", list(range(100, 130))))
+    out, _ = run_step(s)
+    assert [(c.request.request_id, c.num_tokens) for c in out.chunks] == [
+        ("d0", 1), ("d1", 1), ("d2", 1), ("long", 7)]
+    assert not out.chunks[-1].samples
+
+
+def test_chunked_prefill_spreads_a_long_prompt_over_steps():
+    s = make_scheduler(max_num_batched_tokens=16)
+    req = request("r", list(range(1, 51)))
+    s.add_request(req)
+    chunks = []
+    while req.first_token_time is None:
+        out, _ = run_step(s)
+        chunks += [(c.start, c.num_tokens, c.samples) for c in out.chunks]
+    assert chunks == [(0, 16, False), (16, 16, False), (32, 16, False), (48, 2, True)]
+    assert len(req.output_token_ids) == 1
+
+
+def test_max_prefill_chunk_caps_one_request_per_step():
+    s = make_scheduler(max_num_batched_tokens=32, max_prefill_chunk=5)
+    s.add_request(request("a", list(range(1, 13))))
+    s.add_request(request("b", list(range(20, 28))))
+    out, _ = run_step(s)
+    assert [(c.request.request_id, c.num_tokens) for c in out.chunks] == [("a", 5), ("b", 5)]
+
+
+def test_admission_waits_for_kv_and_resumes_when_it_frees():
+    s = make_scheduler(num_pages=10, page_size=4)
+    a, b = request("a", list(range(1, 31)), max_tokens=3), request("b", list(range(40, 60)), max_tokens=3)
+    s.add_request(a)
+    s.add_request(b)
+    run_step(s)
+    assert a.status is Status.RUNNING and b.status is Status.WAITING  # a holds 8 of 10 pages
+    run_to_completion(s)
+    assert a.finish_reason == b.finish_reason == "length"
+    assert len(b.output_token_ids) == 3
+
+
+def test_admission_evicts_unlocked_cache_first():
+    s = make_scheduler(num_pages=10, page_size=4)
+    s.add_request(request("a", list(range(1, 29)), max_tokens=1))
+    run_to_completion(s)
+    assert s.cache.evictable_pages == 7  # 28 prompt tokens + 1 output: 7 full pages computed
+    s.add_request(request("b", list(range(50, 82)), max_tokens=1))  # needs 8 pages, 3 free
+    run_to_completion(s)
+    assert s.cache.match_len(list(range(1, 29))) < 28
+
+
+def test_decode_out_of_kv_preempts_the_latest_and_recomputes_it():
+    s = make_scheduler(num_pages=6, page_size=4)
+    a = request("a", list(range(1, 9)), max_tokens=12)
+    b = request("b", list(range(20, 28)), max_tokens=12)
+    s.add_request(a)
+    s.add_request(b)
+    preempted = []
+    for _ in range(200):
+        if not s.has_work:
+            break
+        out, _ = run_step(s)
+        preempted += out.preempted
+        assert_pages_conserved(s)
+    assert preempted and preempted[0] is b
+    assert a.finish_reason == b.finish_reason == "length"
+    assert len(a.output_token_ids) == len(b.output_token_ids) == 12
+    assert b.num_preemptions >= 1
+
+
+def test_running_cap_limits_admissions():
+    s = make_scheduler(max_running_requests=2)
+    for i in range(5):
+        s.add_request(request(f"r{i}", [i + 1] * 5, max_tokens=2))
+    out, _ = run_step(s)
+    assert len(out.chunks) == 2 and len(s.running) == 2
+
+
+def test_cached_tokens_equal_the_shared_prefix_to_page_granularity():
+    s = make_scheduler(page_size=4)
+    shared = list(range(1, 31))
+    s.add_request(request("first", shared + [90, 91]))
+    run_to_completion(s)
+    second = request("second", shared + [70, 71, 72])
+    s.add_request(second)
+    run_to_completion(s)
+    assert second.num_cached_tokens == 28
+
+
+def test_a_prompt_beyond_the_window_is_refused_up_front():
+    s = make_scheduler(num_pages=8, page_size=4)
+    with pytest.raises(RequestTooLong):
+        s.add_request(request("big", list(range(1, 40))))
+    with pytest.raises(RequestTooLong):
+        s.add_request(request("empty", []))
+    assert not s.has_work
+
+
+def test_abort_frees_everything():
+    s = make_scheduler()
+    a = request("a", list(range(1, 20)), max_tokens=100)
+    s.add_request(a)
+    run_step(s)
+    s.abort(a)
+    assert a.finish_reason == "abort" and not s.has_work
+    assert s.cache.locked_pages == 0
+    assert s.allocator.num_free + s.cache.evictable_pages == s.allocator.num_pages
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "lpm", "preble"])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_load_under_kv_pressure_drains_with_every_request_finished_once(policy, seed):
+    rng = random.Random(seed)
+    page_size = rng.choice([1, 2, 4])
+    s = make_scheduler(num_pages=64 // page_size, page_size=page_size, local_policy=policy,
+                       max_num_batched_tokens=rng.choice([8, 32]), max_running_requests=6)
+    prefixes = [[rng.randrange(1, 50) for _ in range(rng.randint(4, 20))] for _ in range(3)]
+    reqs = []
+    for i in range(30):
+        prompt = rng.choice(prefixes) + [rng.randrange(1, 50) for _ in range(rng.randint(1, 10))]
+        reqs.append(request(f"r{i}", prompt, max_tokens=rng.randint(1, 16)))
+    finished: list[Request] = []
+    for step in range(20_000):
+        if reqs and rng.random() < 0.3:
+            s.add_request(reqs.pop())
+        if not s.has_work and not reqs:
+            break
+        out = s.schedule()
+        finished += s.update(out, {c.request: fake_token(c.request) for c in out.chunks if c.samples})
+        assert_pages_conserved(s)
+        assert s.cache.locked_pages <= s.allocator.num_pages
+    assert len(finished) == 30 and len({id(r) for r in finished}) == 30
+    assert s.num_preemptions > 0  # the pool is small enough that this load must preempt
+    for r in finished:
+        assert len(r.output_token_ids) == r.sampling.max_tokens
+    assert s.cache.locked_pages == 0
+    assert s.allocator.num_free + s.cache.evictable_pages == s.allocator.num_pages
