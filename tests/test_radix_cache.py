@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -455,6 +455,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
             cache.evict(short)
         if self.alloc.num_free < need:
             cache.unlock(m.node)
+            event("request skipped: no room")
             return None
         own = self.alloc.alloc(need)
         return (tokens, list(m.pages), own, m.node)
@@ -464,6 +465,8 @@ class RadixCacheMachine(RuleBasedStateMachine):
         cache = self.cache
         n_full = len(tokens) // self.ps
         res = cache.insert(tokens[: n_full * self.ps], tree_pages + own)
+        if set(own) - set(res.pages):
+            event("insert freed duplicate pages")
         assert len(res.pages) == n_full
         assert res.pages[: len(tree_pages)] == tree_pages  # the locked prefix cannot change
         assert path_pages(cache, res.node) == res.pages
@@ -510,7 +513,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
         i = data.draw(st.integers(0, len(self.live) - 1))
         self.cache.unlock(self.live.pop(i))
 
-    @rule(n=st.integers(0, 80))
+    @rule(n=st.integers(0, 3) | st.integers(0, 80))
     def evict(self, n):
         cache = self.cache
         before_free = self.alloc.num_free
@@ -521,6 +524,8 @@ class RadixCacheMachine(RuleBasedStateMachine):
         lru_hashes = list(lru.hashes) if lru else []
         n_events = len(self.events)
         freed = cache.evict(n)
+        if freed and len(lru_hashes) > n:
+            event("evict took part of a leaf")
         assert freed == min(n, before_evictable)
         assert self.alloc.num_free == before_free + freed
         assert cache.evictable_pages == before_evictable - freed
@@ -669,8 +674,8 @@ class RadixCacheMachine(RuleBasedStateMachine):
 
 
 RadixCacheMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
+    max_examples=400,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
