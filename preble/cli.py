@@ -1,0 +1,95 @@
+"""The `preble` command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Preble: LLM serving that co-optimises prefix reuse and load balance.")
+console = Console()
+
+DEMO_SYSTEM_PROMPT = (
+    "You are a concise geography assistant. Answer each question in one short sentence. "
+    "Name the place the user asks about and give the fact they want, nothing more. "
+    "If a question has several answers, give the most common one."
+)
+DEMO_QUESTIONS = (
+    "What is the capital of France?",
+    "What is the capital of Italy?",
+    "What is the capital of Japan?",
+    "Which river flows through Paris?",
+)
+
+
+@app.command("demo-model")
+def demo_model(cache_dir: Optional[Path] = typer.Option(None, help="Where converted models live.")) -> None:
+    """Convert the embedded demo model (SmolLM2-135M-Instruct) once; print its folder."""
+    from .models.demo import ensure_demo_model
+
+    print(ensure_demo_model(cache_dir))
+
+
+@app.command()
+def demo(
+    model: Optional[Path] = typer.Option(None, help="HF model folder; default: the embedded demo model."),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    max_tokens: int = typer.Option(32, help="Tokens to generate per answer."),
+) -> None:
+    """Answer chat questions that share a system prompt, showing prefix-cache reuse."""
+    from . import LLM, SamplingParams
+    from .models.demo import ensure_demo_model
+
+    with console.status("preparing the demo model (converted once, then cached)"):
+        path = model or ensure_demo_model()
+    with console.status(f"loading {path.name} on {device}"):
+        llm = LLM(str(path), device=device)
+    chats = [[{"role": "system", "content": DEMO_SYSTEM_PROMPT}, {"role": "user", "content": q}]
+             for q in DEMO_QUESTIONS]
+    prompts = [llm.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False) for c in chats]
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    table = Table(title="Preble engine demo: greedy chat answers")
+    for col in ("question", "answer", "prompt tokens", "cached", "seconds"):
+        table.add_column(col)
+    # The first request warms the cache; the rest share its system prompt and reuse its KV.
+    for batch in (prompts[:1], prompts[1:]):
+        start = time.perf_counter()
+        outs = llm.generate(batch, params)
+        elapsed = time.perf_counter() - start
+        for out in outs:
+            question = DEMO_QUESTIONS[prompts.index(out.prompt_token_ids)]
+            table.add_row(question, out.outputs[0].text.strip(), str(len(out.prompt_token_ids)),
+                          str(out.num_cached_tokens), f"{elapsed:.2f}")
+    console.print(table)
+    stats = llm.engine.cache.stats
+    console.print(f"prefix cache: {stats.hit_tokens} of {stats.query_tokens} prompt tokens reused "
+                  f"({stats.hit_ratio:.0%})")
+
+
+@app.command()
+def generate(
+    model: Path = typer.Option(..., help="HF model folder."),
+    prompt: list[str] = typer.Argument(..., help="Prompts (plain text, no chat template)."),
+    device: str = typer.Option("cpu"),
+    max_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(0.0),
+    top_p: float = typer.Option(1.0),
+    seed: Optional[int] = typer.Option(None),
+) -> None:
+    """Offline generation for a few prompts."""
+    from . import LLM, SamplingParams
+
+    llm = LLM(str(model), device=device)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    for out in llm.generate(prompt, params):
+        console.print(f"[bold]{out.prompt}[/bold]{out.outputs[0].text}")
+
+
+if __name__ == "__main__":
+    app()
