@@ -343,8 +343,6 @@ def test_page_allocator_conservation():
     assert sorted(alloc.alloc(10)) == list(range(10))
 
 
-@pytest.mark.xfail(strict=True, reason="PageAllocator.alloc(-1) hands out num_free - 1 pages: "
-                   "self._free[-n:] with n < 0 slices from the front")
 def test_page_allocator_negative_alloc_takes_nothing():
     alloc = PageAllocator(4, 1)
     try:
@@ -692,3 +690,12 @@ RadixCacheMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRadixCacheMachine = RadixCacheMachine.TestCase
+
+
+def test_page_allocator_refuses_a_double_free():
+    alloc = PageAllocator(4, 1)
+    pages = alloc.alloc(2)
+    alloc.free(pages)
+    with pytest.raises(RuntimeError, match="freed twice"):
+        alloc.free(pages[:1])
+    assert alloc.num_free == 4

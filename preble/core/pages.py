@@ -21,6 +21,7 @@ class PageAllocator:
         self.page_size = page_size
         # Popping from the end hands out low ids first, which keeps tests readable.
         self._free = list(range(num_pages - 1, -1, -1))
+        self._is_free = bytearray(b"\x01") * num_pages
 
     @property
     def num_free(self) -> int:
@@ -35,6 +36,8 @@ class PageAllocator:
         return -(-num_tokens // self.page_size)
 
     def alloc(self, n: int) -> list[int]:
+        if n < 0:
+            raise ValueError(f"cannot allocate {n} pages")
         if n > len(self._free):
             raise OutOfPages(f"asked for {n} pages, {len(self._free)} free")
         if n == 0:
@@ -42,7 +45,14 @@ class PageAllocator:
         out = self._free[-n:]
         del self._free[-n:]
         out.reverse()
+        for p in out:
+            self._is_free[p] = 0
         return out
 
     def free(self, pages: list[int]) -> None:
+        """Return pages; freeing a page twice is a bookkeeping bug and raises at once."""
+        for p in pages:
+            if self._is_free[p]:
+                raise RuntimeError(f"page {p} freed twice")
+            self._is_free[p] = 1
         self._free.extend(reversed(pages))
