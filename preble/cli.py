@@ -27,6 +27,45 @@ DEMO_QUESTIONS = (
 )
 
 
+def engine_config(model: Path, device: str, dtype: Optional[str], page_size: int,
+                  num_pages: Optional[int], kv_cache_gib: Optional[float], max_num_batched_tokens: int,
+                  max_running_requests: int, max_model_len: Optional[int], local_policy: str):
+    from .core.scheduler import SchedulerConfig
+    from .engine.config import EngineConfig
+
+    return EngineConfig(
+        model=str(model), device=device, dtype=dtype, page_size=page_size, num_pages=num_pages,
+        kv_cache_gib=kv_cache_gib,
+        scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
+                                  max_running_requests=max_running_requests,
+                                  max_model_len=max_model_len, local_policy=local_policy))
+
+
+@app.command()
+def worker(
+    model: Path = typer.Option(..., help="HF model folder."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
+    port: int = typer.Option(8100),
+    worker_id: Optional[str] = typer.Option(None, help="Name reported to routers; default host:port."),
+    device: str = typer.Option("cpu"),
+    dtype: Optional[str] = typer.Option(None),
+    page_size: int = typer.Option(16),
+    num_pages: Optional[int] = typer.Option(None),
+    kv_cache_gib: Optional[float] = typer.Option(None),
+    max_num_batched_tokens: int = typer.Option(2048),
+    max_running_requests: int = typer.Option(256),
+    max_model_len: Optional[int] = typer.Option(None),
+    local_policy: str = typer.Option("preble", help="fcfs | lpm | preble"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads for the engine."),
+) -> None:
+    """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
+    from .server.worker import WorkerConfig, run_worker
+
+    cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
+                        max_num_batched_tokens, max_running_requests, max_model_len, local_policy)
+    run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads))
+
+
 @app.command("demo-model")
 def demo_model(cache_dir: Optional[Path] = typer.Option(None, help="Where converted models live.")) -> None:
     """Convert the embedded demo model (SmolLM2-135M-Instruct) once; print its folder."""

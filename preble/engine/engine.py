@@ -121,20 +121,19 @@ class LLMEngine:
     # ------------------------------------------------------------------ the loop
 
     def step(self) -> list[Request]:
-        """Run one scheduler step; return the requests that finished in it."""
+        """Run one scheduler step; return the requests that received a token (finished or not)."""
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
         sampled = self.runner.execute(out)
-        finished = self.scheduler.update(out, sampled)
+        self.scheduler.update(out, sampled)
         for req in sampled:
             if not req.is_finished and req.sampling.stop and self._hit_stop_string(req):
                 self.scheduler.finish(req, "stop")
-                finished.append(req)
-        for req in finished:
-            self._requests.pop(req.request_id, None)
-            self.runner.sampler.release(req.request_id)
-        return finished
+            if req.is_finished:
+                self._requests.pop(req.request_id, None)
+                self.runner.sampler.release(req.request_id)
+        return list(sampled)
 
     # ------------------------------------------------------------------ text
 

@@ -1,0 +1,38 @@
+"""Messages between workers and the router: load reports and numbered KV event batches.
+
+msgspec structs, encoded as JSON on the wire: typed, fast, and never pickle.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .kv_events import KVEvent
+
+
+class LoadReport(msgspec.Struct, frozen=True):
+    """A worker's state as the router's policies need it."""
+
+    worker_id: str
+    time: float  # worker clock, seconds
+    running: int  # requests in the running batch
+    waiting: int  # requests queued for admission
+    waiting_tokens: int  # prompt tokens of queued requests
+    kv_used_pages: int  # pages held by running requests or the cache
+    kv_evictable_pages: int  # of those, pages the cache could evict now
+    kv_total_pages: int
+    page_size: int
+    hit_ratio: float  # prompt tokens served from cache / prompt tokens, over the stats window
+    tpot: float  # measured seconds per output token over the stats window; 0.0 if none yet
+    num_preemptions: int
+
+
+class KVEventBatch(msgspec.Struct, frozen=True):
+    """Events of one worker in order. `seq` increases by one per batch so a subscriber detects a
+    gap; a batch with `resync` set carries the worker's whole cache and replaces what the
+    subscriber knew."""
+
+    worker_id: str
+    seq: int
+    events: list[KVEvent]
+    resync: bool = False

@@ -1,0 +1,62 @@
+"""The contract between the router (or the simulator) and a routing policy.
+
+A policy is a plain object with an injected clock. The shell tells it which workers exist, feeds
+it every worker's KV events and load reports, asks it where each request goes, and tells it when
+a request ends. It never does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..kv_events import KVEvent, PagesStored
+from ..messages import LoadReport
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    request_id: str
+    token_ids: list[int]  # the prompt, tokenised once by the router
+    max_tokens: int  # the output budget, an upper bound on decode work
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    worker_id: str
+    branch: str  # e2: exploit | explore | rebalance | replicate | pd; baselines: their own name or rule
+    matched_tokens: int  # prompt tokens the chosen worker is believed to hold
+    costs: dict[str, float] = field(default_factory=dict)  # candidate worker -> cost, for explanations
+
+
+@dataclass(frozen=True)
+class RequestDone:
+    request_id: str
+    worker_id: str
+    prompt_tokens: int
+    cached_tokens: int  # as reported by the worker
+    output_tokens: int
+    ttft: float  # seconds from arrival at the router to the first token
+    latency: float  # seconds from arrival to the last token
+    ok: bool = True
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    def add_worker(self, worker_id: str) -> None: ...
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget the worker and every tree entry it held."""
+
+    def route(self, req: RouteRequest) -> RouteDecision:
+        """Choose a worker and record the assignment (it counts as load from now on)."""
+
+    def on_kv_event(self, worker_id: str, event: KVEvent) -> None: ...
+
+    def on_resync(self, worker_id: str, stored: list[PagesStored]) -> None:
+        """Replace everything known of the worker's cache with this full dump."""
+
+    def on_load(self, report: LoadReport) -> None: ...
+
+    def on_done(self, done: RequestDone) -> None: ...

@@ -1,0 +1,1 @@
+"""A worker: an HTTP frontend process and an engine process joined by ZeroMQ."""

@@ -1,0 +1,140 @@
+"""The engine process: owns the model and runs the step loop; talks to the frontend over ZeroMQ.
+
+It never blocks on HTTP: requests arrive on a PULL socket, and token deltas, load reports and
+KV event batches leave on a PUSH socket. When it has no work it waits on the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import msgspec
+import zmq
+
+from ..core.kv_events import KVEvent
+from ..core.messages import KVEventBatch, LoadReport
+from ..core.request import Request
+from ..core.sampling_params import SamplingParams
+from ..engine.config import EngineConfig
+from ..engine.detokenizer import TextStreamer
+from ..engine.engine import LLMEngine
+from ..engine.stats import WindowedStats
+from . import protocol as P
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineProcConfig:
+    engine: EngineConfig
+    worker_id: str
+    in_addr: str  # frontend -> engine (we bind PULL)
+    out_addr: str  # engine -> frontend (we bind PUSH)
+    num_threads: int | None = None  # torch CPU threads; None: torch's default
+    load_interval_s: float = 0.2  # how often a load report goes out
+    idle_poll_ms: int = 50  # socket wait when there is no work
+    stats_window_s: float = 180.0  # window of the reported hit ratio and time per output token
+
+
+class EngineLoop:
+    def __init__(self, cfg: EngineProcConfig) -> None:
+        self.cfg = cfg
+        self._events: list[KVEvent] = []
+        self.engine = LLMEngine(cfg.engine, on_kv_event=self._events.append)
+        self.stats = WindowedStats(cfg.stats_window_s, time.monotonic)
+        self.streamer = TextStreamer(self.engine.decode)
+        self.seq = 0
+        self._last_load = 0.0
+        ctx = zmq.Context.instance()
+        self.inbox = ctx.socket(zmq.PULL)
+        self.inbox.bind(cfg.in_addr)
+        self.outbox = ctx.socket(zmq.PUSH)
+        self.outbox.bind(cfg.out_addr)
+        self._parent = os.getppid()
+
+    def send(self, msg: P.FromEngine) -> None:
+        self.outbox.send(P.from_engine_encoder.encode(msg))
+
+    def run(self) -> None:
+        while os.getppid() == self._parent:  # exit with the frontend, never orphaned
+            timeout = 0 if self.engine.has_work else self.cfg.idle_poll_ms
+            if self.inbox.poll(timeout):
+                while True:
+                    try:
+                        raw = self.inbox.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not self.handle(P.to_engine_decoder.decode(raw)):
+                        return
+            if self.engine.has_work:
+                self.step()
+            self.flush_events()
+            now = time.monotonic()
+            if now - self._last_load >= self.cfg.load_interval_s:
+                self._last_load = now
+                self.send(P.Load(self.load_report(now)))
+
+    def handle(self, msg: P.ToEngine) -> bool:
+        match msg:
+            case P.Generate():
+                self.add(msg)
+            case P.Abort():
+                self.engine.abort(msg.request_id)
+                self.streamer.forget(msg.request_id)
+            case P.DumpCache():
+                self.flush_events()
+                self.send(P.Events(KVEventBatch(self.cfg.worker_id, self.seq,
+                                                list(self.engine.cache.dump_events()), resync=True)))
+            case P.Shutdown():
+                return False
+        return True
+
+    def add(self, msg: P.Generate) -> None:
+        try:
+            sampling = SamplingParams(**msgspec.structs.asdict(msg.sampling))
+            self.engine.add_request(msg.prompt_token_ids, sampling, msg.request_id)
+        except ValueError as err:
+            self.send(P.TokenDelta(msg.request_id, [], "", len(msg.prompt_token_ids), 0, 0,
+                                   finish_reason="error", error=str(err)))
+
+    def step(self) -> None:
+        for req in self.engine.step():
+            self.send(self._delta(req))
+            if req.is_finished:
+                self.stats.record(req)
+
+    def _delta(self, req: Request) -> P.TokenDelta:
+        return P.TokenDelta(
+            request_id=req.request_id, token_ids=req.output_token_ids[-1:], text=self.streamer.delta(req),
+            prompt_tokens=len(req.prompt_token_ids), cached_tokens=req.num_cached_tokens or 0,
+            output_tokens=len(req.output_token_ids), finish_reason=req.finish_reason)
+
+    def flush_events(self) -> None:
+        if self._events:
+            self.seq += 1
+            self.send(P.Events(KVEventBatch(self.cfg.worker_id, self.seq, self._events[:])))
+            self._events.clear()
+
+    def load_report(self, now: float) -> LoadReport:
+        sched, cache, alloc = self.engine.scheduler, self.engine.cache, self.engine.allocator
+        return LoadReport(
+            worker_id=self.cfg.worker_id, time=now, running=len(sched.running),
+            waiting=len(sched.waiting),
+            waiting_tokens=sum(r.num_tokens for r in sched.waiting),
+            kv_used_pages=alloc.num_used, kv_evictable_pages=cache.evictable_pages,
+            kv_total_pages=alloc.num_pages, page_size=alloc.page_size,
+            hit_ratio=self.stats.hit_ratio(), tpot=self.stats.tpot(),
+            num_preemptions=sched.num_preemptions)
+
+
+def run_engine_process(cfg: EngineProcConfig) -> None:
+    """Entry point of the engine process (spawned by the frontend)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    EngineLoop(cfg).run()

@@ -1,0 +1,63 @@
+"""Start one worker: the engine in a child process, the HTTP frontend in this one."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import uvicorn
+
+from ..engine.config import EngineConfig
+from ..engine.model.config import ModelConfig
+from .engine_client import EngineClient
+from .engine_proc import EngineProcConfig, run_engine_process
+from .worker_app import FrontendConfig, create_worker_app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    engine: EngineConfig
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8100
+    worker_id: str | None = None  # default: host:port
+    served_model_name: str | None = None  # default: the model folder's name
+    num_threads: int | None = None  # torch CPU threads of the engine
+    default_max_tokens: int = 256
+
+
+def run_worker(cfg: WorkerConfig) -> None:
+    worker_id = cfg.worker_id or f"{cfg.host}:{cfg.port}"
+    model_cfg = ModelConfig.from_dir(cfg.engine.model)
+    max_len = min(cfg.engine.scheduler.max_model_len or model_cfg.max_position_embeddings,
+                  model_cfg.max_position_embeddings)
+    ipc_dir = Path(tempfile.mkdtemp(prefix="preble-worker-"))
+    proc_cfg = EngineProcConfig(
+        engine=replace(cfg.engine, scheduler=replace(cfg.engine.scheduler, max_model_len=max_len)),
+        worker_id=worker_id, in_addr=f"ipc://{ipc_dir}/in", out_addr=f"ipc://{ipc_dir}/out",
+        num_threads=cfg.num_threads)
+    engine = mp.get_context("spawn").Process(target=run_engine_process, args=(proc_cfg,),
+                                             name=f"preble-engine-{worker_id}", daemon=True)
+    engine.start()
+    client = EngineClient(proc_cfg.in_addr, proc_cfg.out_addr, FrontendConfig.subscriber_queue)
+    frontend = FrontendConfig(worker_id=worker_id, model_path=cfg.engine.model,
+                              served_model_name=cfg.served_model_name or Path(cfg.engine.model).name,
+                              max_model_len=max_len, default_max_tokens=cfg.default_max_tokens)
+    app = create_worker_app(frontend, client)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+    try:
+        server.run()
+    finally:
+        engine.terminate()
+        engine.join(timeout=5)
+        if engine.is_alive():
+            os.kill(engine.pid, signal.SIGKILL)
+        for name in ("in", "out"):
+            (ipc_dir / name).unlink(missing_ok=True)
+        ipc_dir.rmdir()

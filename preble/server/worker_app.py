@@ -1,0 +1,324 @@
+"""A worker's HTTP frontend: OpenAI and SGLang-style endpoints, load, KV events and metrics.
+
+The frontend tokenises text prompts and applies chat templates itself; a router sends token ids,
+so routed requests are never re-tokenised here. Generation happens in the engine process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from transformers import AutoTokenizer
+
+from . import openai_protocol as oai
+from .engine_client import EngineClient
+from .protocol import SamplingSpec, TokenDelta
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    worker_id: str
+    model_path: str
+    served_model_name: str
+    max_model_len: int
+    default_max_tokens: int = 256  # for chat and /generate requests that give no limit
+    health_timeout_s: float = 2.0  # the engine counts as dead after this long without a word
+    subscriber_queue: int = 10_000  # KV event batches buffered per subscriber before cutting it off
+
+
+@dataclass
+class Run:
+    """One engine request in flight: its delta stream, first delta, and timings."""
+
+    stream: AsyncIterator[TokenDelta]
+    first: TokenDelta
+    begin: float
+    first_at: float
+
+
+class WorkerMetrics:
+    def __init__(self, worker_id: str) -> None:
+        self.registry = CollectorRegistry()
+        r, labels = self.registry, ["worker"]
+        self.requests = Counter("preble_worker_requests", "Requests by outcome", labels + ["status"], registry=r)
+        self.ttft = Histogram("preble_worker_ttft_seconds", "Time to first token", labels,
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("preble_worker_e2e_seconds", "Request latency", labels,
+                             buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("preble_worker_prompt_tokens", "Prompt tokens", labels, registry=r)
+        self.cached_tokens = Counter("preble_worker_cached_tokens", "Prompt tokens served from cache",
+                                     labels, registry=r)
+        self.output_tokens = Counter("preble_worker_output_tokens", "Generated tokens", labels, registry=r)
+        self.gauges = {name: Gauge(f"preble_worker_{name}", doc, labels, registry=r) for name, doc in [
+            ("running", "Requests in the running batch"), ("waiting", "Requests waiting for admission"),
+            ("kv_usage", "Share of KV pages in use"), ("hit_ratio", "Windowed prefix-cache hit ratio"),
+            ("tpot_seconds", "Windowed time per output token")]}
+        self.worker = worker_id
+
+    def finished(self, status: str, start: float, first: float | None, last: TokenDelta | None) -> None:
+        w = self.worker
+        self.requests.labels(w, status).inc()
+        if first is not None:
+            self.ttft.labels(w).observe(first - start)
+        if last is not None:
+            self.e2e.labels(w).observe(time.monotonic() - start)
+            self.prompt_tokens.labels(w).inc(last.prompt_tokens)
+            self.cached_tokens.labels(w).inc(last.cached_tokens)
+            self.output_tokens.labels(w).inc(last.output_tokens)
+
+    def render(self, client: EngineClient) -> bytes:
+        load = client.load
+        if load is not None:
+            g, w = self.gauges, self.worker
+            g["running"].labels(w).set(load.running)
+            g["waiting"].labels(w).set(load.waiting)
+            g["kv_usage"].labels(w).set((load.kv_used_pages - load.kv_evictable_pages) / load.kv_total_pages)
+            g["hit_ratio"].labels(w).set(load.hit_ratio)
+            g["tpot_seconds"].labels(w).set(load.tpot)
+        return generate_latest(self.registry)
+
+
+def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    metrics = WorkerMetrics(cfg.worker_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(client.run())
+        yield
+        client.shutdown()
+        task.cancel()
+
+    app = FastAPI(title="Preble worker", lifespan=lifespan)
+
+    @app.exception_handler(oai.APIError)
+    async def api_error(_: Request, err: oai.APIError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return JSONResponse(oai.APIError(400, f"{where}: {first.get('msg', 'invalid request')}",
+                                         param=where or None).body(), status_code=400)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != cfg.served_model_name:
+            raise oai.APIError(404, f"model {name!r} not found; this worker serves "
+                                    f"{cfg.served_model_name!r}", "not_found_error", "model")
+
+    def encode_text(text: str) -> list[int]:
+        return tokenizer.encode(text)
+
+    def encode_chat(messages: list[dict]) -> list[int]:
+        try:
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        except Exception as err:  # a template may reject a conversation (e.g. role order)
+            raise oai.APIError(400, f"chat template failed: {err}", param="messages") from None
+
+    def max_tokens_for(prompt: list[int], asked: int | None) -> int:
+        room = cfg.max_model_len - len(prompt)
+        if room < 1:
+            raise oai.APIError(400, f"prompt has {len(prompt)} tokens; the context window is "
+                                    f"{cfg.max_model_len}", param="messages")
+        if asked is None:
+            return min(cfg.default_max_tokens, room)
+        if asked > room:
+            raise oai.APIError(400, f"max_tokens={asked} plus {len(prompt)} prompt tokens exceeds the "
+                                    f"context window of {cfg.max_model_len}", param="max_tokens")
+        return asked
+
+    async def start(prompt: list[int], sampling: SamplingSpec) -> Run:
+        """Submit and wait for the first delta, so refusals become a 400 before any streaming."""
+        begin = time.monotonic()
+        stream = client.generate(oai.new_id("req"), prompt, sampling)
+        first = await anext(stream)
+        if first.error is not None:
+            metrics.finished("rejected", begin, None, None)
+            raise oai.APIError(400, first.error)
+        return Run(stream, first, begin, time.monotonic())
+
+    async def run_choices(prompt: list[int], body, max_tokens: int) -> list[Run]:
+        runs: list[Run] = []
+        try:
+            for i in range(body.n):
+                runs.append(await start(prompt, body.sampling(max_tokens, i)))
+        except BaseException:
+            for run in runs:
+                await run.stream.aclose()
+            raise
+        return runs
+
+    async def drain(run: Run) -> tuple[str, TokenDelta]:
+        text, last = run.first.text, run.first
+        status = "error"
+        try:
+            async for delta in run.stream:
+                text += delta.text
+                last = delta
+            status = "ok"
+            return text, last
+        finally:
+            metrics.finished(status, run.begin, run.first_at, last)
+
+    async def respond(prompt: list[int], body, max_tokens: int, chat: bool):
+        runs = await run_choices(prompt, body, max_tokens)
+        rid, model = oai.new_id("chatcmpl" if chat else "cmpl"), cfg.served_model_name
+        if not body.stream:
+            results = [await drain(run) for run in runs]
+            last = [r[1] for r in results]
+            use = oai.usage(len(prompt), sum(d.output_tokens for d in last), last[0].cached_tokens)
+            choices = [oai.choice(i, text, oai.finish_reason_openai(d.finish_reason), chat)
+                       for i, (text, d) in enumerate(results)]
+            return JSONResponse(oai.completion_body(rid, model, choices, use, chat))
+        return StreamingResponse(stream_choices(runs, rid, model, prompt, body, chat),
+                                 media_type="text/event-stream")
+
+    async def stream_choices(runs, rid, model, prompt, body, chat) -> AsyncIterator[bytes]:
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, run: Run) -> None:
+            status, last = "error", run.first
+            try:
+                await merged.put((index, run.first))
+                async for delta in run.stream:
+                    last = delta
+                    await merged.put((index, delta))
+                status = "ok"
+            finally:
+                metrics.finished(status, run.begin, run.first_at, last)
+                await merged.put((index, None))
+
+        tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
+        finals: dict[int, TokenDelta] = {}
+        started: set[int] = set()
+        try:
+            open_streams = len(runs)
+            while open_streams:
+                index, delta = await merged.get()
+                if delta is None:
+                    open_streams -= 1
+                    continue
+                reason = oai.finish_reason_openai(delta.finish_reason)
+                if delta.text or reason or index not in started:
+                    yield oai.sse(oai.chunk(rid, model, index, delta.text, reason, chat, index not in started))
+                    started.add(index)
+                if delta.finish_reason is not None:
+                    finals[index] = delta
+            if body.include_usage and finals:
+                use = oai.usage(len(prompt), sum(d.output_tokens for d in finals.values()),
+                                next(iter(finals.values())).cached_tokens)
+                yield oai.sse(oai.usage_chunk(rid, model, use, chat))
+            yield oai.sse("[DONE]")
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    @app.post("/v1/completions")
+    async def completions(body: oai.CompletionRequest):
+        check_model(body.model)
+        prompt = body.prompt_value()
+        ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
+        return await respond(ids, body, max_tokens_for(ids, body.max_tokens), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: oai.ChatCompletionRequest):
+        check_model(body.model)
+        try:
+            messages = body.chat()
+        except ValueError as err:
+            raise oai.APIError(400, str(err), param="messages") from None
+        ids = encode_chat(messages)
+        return await respond(ids, body, max_tokens_for(ids, body.max_new_tokens()), chat=True)
+
+    @app.post("/generate")
+    async def generate(body: oai.GenerateRequest):
+        ids = encode_text(body.text) if body.text is not None else list(body.input_ids)
+        sampling = body.sampling(cfg.default_max_tokens)
+        max_tokens_for(ids, sampling.max_tokens)
+        run = await start(ids, sampling)
+        stream, first = run.stream, run.first
+        rid = body.rid or oai.new_id("gen")
+
+        def payload(text: str, d: TokenDelta, ids_out: list[int]) -> dict:
+            reason = None if d.finish_reason is None else {"type": d.finish_reason}
+            return {"text": text, "output_ids": ids_out, "meta_info": {
+                "id": rid, "prompt_tokens": d.prompt_tokens, "completion_tokens": d.output_tokens,
+                "cached_tokens": d.cached_tokens, "finish_reason": reason}}
+
+        if not body.stream:
+            text, out_ids, last = first.text, list(first.token_ids), first
+            async for d in stream:
+                text, last = text + d.text, d
+                out_ids += d.token_ids
+            metrics.finished("ok", run.begin, run.first_at, last)
+            return JSONResponse(payload(text, last, out_ids))
+
+        async def sse_stream() -> AsyncIterator[bytes]:
+            text, out_ids, last = first.text, list(first.token_ids), first
+            yield oai.sse(payload(text, first, out_ids))
+            async for d in stream:
+                text, last = text + d.text, d
+                out_ids += d.token_ids
+                yield oai.sse(payload(text, d, out_ids))
+            metrics.finished("ok", run.begin, run.first_at, last)
+            yield oai.sse("[DONE]")
+
+        return StreamingResponse(sse_stream(), media_type="text/event-stream")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": cfg.served_model_name, "object": "model",
+                                            "owned_by": "preble", "max_model_len": cfg.max_model_len}]}
+
+    def engine_alive() -> bool:
+        return client.load is not None and time.monotonic() - client.last_heard < cfg.health_timeout_s
+
+    @app.get("/health")
+    async def health():
+        if engine_alive():
+            return {"status": "ok", "worker_id": cfg.worker_id}
+        return JSONResponse({"status": "unavailable", "worker_id": cfg.worker_id}, status_code=503)
+
+    @app.get("/load")
+    async def load():
+        if client.load is None:
+            raise oai.APIError(503, "engine not ready", "unavailable")
+        return Response(msgspec.json.encode(client.load), media_type="application/json")
+
+    @app.get("/kv_events")
+    async def kv_events():
+        """Newline-delimited JSON: a resync batch, then every batch in sequence."""
+        async def lines() -> AsyncIterator[bytes]:
+            async for batch in client.kv_events():
+                yield msgspec.json.encode(batch) + b"\n"
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(client), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/get_model_info")
+    async def model_info():
+        return {"model_path": cfg.model_path, "served_model_name": cfg.served_model_name,
+                "is_generation": True}
+
+    @app.get("/get_server_info")
+    async def server_info():
+        return {"worker_id": cfg.worker_id, "max_model_len": cfg.max_model_len,
+                "load": json.loads(msgspec.json.encode(client.load)) if client.load else None}
+
+    return app
