@@ -66,6 +66,39 @@ def worker(
     run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads))
 
 
+@app.command()
+def router(
+    model: Path = typer.Option(..., help="HF model folder (tokenizer, chat template, context window)."),
+    worker: list[str] = typer.Option(..., "--worker", help="Worker base URL; repeat for each worker."),
+    policy: str = typer.Option("e2", help="e2 | round_robin | least_load | power_of_two | cache_aware | prefix_hash"),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
+    port: int = typer.Option(8000),
+) -> None:
+    """Front workers that run elsewhere with the global scheduler."""
+    from .router.server import RouterServerConfig, run_router
+
+    run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Option(None, help="HF model folder; default: the embedded demo model."),
+    workers: int = typer.Option(2, help="Local workers (one per GPU on CUDA)."),
+    device: str = typer.Option("cpu"),
+    policy: str = typer.Option("e2"),
+    host: str = typer.Option("127.0.0.1", help="Router interface; loopback by default."),
+    port: int = typer.Option(8000),
+) -> None:
+    """Start N workers and the router; Ctrl-C or SIGTERM stops them all. Extra options go to each worker."""
+    from .launch import ServeConfig, serve as run_serve
+    from .models.demo import ensure_demo_model
+
+    path = model or ensure_demo_model()
+    run_serve(ServeConfig(model=str(path), workers=workers, device=device, policy=policy, host=host,
+                          port=port, worker_args=list(ctx.args)))
+
+
 @app.command("demo-model")
 def demo_model(cache_dir: Optional[Path] = typer.Option(None, help="Where converted models live.")) -> None:
     """Convert the embedded demo model (SmolLM2-135M-Instruct) once; print its folder."""

@@ -1,0 +1,1 @@
+"""The router (global scheduler) shell: HTTP in front of workers, driving a routing policy."""

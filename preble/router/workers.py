@@ -1,0 +1,146 @@
+"""The router's view of its workers: health, load reports and KV event streams.
+
+Each worker gets two background loops: one polls `/load` (its answer doubles as the health
+check), one follows `/kv_events`. Both feed the routing policy; a worker that stops answering
+is removed from the policy (and with it every tree entry it held) until it answers again, when
+it is re-added and its cache resynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import msgspec
+
+from ..core.kv_events import PagesStored
+from ..core.messages import KVEventBatch, LoadReport
+from ..core.routing.base import RoutingPolicy
+
+log = logging.getLogger(__name__)
+
+_batch_decoder = msgspec.json.Decoder(KVEventBatch)
+_load_decoder = msgspec.json.Decoder(LoadReport)
+
+
+@dataclass(frozen=True)
+class WorkerPoolConfig:
+    load_interval_s: float = 0.25  # load poll period; also the health check
+    unhealthy_after_s: float = 1.5  # no answer for this long: routed around
+    connect_timeout_s: float = 1.0
+    reconnect_backoff_s: float = 0.5
+
+
+@dataclass
+class WorkerHandle:
+    url: str
+    worker_id: str
+    healthy: bool = False
+    last_ok: float = 0.0
+    load: LoadReport | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+class WorkerPool:
+    def __init__(self, urls: list[str], policy: RoutingPolicy, config: WorkerPoolConfig,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.policy = policy
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self.workers: dict[str, WorkerHandle] = {}
+        self._urls = [u.rstrip("/") for u in urls]
+        self._on_change = on_change
+
+    async def start(self) -> None:
+        for url in self._urls:
+            worker_id = await self._identify(url)
+            handle = WorkerHandle(url, worker_id)
+            self.workers[worker_id] = handle
+            handle.tasks = [asyncio.create_task(self._poll_load(handle)),
+                            asyncio.create_task(self._follow_events(handle))]
+
+    async def _identify(self, url: str) -> str:
+        """A worker's self-reported id, or its URL when it does not report one (yet)."""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            body = (await self.client.get(f"{url}/health")).json()
+            if isinstance(body, dict) and isinstance(body.get("worker_id"), str):
+                return body["worker_id"]
+        return url
+
+    async def stop(self) -> None:
+        for handle in self.workers.values():
+            for task in handle.tasks:
+                task.cancel()
+        await self.client.aclose()
+
+    def healthy(self) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if w.healthy]
+
+    def mark_failed(self, worker_id: str) -> None:
+        """Called by the request path when a worker fails a request outright."""
+        handle = self.workers.get(worker_id)
+        if handle is not None and handle.healthy:
+            self._set_health(handle, False)
+
+    def _set_health(self, handle: WorkerHandle, healthy: bool) -> None:
+        if handle.healthy == healthy:
+            return
+        handle.healthy = healthy
+        if healthy:
+            log.info("worker %s is healthy", handle.worker_id)
+            self.policy.add_worker(handle.worker_id)
+        else:
+            log.warning("worker %s is unreachable; routing around it", handle.worker_id)
+            self.policy.remove_worker(handle.worker_id)
+        if self._on_change:
+            self._on_change()
+
+    async def _poll_load(self, handle: WorkerHandle) -> None:
+        cfg = self.config
+        while True:
+            try:
+                resp = await self.client.get(f"{handle.url}/load", timeout=cfg.unhealthy_after_s)
+                resp.raise_for_status()
+                report = _load_decoder.decode(resp.content)
+                handle.load, handle.last_ok = report, time.monotonic()
+                self._set_health(handle, True)
+                self.policy.on_load(msgspec.structs.replace(report, worker_id=handle.worker_id))
+            except (httpx.HTTPError, msgspec.DecodeError):
+                if time.monotonic() - handle.last_ok > cfg.unhealthy_after_s:
+                    self._set_health(handle, False)
+            await asyncio.sleep(cfg.load_interval_s)
+
+    async def _follow_events(self, handle: WorkerHandle) -> None:
+        """Apply the worker's KV events in order; any gap or break means reconnect and resync."""
+        while True:
+            try:
+                async with self.client.stream("GET", f"{handle.url}/kv_events") as resp:
+                    resp.raise_for_status()
+                    expected = None
+                    async for line in resp.aiter_lines():
+                        if not line:
+                            continue
+                        batch = _batch_decoder.decode(line)
+                        if not handle.healthy:
+                            continue  # the policy does not know this worker; resync on re-admission
+                        if batch.resync:
+                            self.policy.on_resync(handle.worker_id,
+                                                  [e for e in batch.events if isinstance(e, PagesStored)])
+                            expected = batch.seq + 1
+                        elif expected is None or batch.seq != expected:
+                            log.warning("worker %s: KV event gap (got %s, expected %s); resyncing",
+                                        handle.worker_id, batch.seq, expected)
+                            break
+                        else:
+                            for event in batch.events:
+                                self.policy.on_kv_event(handle.worker_id, event)
+                            expected += 1
+            except (httpx.HTTPError, msgspec.DecodeError) as err:
+                log.debug("worker %s: event stream: %s", handle.worker_id, err)
+            await asyncio.sleep(self.config.reconnect_backoff_s)
