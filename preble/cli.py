@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -27,9 +26,9 @@ DEMO_QUESTIONS = (
 )
 
 
-def engine_config(model: Path, device: str, dtype: Optional[str], page_size: int,
-                  num_pages: Optional[int], kv_cache_gib: Optional[float], max_num_batched_tokens: int,
-                  max_running_requests: int, max_model_len: Optional[int], local_policy: str):
+def engine_config(model: Path, device: str, dtype: str | None, page_size: int,
+                  num_pages: int | None, kv_cache_gib: float | None, max_num_batched_tokens: int,
+                  max_running_requests: int, max_model_len: int | None, local_policy: str):
     from .core.scheduler import SchedulerConfig
     from .engine.config import EngineConfig
 
@@ -46,17 +45,17 @@ def worker(
     model: Path = typer.Option(..., help="HF model folder."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
     port: int = typer.Option(8100),
-    worker_id: Optional[str] = typer.Option(None, help="Name reported to routers; default host:port."),
+    worker_id: str | None = typer.Option(None, help="Name reported to routers; default host:port."),
     device: str = typer.Option("cpu"),
-    dtype: Optional[str] = typer.Option(None),
+    dtype: str | None = typer.Option(None),
     page_size: int = typer.Option(16),
-    num_pages: Optional[int] = typer.Option(None),
-    kv_cache_gib: Optional[float] = typer.Option(None),
+    num_pages: int | None = typer.Option(None),
+    kv_cache_gib: float | None = typer.Option(None),
     max_num_batched_tokens: int = typer.Option(2048),
     max_running_requests: int = typer.Option(256),
-    max_model_len: Optional[int] = typer.Option(None),
+    max_model_len: int | None = typer.Option(None),
     local_policy: str = typer.Option("preble", help="fcfs | lpm | preble"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads for the engine."),
+    threads: int | None = typer.Option(None, help="torch CPU threads for the engine."),
 ) -> None:
     """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
     from .server.worker import WorkerConfig, run_worker
@@ -83,7 +82,7 @@ def router(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
     ctx: typer.Context,
-    model: Optional[Path] = typer.Option(None, help="HF model folder; default: the embedded demo model."),
+    model: Path | None = typer.Option(None, help="HF model folder; default: the embedded demo model."),
     workers: int = typer.Option(2, help="Local workers (one per GPU on CUDA)."),
     device: str = typer.Option("cpu"),
     policy: str = typer.Option("e2"),
@@ -91,7 +90,8 @@ def serve(
     port: int = typer.Option(8000),
 ) -> None:
     """Start N workers and the router; Ctrl-C or SIGTERM stops them all. Extra options go to each worker."""
-    from .launch import ServeConfig, serve as run_serve
+    from .launch import ServeConfig
+    from .launch import serve as run_serve
     from .models.demo import ensure_demo_model
 
     path = model or ensure_demo_model()
@@ -100,7 +100,7 @@ def serve(
 
 
 @app.command("demo-model")
-def demo_model(cache_dir: Optional[Path] = typer.Option(None, help="Where converted models live.")) -> None:
+def demo_model(cache_dir: Path | None = typer.Option(None, help="Where converted models live.")) -> None:
     """Convert the embedded demo model (SmolLM2-135M-Instruct) once; print its folder."""
     from .models.demo import ensure_demo_model
 
@@ -109,7 +109,7 @@ def demo_model(cache_dir: Optional[Path] = typer.Option(None, help="Where conver
 
 @app.command()
 def demo(
-    model: Optional[Path] = typer.Option(None, help="HF model folder; default: the embedded demo model."),
+    model: Path | None = typer.Option(None, help="HF model folder; default: the embedded demo model."),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     max_tokens: int = typer.Option(32, help="Tokens to generate per answer."),
 ) -> None:
@@ -152,7 +152,7 @@ def generate(
     max_tokens: int = typer.Option(64),
     temperature: float = typer.Option(0.0),
     top_p: float = typer.Option(1.0),
-    seed: Optional[int] = typer.Option(None),
+    seed: int | None = typer.Option(None),
 ) -> None:
     """Offline generation for a few prompts."""
     from . import LLM, SamplingParams

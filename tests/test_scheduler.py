@@ -194,7 +194,7 @@ def test_random_load_under_kv_pressure_drains_with_every_request_finished_once(p
         prompt = rng.choice(prefixes) + [rng.randrange(1, 50) for _ in range(rng.randint(1, 10))]
         reqs.append(request(f"r{i}", prompt, max_tokens=rng.randint(1, 16)))
     finished: list[Request] = []
-    for step in range(20_000):
+    for _ in range(20_000):
         if reqs and rng.random() < 0.3:
             s.add_request(reqs.pop())
         if not s.has_work and not reqs:

@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from transformers import AutoTokenizer
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
 from ..server import openai_protocol as oai
+from ..server.http_common import check_model, install_error_handlers, max_tokens_for
 from .workers import WorkerPool, WorkerPoolConfig
 
 log = logging.getLogger("preble.router")
@@ -82,33 +82,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
     app = FastAPI(title="Preble router", lifespan=lifespan)
     app.state.pool = pool
 
-    @app.exception_handler(oai.APIError)
-    async def api_error(_: Request, err: oai.APIError):
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return JSONResponse(oai.APIError(400, f"{where}: {first.get('msg', 'invalid request')}",
-                                         param=where or None).body(), status_code=400)
-
-    def check_model(name: str | None) -> None:
-        if name is not None and name != cfg.served_model_name:
-            raise oai.APIError(404, f"model {name!r} not found; this router serves "
-                                    f"{cfg.served_model_name!r}", "not_found_error", "model")
-
-    def max_tokens_for(prompt: list[int], asked: int | None) -> int:
-        room = cfg.max_model_len - len(prompt)
-        if room < 1:
-            raise oai.APIError(400, f"prompt has {len(prompt)} tokens; the context window is "
-                                    f"{cfg.max_model_len}", param="prompt")
-        if asked is None:
-            return min(cfg.default_max_tokens, room)
-        if asked > room:
-            raise oai.APIError(400, f"max_tokens={asked} plus {len(prompt)} prompt tokens exceeds the "
-                                    f"context window of {cfg.max_model_len}", param="max_tokens")
-        return asked
+    install_error_handlers(app)
 
     def worker_body(prompt: list[int], body, max_tokens: int) -> dict:
         """The forwarded request: token ids, every sampling field, always streamed with usage."""
@@ -121,7 +95,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
     async def open_stream(prompt: list[int], body, max_tokens: int, rid: str):
         """Route and connect, retrying on other workers until one starts answering."""
         request = RouteRequest(rid, prompt, max_tokens)
-        for attempt in range(cfg.max_attempts):
+        for _ in range(cfg.max_attempts):
             if not pool.healthy():
                 raise oai.APIError(503, "no healthy worker", "unavailable")
             decision = policy.route(request)
@@ -166,7 +140,8 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
             await resp.aclose()
 
     async def handle(prompt: list[int], body, chat: bool):
-        max_tokens = max_tokens_for(prompt, body.max_new_tokens() if chat else body.max_tokens)
+        max_tokens = max_tokens_for(len(prompt), body.max_new_tokens() if chat else body.max_tokens,
+                                    cfg.max_model_len, cfg.default_max_tokens)
         rid = oai.new_id("chatcmpl" if chat else "cmpl")
         start = time.monotonic()
         try:
@@ -241,7 +216,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
 
     @app.post("/v1/completions")
     async def completions(body: oai.CompletionRequest):
-        check_model(body.model)
+        check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if any(t < 0 or t >= len(tokenizer) for t in ids):
@@ -250,7 +225,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: oai.ChatCompletionRequest):
-        check_model(body.model)
+        check_model(body.model, cfg.served_model_name)
         try:
             ids = tokenizer.apply_chat_template(body.chat(), add_generation_prompt=True, tokenize=True,
                                                 return_dict=False)

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from transformers import AutoTokenizer
 
 from . import openai_protocol as oai
 from .engine_client import EngineClient
+from .http_common import check_model, install_error_handlers, max_tokens_for
 from .protocol import SamplingSpec, TokenDelta
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
@@ -103,21 +103,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
 
     app = FastAPI(title="Preble worker", lifespan=lifespan)
 
-    @app.exception_handler(oai.APIError)
-    async def api_error(_: Request, err: oai.APIError):
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return JSONResponse(oai.APIError(400, f"{where}: {first.get('msg', 'invalid request')}",
-                                         param=where or None).body(), status_code=400)
-
-    def check_model(name: str | None) -> None:
-        if name is not None and name != cfg.served_model_name:
-            raise oai.APIError(404, f"model {name!r} not found; this worker serves "
-                                    f"{cfg.served_model_name!r}", "not_found_error", "model")
+    install_error_handlers(app)
 
     def encode_text(text: str) -> list[int]:
         return tokenizer.encode(text)
@@ -128,18 +114,6 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
                                                  return_dict=False)
         except Exception as err:  # a template may reject a conversation (e.g. role order)
             raise oai.APIError(400, f"chat template failed: {err}", param="messages") from None
-
-    def max_tokens_for(prompt: list[int], asked: int | None) -> int:
-        room = cfg.max_model_len - len(prompt)
-        if room < 1:
-            raise oai.APIError(400, f"prompt has {len(prompt)} tokens; the context window is "
-                                    f"{cfg.max_model_len}", param="messages")
-        if asked is None:
-            return min(cfg.default_max_tokens, room)
-        if asked > room:
-            raise oai.APIError(400, f"max_tokens={asked} plus {len(prompt)} prompt tokens exceeds the "
-                                    f"context window of {cfg.max_model_len}", param="max_tokens")
-        return asked
 
     async def start(prompt: list[int], sampling: SamplingSpec) -> Run:
         """Submit and wait for the first delta, so refusals become a 400 before any streaming."""
@@ -229,26 +203,27 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: oai.CompletionRequest):
-        check_model(body.model)
+        check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
-        return await respond(ids, body, max_tokens_for(ids, body.max_tokens), chat=False)
+        return await respond(ids, body, max_tokens_for(len(ids), body.max_tokens, cfg.max_model_len, cfg.default_max_tokens), chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: oai.ChatCompletionRequest):
-        check_model(body.model)
+        check_model(body.model, cfg.served_model_name)
         try:
             messages = body.chat()
         except ValueError as err:
             raise oai.APIError(400, str(err), param="messages") from None
         ids = encode_chat(messages)
-        return await respond(ids, body, max_tokens_for(ids, body.max_new_tokens()), chat=True)
+        return await respond(ids, body, max_tokens_for(len(ids), body.max_new_tokens(), cfg.max_model_len,
+                                                       cfg.default_max_tokens), chat=True)
 
     @app.post("/generate")
     async def generate(body: oai.GenerateRequest):
         ids = encode_text(body.text) if body.text is not None else list(body.input_ids)
         sampling = body.sampling(cfg.default_max_tokens)
-        max_tokens_for(ids, sampling.max_tokens)
+        max_tokens_for(len(ids), sampling.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
         run = await start(ids, sampling)
         stream, first = run.stream, run.first
         rid = body.rid or oai.new_id("gen")

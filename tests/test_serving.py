@@ -1,0 +1,174 @@
+"""End to end on CPU: `preble serve` with 2 workers on a tiny model, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port_block(n: int) -> int:
+    """A base port whose next n ports were free a moment ago."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65535 and all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+class Cluster:
+    def __init__(self, model: str, policy: str) -> None:
+        self.port = free_port_block(3)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "preble.cli", "serve", "--model", model, "--workers", "2",
+             "--policy", policy, "--port", str(self.port), "--page-size", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.proc.stdout.read()}")
+            try:
+                body = httpx.get(f"{self.url}/health", timeout=1).json()
+                if len(body.get("healthy_workers", [])) == 2:
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("cluster did not become healthy")
+            time.sleep(0.3)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def completion(self, prompt, **kw) -> httpx.Response:
+        return self.client.post("/v1/completions", json={"prompt": prompt, "temperature": 0, **kw})
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+def route(resp: httpx.Response) -> dict:
+    return json.loads(resp.headers["x-preble-route"])
+
+
+def processes_with(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.fixture(scope="module")
+def e2_cluster(tiny_models):
+    cluster = Cluster(tiny_models("llama"), "e2")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def rr_cluster(tiny_models):
+    cluster = Cluster(tiny_models("llama"), "round_robin")
+    yield cluster
+    cluster.stop()
+
+
+def test_completion_and_chat_plain_and_streamed(e2_cluster):
+    c = e2_cluster
+    resp = c.completion("the cat sat on", max_tokens=5, ignore_eos=True)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] == 5
+    assert body["choices"][0]["finish_reason"] == "length"
+
+    chat = c.client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4, "ignore_eos": True})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["choices"][0]["message"]["role"] == "assistant"
+
+    request = {"messages": [{"role": "user", "content": "hello again"}], "max_tokens": 6,
+               "ignore_eos": True, "temperature": 0}
+    with c.client.stream("POST", "/v1/chat/completions", json={
+            **request, "stream": True, "stream_options": {"include_usage": True}}) as stream:
+        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+    streamed = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"])
+    plain = c.client.post("/v1/chat/completions", json=request).json()
+    assert streamed == plain["choices"][0]["message"]["content"]
+
+
+def test_e2_sends_a_shared_prefix_to_the_same_worker_and_hits_its_cache(e2_cluster):
+    c = e2_cluster
+    prefix = [(7 * i) % 400 + 3 for i in range(160)]
+    first = c.completion(prefix + [11, 12, 13], max_tokens=3, ignore_eos=True)
+    assert first.status_code == 200
+    time.sleep(0.5)  # the worker's KV events reach the router
+    second = c.completion(prefix + [21, 22, 23, 24], max_tokens=3, ignore_eos=True)
+    assert second.status_code == 200
+    assert route(second)["worker"] == route(first)["worker"]
+    assert route(second)["branch"] == "exploit"
+    assert route(second)["matched_tokens"] >= 160
+    assert second.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 160
+
+
+def test_round_robin_alternates(rr_cluster):
+    workers = [route(rr_cluster.completion([5, 6, 7, 8], max_tokens=1))["worker"] for _ in range(4)]
+    assert workers[0] != workers[1] and workers[0] == workers[2] and workers[1] == workers[3]
+
+
+def test_bad_requests_get_openai_errors(e2_cluster):
+    c = e2_cluster
+    for body in ({"prompt": "x", "max_tokens": -1}, {"prompt": "x", "temperature": "hot"},
+                 {"prompt": [1, 10**9]}, {"prompt": "x", "n": 1000}, {"prompt": "x", "unknown_field": 1},
+                 {"prompt": "x", "max_tokens": 10**9}):
+        resp = c.client.post("/v1/completions", json=body)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["message"]
+    resp = c.client.post("/v1/completions", json={"prompt": "x", "model": "nope"})
+    assert resp.status_code == 404
+    resp = c.client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 400
+
+
+def test_openai_sdk_works_against_the_router(e2_cluster):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{e2_cluster.url}/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    done = client.completions.create(model=model, prompt="once upon", max_tokens=3, temperature=0)
+    assert done.usage.completion_tokens == 3
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=3, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_serve_stops_cleanly_on_sigterm(tiny_models):
+    cluster = Cluster(tiny_models("llama"), "least_load")
+    marker = f"--port {cluster.port + 1}"
+    assert processes_with(marker)
+    assert cluster.stop() == 0
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_with(marker), "worker processes outlived serve"
