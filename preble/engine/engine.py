@@ -24,7 +24,8 @@ from .attention import make_backend
 from .config import EngineConfig
 from .kv_pool import KVPool, page_bytes
 from .model.config import DTYPES, ModelConfig
-from .model.loader import load_model
+from .model.loader import build_model, load_model
+from .model.presets import init_random_, is_random, preset
 from .model_runner import ModelRunner
 from .sampler import Sampler
 
@@ -64,14 +65,21 @@ class LLMEngine:
         self.config = config
         self.clock = clock
         self.device = torch.device(config.device)
-        self.model_config = ModelConfig.from_dir(config.model)
-        mc = self.model_config
-        self.dtype = _resolve_dtype(config, mc)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-        self.eos_token_ids = frozenset(mc.eos_token_ids) or frozenset(
-            [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])
         torch.manual_seed(config.seed)
-        self.model = load_model(config.model, mc, self.device, self.dtype)
+        if is_random(config.model):  # a real architecture with random weights: no files, no tokenizer
+            self.model_config = mc = preset(config.model)
+            self.dtype = _resolve_dtype(config, mc)
+            self.tokenizer = None
+            self.model = build_model(mc, self.device, self.dtype)
+            init_random_(self.model, config.seed)
+        else:
+            self.model_config = mc = ModelConfig.from_dir(config.model)
+            self.dtype = _resolve_dtype(config, mc)
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            self.model = load_model(config.model, mc, self.device, self.dtype)
+        tokenizer_eos = getattr(self.tokenizer, "eos_token_id", None)
+        self.eos_token_ids = frozenset(mc.eos_token_ids) or frozenset(
+            [tokenizer_eos] if tokenizer_eos is not None else [])
         num_pages = _num_pages(config, page_bytes(mc.num_layers, config.page_size, mc.num_kv_heads,
                                                   mc.head_dim, self.dtype), self.device)
         self.kv_pool = KVPool(mc.num_layers, num_pages, config.page_size, mc.num_kv_heads,
@@ -103,6 +111,8 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if sampling.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none")
         req = Request(request_id, ids, sampling, self.clock(), self.eos_token_ids)
         self.scheduler.add_request(req)
         self._requests[request_id] = req
@@ -138,7 +148,9 @@ class LLMEngine:
     # ------------------------------------------------------------------ text
 
     def decode(self, req: Request) -> str:
-        """The output text, cut before the first stop string."""
+        """The output text, cut before the first stop string ("" for a model without tokenizer)."""
+        if self.tokenizer is None:
+            return ""
         text = self.tokenizer.decode(req.output_token_ids,
                                      skip_special_tokens=req.sampling.skip_special_tokens)
         cut = min((i for s in req.sampling.stop if (i := text.find(s)) >= 0), default=len(text))

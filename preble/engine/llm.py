@@ -32,6 +32,8 @@ class LLM:
         try:
             for prompt, sp in zip(prompts, params):
                 text = prompt if isinstance(prompt, str) else None
+                if text is not None and self.tokenizer is None:
+                    raise ValueError("this model has no tokenizer: give prompts as token ids")
                 ids = self.tokenizer.encode(prompt) if text is not None else list(prompt)
                 texts.append(text)
                 reqs.append(engine.add_request(ids, sp))
