@@ -72,7 +72,7 @@ def route(resp: httpx.Response) -> dict:
 
 
 def processes_with(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-af", "--", marker], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 

@@ -37,4 +37,5 @@ def build_router_app(cfg: RouterServerConfig):
 
 def run_router(cfg: RouterServerConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would drown the routing log
     uvicorn.run(build_router_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
