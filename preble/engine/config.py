@@ -16,7 +16,9 @@ class EngineConfig:
     num_pages: int | None = None  # KV pool size; default: from the memory budget below
     kv_cache_gib: float | None = None  # KV pool memory; default: 1 GiB on CPU, else from gpu_memory_utilization
     gpu_memory_utilization: float = 0.85  # share of the GPU memory weights + KV pool may take
-    attention_backend: str | None = None  # default: torch_sdpa on CPU
+    attention_backend: str | None = None  # torch_sdpa | triton; default: triton on CUDA, torch_sdpa on CPU
+    cuda_graph: bool = True  # capture decode steps as CUDA graphs (triton backend on CUDA only)
+    cuda_graph_max_batch: int = 256  # largest decode batch run as a graph
     seed: int = 0  # seeds the RNG of requests that bring no seed of their own
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

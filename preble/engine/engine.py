@@ -82,7 +82,8 @@ class LLMEngine:
             [tokenizer_eos] if tokenizer_eos is not None else [])
         num_pages = _num_pages(config, page_bytes(mc.num_layers, config.page_size, mc.num_kv_heads,
                                                   mc.head_dim, self.dtype), self.device)
-        self.kv_pool = KVPool(mc.num_layers, num_pages, config.page_size, mc.num_kv_heads,
+        # One page more than the allocator hands out: CUDA graphs park their padding rows there.
+        self.kv_pool = KVPool(mc.num_layers, num_pages + 1, config.page_size, mc.num_kv_heads,
                               mc.head_dim, self.dtype, self.device)
         self.allocator = PageAllocator(num_pages, config.page_size)
         self.cache = RadixCache(self.allocator, clock, on_kv_event)
@@ -90,11 +91,26 @@ class LLMEngine:
                       mc.max_position_embeddings)
         sched_config = dataclasses.replace(config.scheduler, max_model_len=max_len)
         self.scheduler = Scheduler(sched_config, self.allocator, self.cache, clock)
-        backend_name = config.attention_backend or "torch_sdpa"
-        self.runner = ModelRunner(self.model, make_backend(backend_name, self.kv_pool),
-                                  Sampler(self.device), config.page_size, self.device)
+        on_cuda = self.device.type == "cuda"
+        backend = make_backend(config.attention_backend or ("triton" if on_cuda else "torch_sdpa"), self.kv_pool)
+        graphs = self._capture_graphs(backend, spare_page=num_pages) if on_cuda and config.cuda_graph else None
+        self.runner = ModelRunner(self.model, backend, Sampler(self.device), config.page_size, self.device, graphs)
         self._ids = itertools.count()
         self._requests: dict[str, Request] = {}
+
+    def _capture_graphs(self, backend, spare_page: int):
+        """Decode CUDA graphs, for the Triton backend (whose plans can live in static buffers)."""
+        from .attention.triton_backend import TritonBackend
+        from .cuda_graph import CudaGraphConfig, DecodeGraphs
+
+        if not isinstance(backend, TritonBackend):
+            return None
+        cfg = self.config
+        graphs = DecodeGraphs(self.model, backend, CudaGraphConfig(),
+                              min(cfg.cuda_graph_max_batch, cfg.scheduler.max_running_requests),
+                              -(-self.scheduler.max_model_len // cfg.page_size), spare_page)
+        graphs.capture()
+        return graphs
 
     # ------------------------------------------------------------------ requests
 

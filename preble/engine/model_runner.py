@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -12,15 +14,19 @@ from .batch import ForwardBatch
 from .model.llama import LlamaForCausalLM
 from .sampler import Sampler
 
+if TYPE_CHECKING:  # CUDA graphs need Triton, which CPU installs lack
+    from .cuda_graph import DecodeGraphs
+
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, backend: AttentionBackend, sampler: Sampler,
-                 page_size: int, device: torch.device) -> None:
+                 page_size: int, device: torch.device, graphs: DecodeGraphs | None = None) -> None:
         self.model = model
         self.backend = backend
         self.sampler = sampler
         self.page_size = page_size
         self.device = device
+        self.graphs = graphs
 
     def build_batch(self, out: SchedulerOutput) -> ForwardBatch:
         ps = self.page_size
@@ -50,11 +56,26 @@ class ModelRunner:
             page_size=ps,
         )
 
+    def _graph_decode(self, out: SchedulerOutput) -> torch.Tensor:
+        ps = self.page_size
+        ids, positions, tables = [], [], []
+        for chunk in out.chunks:
+            req = chunk.request
+            ids.append(req.all_token_ids[chunk.start])
+            positions.append(chunk.start)
+            tables.append(req.pages[: chunk.start // ps + 1])
+        pos = np.asarray(positions)
+        slots = np.asarray([t[-1] for t in tables]) * ps + pos % ps
+        return self.graphs.run(ids, positions, slots, tables)
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> dict[Request, int]:
         """Run one step; return the token sampled for each request whose chunk samples."""
-        batch = self.build_batch(out)
-        logits = self.model(batch, self.backend)
+        decode_only = all(c.num_tokens == 1 for c in out.chunks)
+        if self.graphs is not None and decode_only and self.graphs.fits(len(out.chunks)):
+            logits = self._graph_decode(out)
+        else:
+            logits = self.model(self.build_batch(out), self.backend)
         sampling = [c.request for c in out.chunks if c.samples]
         if not sampling:
             return {}

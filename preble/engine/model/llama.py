@@ -144,9 +144,11 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, batch: ForwardBatch, backend: AttentionBackend) -> torch.Tensor:
-        """Run the packed batch; return float32 logits for the rows in `batch.logit_indices`."""
-        plan = backend.plan(batch)
+    def forward(self, batch: ForwardBatch, backend: AttentionBackend, plan=None) -> torch.Tensor:
+        """Run the packed batch; return float32 logits for the rows in `batch.logit_indices`.
+
+        `plan` is the backend's plan when the caller made it already (CUDA graphs do)."""
+        plan = backend.plan(batch) if plan is None else plan
         cos, sin = self.rotary(batch.positions)
         x = self.model.embed_tokens(batch.input_ids)
         for layer in self.model.layers:
