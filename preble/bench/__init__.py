@@ -1,0 +1,1 @@
+"""Benchmarks: workload generators, load generators and measurements of the router and engine."""

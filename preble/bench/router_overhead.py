@@ -1,0 +1,332 @@
+"""Router overhead: time per routing decision and memory at cluster scale, without GPUs.
+
+A synthetic cluster: `workers` simulated workers whose caches hold `prefixes` shared prefixes
+(a 512-token system prompt shared by 50 prefixes, then a 128-token document), fed to the policy
+as KV events, with periodic LoadReports. Requests pick a prefix by Zipf popularity and add a
+unique question. Each decision is what a real router does per request: `route()`, the KV events
+the chosen worker then emits (its new pages stored, its least recently used ones removed), one
+worker's LoadReport and one earlier request's `on_done`. The clock is simulated (`rate` requests
+per second), so the run spans more than E2's window and its collector is exercised.
+
+Each policy runs in a fresh process pinned to one core, so `rss_mb` (peak resident memory of that
+process, the interpreter and its imports included) is per policy. Token ids are generated from
+seeds on demand, so the workload itself holds little memory; `policy_mb` is the growth of the
+process from just before the build (imports excluded) to its peak.
+
+Python's cyclic garbage collector, not the policy, makes the latency tail: with its default
+thresholds a young collection runs every ~700 net allocations, i.e. within ~1-2% of decisions,
+and costs a millisecond or more once the process holds a large tree. A router process should
+freeze its state after start-up and collect young objects less often (`ROUTER_GC_THRESHOLD`): the
+same total collector time, hitting far fewer decisions. The headline numbers are measured so;
+`default_gc` holds those with Python's defaults (measured first, on half as many decisions).
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import random
+import resource
+import time
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict, deque
+from itertools import accumulate
+
+from ..core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_hashes
+from ..core.messages import LoadReport
+from ..core.routing import make_policy
+from ..core.routing.base import RequestDone, RouteRequest
+
+PAGE_SIZE = 16
+SYSTEM_TOKENS = 512  # shared by PREFIXES_PER_SYSTEM prefixes
+PREFIXES_PER_SYSTEM = 50
+DOC_TOKENS = 128  # what makes each prefix distinct
+QUESTION_TOKENS = (32, 64)  # unique per request
+MAX_TOKENS = 128
+OUTPUT_TOKENS = 100
+ZIPF_S = 1.1  # popularity exponent of prefixes
+REPLICATED_FRACTION = 0.01  # the most popular prefixes start on 3 workers, the rest on 1
+QUESTIONS_KEPT = 4  # question leaves a worker keeps per prefix before removing the oldest
+IN_FLIGHT = 256  # requests between a route and its on_done
+WARMUP = 500  # decisions not timed
+ROUTER_GC_THRESHOLD = (20_000, 20, 10)  # the collector setting the timed pass runs under (see doc)
+VOCAB = 128_000
+
+
+def _tokens(rng: random.Random, n: int) -> list[int]:
+    return [x % VOCAB for x in array("I", rng.randbytes(4 * n))]
+
+
+class _Workload:
+    """Deterministic token ids and page hashes of every prefix, computed on demand."""
+
+    def __init__(self, prefixes: int, seed: int) -> None:
+        self.prefixes = prefixes
+        self.seed = seed
+        self._hash_cache: dict[int, tuple[list[int], list[int]]] = {}
+
+    def system(self, p: int) -> list[int]:
+        return _tokens(random.Random(self.seed * 1_000_003 + p // PREFIXES_PER_SYSTEM), SYSTEM_TOKENS)
+
+    def doc(self, p: int) -> list[int]:
+        return _tokens(random.Random(~(self.seed * 1_000_003 + p)), DOC_TOKENS)
+
+    def hashes(self, p: int) -> tuple[list[int], list[int]]:
+        """(system page hashes, document page hashes) of prefix p."""
+        hit = self._hash_cache.get(p)
+        if hit is None:
+            sys_h = chain_hashes(self.system(p), PAGE_SIZE)
+            hit = (sys_h, chain_hashes(self.doc(p), PAGE_SIZE, sys_h[-1]))
+            if len(self._hash_cache) > 4096:
+                self._hash_cache.pop(next(iter(self._hash_cache)))
+            self._hash_cache[p] = hit
+        return hit
+
+
+class _SimWorker:
+    """What a worker caches, at prefix granularity: enough to emit realistic KV events."""
+
+    def __init__(self, wid: str, capacity: int) -> None:
+        self.wid = wid
+        self.capacity = capacity  # prefixes
+        self.prefixes: OrderedDict[int, list[list[int]] | None] = OrderedDict()  # prefix -> question leaves
+        self.systems: dict[int, int] = {}  # system id -> prefixes of it held
+
+    def store(self, wl: _Workload, p: int, question: list[int] | None) -> list:
+        events: list = []
+        sys_h, doc_h = wl.hashes(p)
+        if p not in self.prefixes:
+            while len(self.prefixes) >= self.capacity:
+                events.append(self._evict(wl))
+            s = p // PREFIXES_PER_SYSTEM
+            if not self.systems.get(s):
+                events.append(PagesStored(ROOT_HASH, sys_h, wl.system(p)))
+            self.systems[s] = self.systems.get(s, 0) + 1
+            events.append(PagesStored(sys_h[-1], doc_h, wl.doc(p)))
+            self.prefixes[p] = None
+        self.prefixes.move_to_end(p)
+        if question:
+            full = question[:len(question) - len(question) % PAGE_SIZE]
+            if full:
+                q_h = chain_hashes(full, PAGE_SIZE, doc_h[-1])
+                leaves = self.prefixes[p] or []
+                leaves.append(q_h)
+                events.append(PagesStored(doc_h[-1], q_h, full))
+                if len(leaves) > QUESTIONS_KEPT:
+                    events.append(PagesRemoved(leaves.pop(0)))
+                self.prefixes[p] = leaves
+        return events
+
+    def _evict(self, wl: _Workload) -> PagesRemoved:
+        p, leaves = self.prefixes.popitem(last=False)
+        sys_h, doc_h = wl.hashes(p)
+        removed = [h for leaf in leaves or () for h in leaf] + doc_h
+        s = p // PREFIXES_PER_SYSTEM
+        self.systems[s] -= 1
+        if not self.systems[s]:
+            removed += sys_h
+        return PagesRemoved(removed)
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float:
+    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+
+
+def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, rate: float,
+                seed: int) -> dict:
+    try:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    except (AttributeError, OSError):
+        pass
+    base_rss = _current_rss_mb()
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    policy = make_policy(policy_name, clock=clock, seed=seed)
+    wl = _Workload(prefixes, seed)
+    rng = random.Random(seed)
+    wids = [f"w{i}" for i in range(workers)]
+    for w in wids:
+        policy.add_worker(w)
+    # Initial placement: each prefix on one worker, the most popular on three.
+    order = list(range(prefixes))
+    rng.shuffle(order)  # popularity rank -> prefix
+    replicated = set(order[:max(1, int(REPLICATED_FRACTION * prefixes))])
+    capacity = int(1.25 * prefixes * (1 + 2 * REPLICATED_FRACTION) / workers) + 1
+    sims = {w: _SimWorker(w, capacity) for w in wids}
+    for p in range(prefixes):
+        homes = {p % workers} | ({(p * 7 + 1) % workers, (p * 13 + 2) % workers} if p in replicated else set())
+        for h in homes:
+            for ev in sims[wids[h]].store(wl, p, None):
+                policy.on_kv_event(wids[h], ev)
+    if policy_name == "cache_aware":  # its tree learns only from routing: show it every prefix once
+        for p in range(prefixes):
+            d = policy.route(RouteRequest(f"warm{p}", wl.system(p) + wl.doc(p), MAX_TOKENS))
+            policy.on_done(RequestDone(f"warm{p}", d.worker_id, SYSTEM_TOKENS + DOC_TOKENS, 0, 1, 0.1, 0.2))
+    gc.collect()
+    build_rss = _rss_mb()
+    loop = _Loop(policy, wl, sims, wids, prefixes, capacity, order, rate, seed, now)
+    # First with Python's collector as it comes, then as a router should run it (see module doc).
+    default_gc = loop.timed(requests // 2)
+    gc.collect()
+    gc.freeze()
+    old = gc.get_threshold()
+    gc.set_threshold(*ROUTER_GC_THRESHOLD)
+    try:
+        out = loop.timed(requests)
+    finally:
+        gc.set_threshold(*old)
+    out.update(rss_mb=_rss_mb(), rss_before_build_mb=base_rss, rss_after_build_mb=build_rss,
+               policy_mb=_rss_mb() - base_rss,
+               default_gc={k: default_gc[k] for k in ("p50_ms", "p99_ms", "decisions_per_s",
+                                                      "max_route_ms", "gc_pauses")})
+    tree = getattr(policy, "tree", None)
+    if tree is not None and hasattr(tree, "num_nodes"):
+        out["tree_nodes"] = tree.num_nodes
+    return out
+
+
+def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
+        policies: tuple[str, ...] = ("e2", "cache_aware"), seed: int = 0, rate: float = 320.0,
+        isolate: bool = True) -> dict[str, dict]:
+    """Per policy: p50_ms and p99_ms of route(), decisions_per_s (route plus the event, load and
+    done calls that come with each decision), rss_mb (peak, whole process: the interpreter and
+    its imports included, see rss_before_build_mb), and details. `isolate` runs each policy in
+    its own process (needed for a per-policy rss_mb)."""
+    args = [(name, workers, prefixes, requests, rate, seed) for name in policies]
+    if not isolate:
+        return {a[0]: _run_policy(*a) for a in args}
+    ctx = multiprocessing.get_context("spawn")
+    results = {}
+    for a in args:
+        with ctx.Pool(1) as pool:
+            results[a[0]] = pool.apply(_run_policy, a)
+    return results
+
+
+def document(results: dict[str, dict], **params) -> dict:
+    """The results file: numbers plus what they were measured on, when and at which commit."""
+    import datetime
+    import platform
+    import subprocess
+
+    def cpu_model() -> str:
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or "unknown"
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "benchmark": "router_overhead",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "device": {"cpu": cpu_model(), "cores_used": 1, "python": platform.python_version(),
+                   "platform": platform.platform()},
+        "parameters": params,
+        "results": results,
+    }
+
+
+class _Loop:
+    """The timed part: requests, the events they cause, load reports and completions."""
+
+    def __init__(self, policy, wl: _Workload, sims: dict, wids: list[str], prefixes: int,
+                 capacity: int, order: list[int], rate: float, seed: int, now: list[float]) -> None:
+        self.policy, self.wl, self.sims, self.wids = policy, wl, sims, wids
+        self.order, self.rate, self.now = order, rate, now
+        self.rng = random.Random(seed + 1)
+        self.cum = list(accumulate(1.0 / (r + 1) ** ZIPF_S for r in range(prefixes)))
+        self.kv_pages = capacity * (SYSTEM_TOKENS + DOC_TOKENS + QUESTIONS_KEPT * 48) // PAGE_SIZE
+        self.inflight: deque[tuple[RouteRequest, str, int]] = deque()
+        self.count = 0
+
+    def timed(self, requests: int) -> dict:
+        policy, rng, wl, wids = self.policy, self.rng, self.wl, self.wids
+        pauses: list[float] = []
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pauses.append(time.perf_counter() - started[0])
+
+        route_ns: list[int] = []
+        total_ns: list[int] = []
+        branches: dict[str, int] = {}
+        total_w = self.cum[-1]
+        for i in range(requests + WARMUP):
+            if i == WARMUP:
+                gc.callbacks.append(on_gc)
+            self.count += 1
+            self.now[0] += 1.0 / self.rate
+            p = self.order[bisect_left(self.cum, rng.random() * total_w)]
+            question = _tokens(rng, rng.randint(*QUESTION_TOKENS))
+            req = RouteRequest(f"r{self.count}", wl.system(p) + wl.doc(p) + question, MAX_TOKENS)
+            report = LoadReport(wids[self.count % len(wids)], self.now[0], running=rng.randint(4, 32),
+                                waiting=rng.randint(0, 8), waiting_tokens=rng.randint(0, 4000),
+                                kv_used_pages=self.kv_pages, kv_evictable_pages=int(0.8 * self.kv_pages),
+                                kv_total_pages=self.kv_pages, page_size=PAGE_SIZE,
+                                hit_ratio=rng.uniform(0.3, 0.75), tpot=rng.uniform(0.02, 0.04),
+                                num_preemptions=0)
+            done = None
+            if len(self.inflight) >= IN_FLIGHT:
+                r, rw, matched = self.inflight.popleft()
+                done = RequestDone(r.request_id, rw, len(r.token_ids), matched, OUTPUT_TOKENS,
+                                   rng.uniform(0.05, 0.5), rng.uniform(2.0, 4.0))
+            t0 = time.perf_counter_ns()
+            d = policy.route(req)
+            t1 = time.perf_counter_ns()
+            events = self.sims[d.worker_id].store(wl, p, question)
+            t2 = time.perf_counter_ns()
+            for ev in events:
+                policy.on_kv_event(d.worker_id, ev)
+            policy.on_load(report)
+            if done is not None:
+                policy.on_done(done)
+            t3 = time.perf_counter_ns()
+            self.inflight.append((req, d.worker_id, d.matched_tokens))
+            if i >= WARMUP:
+                route_ns.append(t1 - t0)
+                total_ns.append((t1 - t0) + (t3 - t2))
+                branches[d.branch] = branches.get(d.branch, 0) + 1
+        gc.callbacks.remove(on_gc)
+        route_ns.sort()
+        total_ns.sort()
+        return {
+            "p50_ms": _percentile(route_ns, 0.50) / 1e6,
+            "p99_ms": _percentile(route_ns, 0.99) / 1e6,
+            "decisions_per_s": len(total_ns) / (sum(total_ns) / 1e9),
+            "p50_decision_ms": _percentile(total_ns, 0.50) / 1e6,
+            "p99_decision_ms": _percentile(total_ns, 0.99) / 1e6,
+            "max_route_ms": route_ns[-1] / 1e6,
+            "branches": dict(sorted(branches.items())),
+            "gc_pauses": {"count": len(pauses), "max_ms": max(pauses, default=0.0) * 1e3,
+                          "total_ms": sum(pauses) * 1e3},
+        }

@@ -1,0 +1,451 @@
+"""E2: Preble's global scheduler (paper section 4; DESIGN.md section 2).
+
+Each request is matched on the global tree. If the longest cached prefix is longer than the
+rest, E2 exploits: it goes to the cheapest worker holding that prefix. Otherwise it explores: the
+cheapest of all workers, where a worker's cost is L + M + P in GPU seconds:
+
+- L, its load: the windowed prefill seconds of the requests routed to it plus their output
+  tokens times its time per output token (its LoadReport's, else the cost model's). Kept as
+  per-node, per-worker windowed sums in the tree; the root's are the worker's load.
+- M, the eviction cost: the pages this request needs beyond the worker's free ones are taken from
+  its least recently used nodes; each costs its prefill time times the requests that used it on
+  that worker within the window.
+- P, the prefill time of this request's tokens the worker does not hold.
+
+Before comparing explore costs, a decode-heavy worker (windowed hit ratio >= 0.7) takes the
+explored, prefill-heavy request ("pd"). When the heaviest worker's L exceeds 1.5x the lightest's,
+whole prefix subtrees (their future requests and their windowed load) move from heavy to light
+until within the threshold ("rebalance"). When one prefix's TTFT on a worker doubles from the
+window's older half to its newer half, another worker is added for that prefix and its requests
+go to the cheaper of its workers ("replicate"). Steering decisions live on tree nodes for
+`assignment_ttl_s`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..cost_model import CostModel
+from ..global_tree import (
+    OUTPUT_TOKENS,
+    PREFILL_S,
+    REQUESTS,
+    EventGap,
+    GlobalTree,
+    Node,
+    PageSizeMismatch,
+    TreeMatch,
+)
+from ..kv_events import CacheCleared, KVEvent, PagesStored
+from ..messages import LoadReport
+from ..window_stats import WindowSums
+from .base import RequestDone, RouteDecision, RouteRequest
+
+
+@dataclass(frozen=True)
+class E2Config:
+    page_size: int = 16  # the workers' KV page size; the tree rejects events of another size
+    window_s: float = 180.0  # H: the window of loads and request statistics (paper: 3 minutes)
+    window_buckets: int = 6  # the window is kept in this many buckets (resolution H / buckets)
+    exploit_ratio: float = 1.0  # exploit when cached > exploit_ratio * missing tokens
+    pd_hit_ratio: float = 0.7  # a worker whose windowed hit ratio reaches this is decode-heavy
+    pd_min_requests: int = 8  # finished requests before the router trusts its own hit ratio of a worker
+    rebalance_ratio: float = 1.5  # rebalance when the heaviest L exceeds this times the lightest
+    rebalance_min_load_s: float = 5.0  # ... and the heaviest L is at least this (no churn when idle)
+    rebalance_max_moves: int = 16  # subtrees moved per routing decision at most
+    rebalance_min_requests: int = 2  # a subtree moves only if this many requests used it in the window
+    rebalance_interval_s: float = 1.0  # look for imbalance at most this often (loads move slowly)
+    replicate_ttft_ratio: float = 2.0  # replicate when a prefix's mean TTFT grows this much across the window
+    replicate_min_samples: int = 8  # finished requests needed in each half-window (fewer: noise replicates)
+    assignment_ttl_s: float = 180.0  # how long a rebalance or replicate decision steers a prefix
+    pending_ttl_s: float = 30.0  # a routed prompt counts as held by its worker this long (until KV events tell)
+    routed_ttl_s: float = 300.0  # the same for workers that send no KV events (corrected by cached_tokens)
+    gc_budget: int = 64  # tree nodes the collector examines per routing decision
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Future requests through a node go to one of `workers` (set by rebalance or replicate)."""
+
+    workers: tuple[str, ...]
+    reason: str  # the branch of the requests it routes: rebalance | replicate
+    until: float
+
+
+@dataclass
+class _Victims:
+    """A worker's LRU nodes as a cumulative (pages, eviction cost) curve, extended on demand and
+    valid while the worker's LRU and the window's bucket stay the same."""
+
+    version: int
+    bucket: int
+    nodes: list[Node] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)  # cumulative
+    costs: list[float] = field(default_factory=list)  # cumulative
+    it: object = None
+    done: bool = False
+
+
+@dataclass
+class _Worker:
+    order: int  # tie-break: the order workers were added
+    hits: WindowSums  # (finished requests, prompt tokens, cached tokens)
+    report: LoadReport | None = None
+    pages_since_report: int = 0  # pages promised to requests routed since the last report
+    outstanding: int = 0
+    outstanding_tokens: int = 0  # prompt tokens of outstanding requests
+    events: str = "none"  # its KV events: none (yet) | live | gap (until a resync) | incompatible
+    events_note: str | None = None  # why its events are not followed
+    victims: _Victims | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    worker: str
+    time: float
+    path_end: Node
+    prefix: Node | None  # the node where its cached prefix ended: TTFT is tracked there
+    prompt_tokens: int
+    prefill_s: float  # estimated at routing
+    output_tokens: int  # estimated at routing
+    believed: int  # tokens the worker was believed to hold
+    believed_expiries: list[tuple[int, float]] | None  # routed-only workers: (end token, expiry) on the path
+
+
+class E2Policy:
+    name = "e2"
+
+    def __init__(self, clock: Callable[[], float], cost_model: CostModel | None = None,
+                 config: E2Config | None = None) -> None:
+        self.clock = clock
+        self.cost = cost_model or CostModel()
+        self.config = cfg = config or E2Config()
+        self.tree = GlobalTree(cfg.page_size, clock, cfg.window_s, cfg.window_buckets)
+        self._workers: dict[str, _Worker] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._outputs = WindowSums(cfg.window_buckets, 2)  # (finished requests, output tokens)
+        self._added = 0
+        self._rebalance_after = float("-inf")  # no imbalance check before this time
+
+    # ------------------------------------------------------------------ membership and feeds
+
+    def add_worker(self, worker_id: str) -> None:
+        if worker_id not in self._workers:
+            self._workers[worker_id] = _Worker(self._added, WindowSums(self.config.window_buckets, 3))
+            self._added += 1
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+        self.tree.remove_worker(worker_id)
+        for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
+            del self._pending[rid]
+
+    def on_kv_event(self, worker_id: str, event: KVEvent) -> None:
+        """Apply a worker's event. Events of unknown or removed workers are dropped. After a gap
+        (an event naming a page never seen) the worker is tracked by routed prompts until its
+        next resync; with another page size, for good."""
+        ws = self._workers.get(worker_id)
+        if ws is None or ws.events in ("gap", "incompatible"):
+            return
+        try:
+            self.tree.apply(worker_id, event)
+        except PageSizeMismatch as e:
+            self._stop_following(ws, worker_id, "incompatible", str(e))
+            return
+        except EventGap as e:
+            self._stop_following(ws, worker_id, "gap", str(e))
+            return
+        ws.events = "live"
+
+    def on_resync(self, worker_id: str, stored: list[PagesStored]) -> None:
+        ws = self._workers.get(worker_id)
+        if ws is None or ws.events == "incompatible":
+            return
+        try:
+            self.tree.replace_worker(worker_id, stored)
+        except PageSizeMismatch as e:
+            self._stop_following(ws, worker_id, "incompatible", str(e))
+            return
+        except EventGap as e:  # a dump whose parents come after their children
+            self._stop_following(ws, worker_id, "gap", str(e))
+            return
+        ws.events, ws.events_note = "live", None
+
+    def on_load(self, report: LoadReport) -> None:
+        ws = self._workers.get(report.worker_id)
+        if ws is None:
+            return
+        ws.report = report
+        ws.pages_since_report = 0
+        if report.page_size != self.config.page_size and ws.events != "incompatible":
+            self._stop_following(ws, report.worker_id, "incompatible", f"page size {report.page_size} "
+                                 f"!= the router's {self.config.page_size}")
+
+    def _stop_following(self, ws: _Worker, worker_id: str, state: str, why: str) -> None:
+        """Its events cannot be mirrored: forget what they said and track it by routed prompts."""
+        ws.events, ws.events_note = state, why
+        self.tree.apply(worker_id, CacheCleared())
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, req: RouteRequest) -> RouteDecision:
+        if not self._workers:
+            raise RuntimeError("no workers to route to")
+        now = self.clock()
+        cfg = self.config
+        self.tree.gc(cfg.gc_budget)
+        b = self.tree.window.bucket(now)
+        if now >= self._rebalance_after:
+            self._rebalance_after = now + cfg.rebalance_interval_s
+            self._rebalance(now, b)
+        m = self.tree.match(req.token_ids)
+        n = len(req.token_ids)
+        out = self._output_estimate(req.max_tokens, b)
+        cached = m.cached_tokens
+        assignment = self._assignment(m, now)
+        if assignment is not None:
+            cands, branch = list(assignment.workers), assignment.reason
+        else:
+            cands = [w for w, k in m.held.items() if k == cached and w in self._workers]
+            branch = "exploit"
+            if not cands or cached <= cfg.exploit_ratio * (n - cached):
+                cands, branch = list(self._workers), "explore"
+        path_nodes = set(m.path)
+        if m.partial is not None:
+            path_nodes.add(m.partial)
+        costs = {w: self._cost(w, self._load(w, b), m, n, out, path_nodes, b) for w in cands}
+        if branch == "explore":
+            heavy = [w for w in cands if self._decode_heavy(w, b)]
+            if heavy and len(heavy) < len(cands):
+                cands, branch = heavy, "pd"
+        worker = min(cands, key=lambda w: (costs[w], self._workers[w].order))
+        self._commit(req, worker, m, n, out, now)
+        return RouteDecision(worker, branch, m.held.get(worker, 0), costs)
+
+    def _cost(self, w: str, load: float, m: TreeMatch, n: int, out: int, path_nodes: set,
+              b: int) -> float:
+        """L + M + P of sending this request to worker `w`."""
+        held = m.held.get(w, 0)
+        ps = self.config.page_size
+        need = -(-(n - held) // ps) + -(-out // ps)
+        return load + self._eviction_cost(w, need, path_nodes, b) + self.cost.prefill_time(n - held, held)
+
+    def _load(self, w: str, b: int) -> float:
+        """L: windowed prefill seconds plus output tokens times time per output token."""
+        stats = self.tree.load(w, b)
+        return stats[PREFILL_S] + self.cost.decode_time(stats[OUTPUT_TOKENS], self._tpot(w))
+
+    def _tpot(self, w: str) -> float:
+        ws = self._workers[w]
+        if ws.report is not None and ws.report.tpot > 0:
+            return ws.report.tpot
+        return self.cost.tpot(ws.outstanding, ws.outstanding_tokens)
+
+    def _eviction_cost(self, w: str, need_pages: int, path_nodes: set, b: int) -> float:
+        """M: what recomputing the LRU nodes the worker must evict to fit `need_pages` costs."""
+        ws = self._workers[w]
+        rep = ws.report
+        if rep is None:
+            return 0.0  # capacity unknown: assume it fits
+        free = rep.kv_total_pages - rep.kv_used_pages - ws.pages_since_report
+        evict = min(need_pages - free, rep.kv_evictable_pages)
+        if evict <= 0:
+            return 0.0
+        vic = self._victims(w, ws, evict, b)
+        i = bisect_left(vic.pages, evict)
+        if any(node in path_nodes for node in vic.nodes[:i + 1]):
+            return self._eviction_cost_slow(w, evict, path_nodes, b)
+        if i == len(vic.pages):  # fewer pages in its LRU than needed: all of them
+            return vic.costs[-1] if vic.costs else 0.0
+        before_pages = vic.pages[i - 1] if i else 0
+        before_cost = vic.costs[i - 1] if i else 0.0
+        return before_cost + self._node_cost(w, vic.nodes[i], evict - before_pages, b)
+
+    def _victims(self, w: str, ws: _Worker, pages: int, b: int) -> _Victims:
+        version = self.tree.lru_version(w)
+        vic = ws.victims
+        if vic is None or vic.version != version or vic.bucket != b:
+            vic = ws.victims = _Victims(version, b, it=self.tree.lru(w))
+        while not vic.done and (not vic.pages or vic.pages[-1] < pages):
+            node = next(vic.it, None)
+            if node is None:
+                vic.done = True
+                break
+            vic.nodes.append(node)
+            vic.pages.append((vic.pages[-1] if vic.pages else 0) + len(node.hashes))
+            vic.costs.append((vic.costs[-1] if vic.costs else 0.0) +
+                             self._node_cost(w, node, len(node.hashes), b))
+        return vic
+
+    def _eviction_cost_slow(self, w: str, evict: int, path_nodes: set, b: int) -> float:
+        total = 0.0
+        for node in self.tree.lru(w):
+            if evict <= 0:
+                break
+            if node in path_nodes:
+                continue
+            take = min(evict, len(node.hashes))
+            total += self._node_cost(w, node, take, b)
+            evict -= take
+        return total
+
+    def _node_cost(self, w: str, node: Node, pages: int, b: int) -> float:
+        """Recomputing the last `pages` pages of `node` for each request that used it on `w`."""
+        hits = self.tree.stats(node, w, b)[REQUESTS]
+        if hits <= 0:
+            return 0.0
+        tokens = pages * self.config.page_size
+        return hits * self.cost.prefill_time(tokens, node.end - tokens)
+
+    def _decode_heavy(self, w: str, b: int) -> bool:
+        ws = self._workers[w]
+        if ws.report is not None:
+            return ws.report.hit_ratio >= self.config.pd_hit_ratio
+        done, prompt, cached = ws.hits.totals(b)
+        return done >= self.config.pd_min_requests and prompt > 0 and \
+            cached / prompt >= self.config.pd_hit_ratio
+
+    def _output_estimate(self, max_tokens: int, b: int) -> int:
+        """Expected output tokens: the window's mean, capped by the request's budget."""
+        done, tokens = self._outputs.totals(b)
+        return max_tokens if done <= 0 else min(max_tokens, round(tokens / done))
+
+    def _assignment(self, m: TreeMatch, now: float) -> Assignment | None:
+        """The deepest live steering decision on the request's path."""
+        for node in reversed(m.path):
+            a = node.assigned
+            if a is None:
+                continue
+            if a.until <= now:
+                node.assigned = None
+                continue
+            live = tuple(w for w in a.workers if w in self._workers)
+            if live:
+                return Assignment(live, a.reason, a.until)
+        return None
+
+    def _commit(self, req: RouteRequest, w: str, m: TreeMatch, n: int, out: int, now: float) -> None:
+        """Count the request as the worker's load and its prompt as held by the worker."""
+        cfg = self.config
+        ws = self._workers[w]
+        held = m.held.get(w, 0)
+        by_events = ws.events == "live"
+        expiries = None if by_events else self._routed_expiries(w, m, held)
+        path = self.tree.insert(m, w, now + (cfg.pending_ttl_s if by_events else cfg.routed_ttl_s))
+        prefill = self.cost.prefill_time(n - held, held)
+        end = path[-1] if path else self.tree.root
+        self.tree.record(end, w, (1.0, prefill, float(out)))
+        prefix = None
+        if m.cached_tokens > 0:
+            prefix = next((x for x in path if x.end == m.cached_tokens), None)
+        ps = cfg.page_size
+        ws.pages_since_report += -(-(n - held) // ps) + -(-out // ps)
+        ws.outstanding += 1
+        ws.outstanding_tokens += n
+        self._pending[req.request_id] = _Pending(w, now, end, prefix, n, prefill, out, held, expiries)
+
+    def _routed_expiries(self, w: str, m: TreeMatch, held: int) -> list[tuple[int, float]]:
+        nodes = list(m.path) + ([m.partial] if m.partial is not None else [])
+        out = []
+        for node in nodes:
+            exp = self.tree.routed_expiry(node, w)
+            if exp is not None and node.depth < held:
+                out.append((min(node.end, held), exp))
+        return out
+
+    # ------------------------------------------------------------------ feedback
+
+    def on_done(self, done: RequestDone) -> None:
+        p = self._pending.pop(done.request_id, None)
+        if p is None:
+            return
+        ws = self._workers.get(p.worker)
+        if ws is None:
+            return
+        ws.outstanding -= 1
+        ws.outstanding_tokens -= p.prompt_tokens
+        now = self.clock()
+        if not done.ok:  # it did not run to the end: take back its estimated work
+            self.tree.record(p.path_end, p.worker, (0.0, -p.prefill_s, -float(p.output_tokens)), at=p.time)
+            return
+        prefill = self.cost.prefill_time(done.prompt_tokens - done.cached_tokens, done.cached_tokens)
+        self.tree.record(p.path_end, p.worker, (0.0, prefill - p.prefill_s,
+                                                float(done.output_tokens - p.output_tokens)), at=p.time)
+        b = self.tree.bucket()
+        ws.hits.add(b, (1.0, float(done.prompt_tokens), float(done.cached_tokens)))
+        self._outputs.add(b, (1.0, float(done.output_tokens)))
+        if p.believed_expiries and done.cached_tokens < p.believed:
+            # The worker had evicted what it last used at that expiry's time: in LRU order,
+            # everything it used no later than that is gone too.
+            cutoff = next((exp for end, exp in p.believed_expiries if end > done.cached_tokens), None)
+            if cutoff is not None:
+                self.tree.drop_routed(p.worker, cutoff)
+        if p.prefix is not None:
+            self.tree.record_ttft(p.prefix, p.worker, done.ttft)
+            self._maybe_replicate(p.prefix, p.worker, now)
+
+    # ------------------------------------------------------------------ rebalance and replicate
+
+    def _rebalance(self, now: float, b: int) -> None:
+        """Move subtrees from the heaviest to the lightest worker until within the ratio."""
+        cfg = self.config
+        loads = {w: self._load(w, b) for w in self._workers}
+        for _ in range(cfg.rebalance_max_moves):
+            order = self._workers
+            heavy = max(loads, key=lambda w: (loads[w], -order[w].order))
+            light = min(loads, key=lambda w: (loads[w], order[w].order))
+            if heavy == light or loads[heavy] < cfg.rebalance_min_load_s or \
+                    loads[heavy] <= cfg.rebalance_ratio * loads[light]:
+                return
+            node = self._pick_subtree(heavy, (loads[heavy] - loads[light]) / 2, now, b)
+            if node is None:
+                return
+            node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
+            self.tree.move_stats(node, heavy, light)
+            loads[heavy], loads[light] = self._load(heavy, b), self._load(light, b)
+
+    def _pick_subtree(self, w: str, target: float, now: float, b: int) -> Node | None:
+        """The largest subtree that lives on `w` (no other worker served it in the window), used
+        by enough requests, with a windowed load on `w` of at most `target`; larger or shared
+        subtrees are searched for such parts. Replicated prefixes stay where they are."""
+        tpot = self._tpot(w)
+        best, best_load = None, 0.0
+        stack = list(self.tree.root.children.values())
+        while stack:
+            node = stack.pop()
+            if not node.stats or w not in node.stats:
+                continue
+            a = node.assigned
+            if a is not None and a.reason == "replicate" and a.until > now:
+                continue
+            stats = self.tree.stats(node, w, b)
+            load = stats[PREFILL_S] + tpot * stats[OUTPUT_TOKENS]
+            if stats[REQUESTS] < self.config.rebalance_min_requests or load <= best_load:
+                continue
+            shared = any(x != w and self.tree.stats(node, x, b)[REQUESTS] > 0 for x in node.stats)
+            if load <= target and not shared:
+                best, best_load = node, load
+            else:
+                stack.extend(node.children.values())
+        return best
+
+    def _maybe_replicate(self, node: Node, w: str, now: float) -> None:
+        """If this prefix's TTFT on `w` doubled across the window, give it one more worker."""
+        cfg = self.config
+        (n_old, s_old), (n_new, s_new) = self.tree.ttft_halves(node, w)
+        if n_old < cfg.replicate_min_samples or n_new < cfg.replicate_min_samples or s_old <= 0:
+            return
+        if s_new / n_new < cfg.replicate_ttft_ratio * (s_old / n_old):
+            return
+        a = node.assigned
+        current = list(a.workers) if a is not None and a.until > now else self.tree.holders(node)
+        current = [x for x in dict.fromkeys(current + [w]) if x in self._workers]
+        others = [x for x in self._workers if x not in current]
+        if not others:
+            return
+        b = self.tree.window.bucket(now)
+        extra = min(others, key=lambda x: (self._load(x, b), self._workers[x].order))
+        node.assigned = Assignment(tuple(current + [extra]), "replicate", now + cfg.assignment_ttl_s)
+        self.tree.reset_ttft(node, w)
