@@ -9,9 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .bench.cli import bench_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Preble: LLM serving that co-optimises prefix reuse and load balance.")
 console = Console()
+app.add_typer(bench_app, name="bench")
 
 DEMO_SYSTEM_PROMPT = (
     "You are a concise geography assistant. Answer each question in one short sentence. "

@@ -51,3 +51,24 @@ def router(
         table.add_row(p, f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['decisions_per_s']:.0f}",
                       f"{r['rss_mb']:.0f}")
     Console().print(table)
+
+
+@bench_app.command("engine")
+def engine(
+    model: str = typer.Option("random:llama3-8b", help="HF folder or random:PRESET."),
+    device: str = typer.Option("cuda"),
+    dtype: str | None = typer.Option(None),
+    quick: bool = typer.Option(False, help="Small sizes: a smoke run that fits a CPU."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON result instead of the table."),
+    out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it (.md)."),
+) -> None:
+    """One engine against the device's own ceilings: prefill MFU, cached-prefix TTFT, decode roofline."""
+    from .engine import QUICK, EngineBenchConfig, markdown, run
+
+    cfg = EngineBenchConfig(model=model, device=device, dtype=dtype, **(QUICK if quick else {}))
+    result = run(cfg)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+    print(json.dumps(result, indent=2) if as_json else markdown(result))

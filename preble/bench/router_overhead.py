@@ -38,6 +38,7 @@ from ..core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_hashes
 from ..core.messages import LoadReport
 from ..core.routing import make_policy
 from ..core.routing.base import RequestDone, RouteRequest
+from ..router.gc_tuning import tune_gc
 
 PAGE_SIZE = 16
 SYSTEM_TOKENS = 512  # shared by PREFIXES_PER_SYSTEM prefixes
@@ -51,7 +52,6 @@ REPLICATED_FRACTION = 0.01  # the most popular prefixes start on 3 workers, the 
 QUESTIONS_KEPT = 4  # question leaves a worker keeps per prefix before removing the oldest
 IN_FLIGHT = 256  # requests between a route and its on_done
 WARMUP = 500  # decisions not timed
-ROUTER_GC_THRESHOLD = (20_000, 20, 10)  # the collector setting the timed pass runs under (see doc)
 VOCAB = 128_000
 
 
@@ -185,10 +185,7 @@ def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, ra
     loop = _Loop(policy, wl, sims, wids, prefixes, capacity, order, rate, seed, now)
     # First with Python's collector as it comes, then as a router should run it (see module doc).
     default_gc = loop.timed(requests // 2)
-    gc.collect()
-    gc.freeze()
-    old = gc.get_threshold()
-    gc.set_threshold(*ROUTER_GC_THRESHOLD)
+    old = tune_gc()
     try:
         out = loop.timed(requests)
     finally:

@@ -40,7 +40,7 @@ def _resolve_dtype(config: EngineConfig, model_config: ModelConfig) -> torch.dty
     if config.dtype is not None:
         if config.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-        return DTYPES[config.dtype]
+        return getattr(torch, config.dtype)
     if torch.device(config.device).type == "cpu":
         return torch.float32
     return model_config.torch_dtype if model_config.dtype != "float32" else torch.bfloat16
@@ -56,7 +56,10 @@ def _num_pages(config: EngineConfig, bytes_per_page: int, device: torch.device) 
         budget = free - (1 - config.gpu_memory_utilization) * total
     else:
         budget = GIB
-    return max(1, int(budget // bytes_per_page))
+    if budget < bytes_per_page:
+        raise RuntimeError(f"no memory left for the KV cache on {device} (budget {budget / GIB:.2f} GiB); "
+                           "set kv_cache_gib or num_pages, or free the device")
+    return int(budget // bytes_per_page)
 
 
 class LLMEngine:

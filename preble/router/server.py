@@ -7,11 +7,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import uvicorn
 
-from ..core.routing import make_policy
+from ..core.routing import E2Config, make_policy
 from ..engine.model.config import ModelConfig
 from .app import RouterConfig, create_router_app
+from .gc_tuning import tune_gc
+
+log = logging.getLogger("preble.router")
 
 
 @dataclass(frozen=True)
@@ -23,13 +27,34 @@ class RouterServerConfig:
     port: int = 8000
     served_model_name: str | None = None
     max_model_len: int | None = None
+    page_size: int | None = None  # the workers' KV page size; None: read from their load reports
+    discovery_timeout_s: float = 10.0  # how long to wait for a worker to tell its page size
     seed: int = 0
+
+
+def discover_page_size(urls: list[str], timeout_s: float) -> int | None:
+    """The KV page size the first answering worker reports (all workers must share it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for url in urls:
+            try:
+                return int(httpx.get(f"{url.rstrip('/')}/load", timeout=1.0).json()["page_size"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                continue
+        time.sleep(0.25)
+    return None
 
 
 def build_router_app(cfg: RouterServerConfig):
     model_cfg = ModelConfig.from_dir(cfg.model)
     max_len = min(cfg.max_model_len or model_cfg.max_position_embeddings, model_cfg.max_position_embeddings)
-    policy = make_policy(cfg.policy, clock=time.monotonic, seed=cfg.seed)
+    config = None
+    if cfg.policy == "e2":
+        page_size = cfg.page_size or discover_page_size(cfg.workers, cfg.discovery_timeout_s)
+        if page_size is None:
+            log.warning("no worker reported its page size; e2 assumes %d", E2Config.page_size)
+        config = E2Config(page_size=page_size or E2Config.page_size)
+    policy = make_policy(cfg.policy, clock=time.monotonic, config=config, seed=cfg.seed)
     rcfg = RouterConfig(model_path=cfg.model, served_model_name=cfg.served_model_name or Path(cfg.model).name,
                         max_model_len=max_len)
     return create_router_app(rcfg, cfg.workers, policy)
@@ -38,4 +63,6 @@ def build_router_app(cfg: RouterServerConfig):
 def run_router(cfg: RouterServerConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would drown the routing log
-    uvicorn.run(build_router_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+    app = build_router_app(cfg)
+    tune_gc()
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -44,6 +44,7 @@ class WorkerHandle:
     last_ok: float = 0.0
     load: LoadReport | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    events_task: asyncio.Task | None = None
 
 
 class WorkerPool:
@@ -62,8 +63,7 @@ class WorkerPool:
             worker_id = await self._identify(url)
             handle = WorkerHandle(url, worker_id)
             self.workers[worker_id] = handle
-            handle.tasks = [asyncio.create_task(self._poll_load(handle)),
-                            asyncio.create_task(self._follow_events(handle))]
+            handle.tasks = [asyncio.create_task(self._poll_load(handle))]
 
     async def _identify(self, url: str) -> str:
         """A worker's self-reported id, or its URL when it does not report one (yet)."""
@@ -75,8 +75,9 @@ class WorkerPool:
 
     async def stop(self) -> None:
         for handle in self.workers.values():
-            for task in handle.tasks:
-                task.cancel()
+            for task in [*handle.tasks, handle.events_task]:
+                if task is not None:
+                    task.cancel()
         await self.client.aclose()
 
     def healthy(self) -> list[WorkerHandle]:
@@ -95,11 +96,17 @@ class WorkerPool:
         if healthy:
             log.info("worker %s is healthy", handle.worker_id)
             self.policy.add_worker(handle.worker_id)
+            self._restart_events(handle)  # start over from a full resync of its cache
         else:
             log.warning("worker %s is unreachable; routing around it", handle.worker_id)
             self.policy.remove_worker(handle.worker_id)
         if self._on_change:
             self._on_change()
+
+    def _restart_events(self, handle: WorkerHandle) -> None:
+        if handle.events_task is not None:
+            handle.events_task.cancel()
+        handle.events_task = asyncio.create_task(self._follow_events(handle))
 
     async def _poll_load(self, handle: WorkerHandle) -> None:
         cfg = self.config
@@ -128,7 +135,7 @@ class WorkerPool:
                             continue
                         batch = _batch_decoder.decode(line)
                         if not handle.healthy:
-                            continue  # the policy does not know this worker; resync on re-admission
+                            return  # the policy dropped this worker; re-admission starts a new stream
                         if batch.resync:
                             self.policy.on_resync(handle.worker_id,
                                                   [e for e in batch.events if isinstance(e, PagesStored)])

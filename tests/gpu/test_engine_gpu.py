@@ -41,7 +41,7 @@ def outputs(llm: LLM, batch: list[list[int]]) -> list[list[int]]:
 def test_cuda_engine_matches_cpu_engine(model_dirs, family, page_size):
     batch = prompts(seed=page_size)
     cpu = outputs(LLM(model_dirs[family], device="cpu", page_size=page_size), batch)
-    gpu_llm = LLM(model_dirs[family], device="cuda", dtype="float32", page_size=page_size)
+    gpu_llm = LLM(model_dirs[family], device="cuda", dtype="float32", page_size=page_size, kv_cache_gib=1)
     assert type(gpu_llm.engine.runner.backend).__name__ == "TritonBackend"
     assert gpu_llm.engine.runner.graphs is not None
     assert outputs(gpu_llm, batch) == cpu
@@ -58,7 +58,7 @@ def test_cuda_graphs_do_not_change_outputs_under_kv_pressure(model_dirs):
 
 def test_bf16_engine_runs_and_mostly_agrees_with_fp32(model_dirs):
     batch = prompts(seed=4)
-    fp32 = outputs(LLM(model_dirs["qwen3"], device="cuda", dtype="float32"), batch)
-    bf16 = outputs(LLM(model_dirs["qwen3"], device="cuda", dtype="bfloat16"), batch)
+    fp32 = outputs(LLM(model_dirs["qwen3"], device="cuda", dtype="float32", kv_cache_gib=1), batch)
+    bf16 = outputs(LLM(model_dirs["qwen3"], device="cuda", dtype="bfloat16", kv_cache_gib=1), batch)
     first_tokens_equal = sum(a[0] == b[0] for a, b in zip(fp32, bf16))
     assert first_tokens_equal >= len(batch) - 2

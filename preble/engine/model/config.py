@@ -10,8 +10,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -19,7 +17,7 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes; torch itself is imported lazily
 
 
 class UnsupportedModel(ValueError):
@@ -51,8 +49,10 @@ class ModelConfig:
         return SUPPORTED_ARCHITECTURES[self.architecture]
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self):
+        import torch  # routers read configs too and must not pay for torch
+
+        return getattr(torch, self.dtype)
 
     @classmethod
     def from_dict(cls, cfg: dict, generation_cfg: dict | None = None) -> ModelConfig:
