@@ -17,6 +17,7 @@ class EngineConfig:
     kv_cache_gib: float | None = None  # KV pool memory; default: 1 GiB on CPU, else from gpu_memory_utilization
     gpu_memory_utilization: float = 0.85  # share of the GPU memory weights + KV pool may take
     attention_backend: str | None = None  # torch_sdpa | triton; default: triton on CUDA, torch_sdpa on CPU
+    fused_ops: bool = True  # Triton kernels for norms, RoPE and SiLU-mul (CUDA only)
     cuda_graph: bool = True  # capture decode steps as CUDA graphs (triton backend on CUDA only)
     cuda_graph_max_batch: int = 256  # largest decode batch run as a graph
     seed: int = 0  # seeds the RNG of requests that bring no seed of their own

@@ -95,6 +95,8 @@ class LLMEngine:
         sched_config = dataclasses.replace(config.scheduler, max_model_len=max_len)
         self.scheduler = Scheduler(sched_config, self.allocator, self.cache, clock)
         on_cuda = self.device.type == "cuda"
+        if on_cuda and config.fused_ops:
+            self.model.use_fused_ops()
         backend = make_backend(config.attention_backend or ("triton" if on_cuda else "torch_sdpa"), self.kv_pool)
         graphs = self._capture_graphs(backend, spare_page=num_pages) if on_cuda and config.cuda_graph else None
         self.runner = ModelRunner(self.model, backend, Sampler(self.device), config.page_size, self.device, graphs)

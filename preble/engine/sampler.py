@@ -31,10 +31,11 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, request_ids: list[str],
                  params: list[SamplingParams]) -> torch.Tensor:
         """logits: [B, V] float32 -> sampled token ids [B]."""
-        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         argmax = logits.argmax(dim=-1)
-        if bool(greedy.all()):
+        flags = [p.greedy for p in params]
+        if all(flags):  # decided on the host: no upload, no device sync
             return argmax
+        greedy = torch.tensor(flags, device=logits.device)
         temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params],
                              device=logits.device, dtype=logits.dtype)
         probs = self._filtered_probs(logits / temps[:, None], params)

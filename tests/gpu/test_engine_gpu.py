@@ -62,3 +62,38 @@ def test_bf16_engine_runs_and_mostly_agrees_with_fp32(model_dirs):
     bf16 = outputs(LLM(model_dirs["qwen3"], device="cuda", dtype="bfloat16", kv_cache_gib=1), batch)
     first_tokens_equal = sum(a[0] == b[0] for a, b in zip(fp32, bf16))
     assert first_tokens_equal >= len(batch) - 2
+
+
+def test_fused_ops_match_torch_ops():
+    import torch
+
+    from preble.engine.model import fused_ops
+    from preble.engine.model.llama import apply_rope
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(37, 4096, device="cuda", dtype=dtype)
+        r = torch.randn_like(x)
+        w = 1 + 0.1 * torch.randn(4096, device="cuda", dtype=dtype)
+        normed, summed = fused_ops.rms_norm(x, w, 1e-5, r)
+        ref_sum = x + r
+        ref = w * (ref_sum.float() * torch.rsqrt(ref_sum.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+        assert torch.equal(summed, ref_sum)
+        assert (normed.float() - ref.float()).norm() / ref.float().norm() < (1e-6 if dtype == torch.float32 else 1e-2)
+
+        qkv = torch.randn(37, (32 + 16) * 128, device="cuda", dtype=dtype)
+        q, k, _ = qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1)
+        q, k = q.view(37, 32, 128), k.view(37, 8, 128)
+        angles = torch.arange(37, device="cuda").float()[:, None] * 7.3 / (1 + torch.arange(64, device="cuda"))
+        cos, sin = angles.cos(), angles.sin()
+        q_ref, k_ref = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        fused_ops.apply_rope_(q, k, cos, sin)
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        assert (q.float() - q_ref.float()).norm() / q_ref.float().norm() < tol
+        assert (k.float() - k_ref.float()).norm() / k_ref.float().norm() < tol
+
+        gate_up = torch.randn(37, 2 * 1000, device="cuda", dtype=dtype)
+        gate, up = gate_up.split(1000, dim=-1)
+        ref = torch.nn.functional.silu(gate) * up
+        got = fused_ops.silu_mul(gate_up)
+        assert (got.float() - ref.float()).norm() / ref.float().norm() < tol

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..batch import ForwardBatch
 from ..kv_pool import KVPool
@@ -58,6 +59,8 @@ class TritonPlan:
     extend_params: ops.ExtendParams | None = None
     # decode only
     num_splits: int = 1
+    # fresh prefill (no cached prefix, equal lengths): sequences and their common length
+    dense_shape: tuple[int, int] | None = None
 
 
 def _align(n: int, a: int = 4) -> int:
@@ -185,7 +188,10 @@ class TritonBackend(AttentionBackend):
         dev = self._staging.upload(slot, offs[-1])
         view = [dev[offs[i]:offs[i] + sizes[i]] for i in range(len(sizes))]
 
+        dense = (not decode and self.config.dense_fresh_prefill and B > 0 and not starts.any()
+                 and bool((lens == lens[0]).all()))
         return TritonPlan(
+            dense_shape=(B, int(lens[0])) if dense else None,
             decode=decode, page_size=ps, out_slots=batch.out_slots,
             page_table=view[6].view(B, max_pages), kv_lens=view[2], starts=view[0], lens=view[1],
             cu_q=view[3], max_len_q=int(lens.max()) if B else 0,
@@ -202,10 +208,24 @@ class TritonBackend(AttentionBackend):
                                         plan.page_size, plan.num_splits, scratch=scratch,
                                         params=self.config.decode_params
                                         or ops.default_decode_params(self.head_dim, self.dtype))
+        if plan.dense_shape is not None:
+            return self._dense_prefill(q, k, v, plan.dense_shape, scale)
         return ops.extend_attention(q, k_cache, v_cache, plan.page_table, plan.starts, plan.lens,
                                     plan.cu_q, plan.max_len_q, scale, plan.page_size,
                                     block_seq=plan.block_seq, block_m_start=plan.block_m_start,
                                     params=plan.extend_params)
+
+    @staticmethod
+    def _dense_prefill(q, k, v, shape: tuple[int, int], scale: float) -> torch.Tensor:
+        """Causal attention of equal-length fresh sequences straight from the new K/V."""
+        b, n = shape
+
+        def heads_first(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, n, x.shape[1], x.shape[2]).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), is_causal=True,
+                                             scale=scale, enable_gqa=True)
+        return out.transpose(1, 2).reshape(q.shape)
 
 
 __all__ = ["TritonBackend", "TritonAttentionConfig", "TritonPlan"]

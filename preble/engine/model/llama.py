@@ -17,14 +17,27 @@ from ..attention import AttentionBackend
 from ..batch import ForwardBatch
 from .config import ModelConfig
 
+fused_ops = None  # the Triton module, imported by `use_fused_ops` on CUDA machines
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.fused = False  # one Triton pass instead of a chain of torch kernels (CUDA)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """Normalise x; with `residual`, normalise x + residual and return (normed, x + residual)."""
+        if self.fused:
+            normed, summed = fused_ops.rms_norm(x, self.weight, self.eps, residual)
+            return normed if residual is None else (normed, summed)
+        if residual is not None:
+            x = x + residual
+            return self._norm(x), x
+        return self._norm(x)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 like the reference implementation, so fp32 outputs match exactly
         # and half-precision ones do not lose range.
         xf = x.float()
@@ -86,6 +99,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.qk_norm = config.qk_norm
         self.scale = self.head_dim ** -0.5
+        self.fused = False
 
     def forward(self, x, cos, sin, backend: AttentionBackend, plan) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -94,7 +108,10 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.fused:
+            fused_ops.apply_rope_(q, k, cos, sin)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = backend.forward(self.layer, q, k, v, plan, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -105,9 +122,13 @@ class MLP(nn.Module):
         self.intermediate = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate, bias=False)
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=False)
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.fused:
+            return self.down_proj(fused_ops.silu_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -119,9 +140,16 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, backend, plan) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend, plan)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, backend, plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (this layer's MLP output, the residual stream before it): adding the two is
+        left to the next norm, which fuses it."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, cos, sin, backend, plan)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -150,8 +178,18 @@ class LlamaForCausalLM(nn.Module):
         `plan` is the backend's plan when the caller made it already (CUDA graphs do)."""
         plan = backend.plan(batch) if plan is None else plan
         cos, sin = self.rotary(batch.positions)
-        x = self.model.embed_tokens(batch.input_ids)
+        x, residual = self.model.embed_tokens(batch.input_ids), None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, backend, plan)
-        x = self.model.norm(x[batch.logit_indices])
+            x, residual = layer(x, residual, cos, sin, backend, plan)
+        rows = batch.logit_indices
+        x, _ = self.model.norm(x[rows], residual[rows])
         return self.lm_head(x).float()
+
+    def use_fused_ops(self) -> None:
+        """Switch norms, RoPE and SiLU-mul to the Triton kernels (CUDA only)."""
+        global fused_ops
+        from . import fused_ops
+
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = True
