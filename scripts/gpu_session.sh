@@ -17,3 +17,4 @@ open(f"{out}/engine_bench.json", "w").write(json.dumps(res, indent=1))
 open(f"{out}/engine_bench.md", "w").write(markdown(res))
 print(markdown(res))
 PY
+timeout 200 python3 scripts/profile_decode.py 2>&1 | tee "$OUT/profile_decode.log" | grep -E "^batch|Self CUDA time total" 

@@ -7,6 +7,7 @@ bandwidth floor (weights + KV bytes per step), and offline throughput on a share
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -206,7 +207,9 @@ def run(cfg: EngineBenchConfig) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # A copy of the tree without .git (e.g. on a lent GPU machine) gets its commit from the caller.
+    commit = os.environ.get("PREBLE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": name, "torch": torch.__version__, "commit": commit or "unknown",
             "date": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -121,7 +121,7 @@ class Scheduler:
         for req in [r for r in self.running if not r.in_prefill]:
             if budget == 0:
                 break
-            if req not in self.running:  # preempted by an earlier decode this step
+            if req.status is not Status.RUNNING:  # preempted by an earlier decode this step
                 continue
             if not self._grow_for_decode(req, out):
                 continue

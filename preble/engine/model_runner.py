@@ -34,7 +34,7 @@ class ModelRunner:
         row = 0
         for chunk in out.chunks:
             req = chunk.request
-            ids.extend(req.all_token_ids[chunk.start:chunk.end])
+            ids.extend(req.token_ids(chunk.start, chunk.end))
             pos = np.arange(chunk.start, chunk.end)
             positions.append(pos)
             slots.append(np.asarray(req.pages)[pos // ps] * ps + pos % ps)
@@ -61,7 +61,7 @@ class ModelRunner:
         ids, positions, tables = [], [], []
         for chunk in out.chunks:
             req = chunk.request
-            ids.append(req.all_token_ids[chunk.start])
+            ids.append(req.token_ids(chunk.start, chunk.start + 1)[0])
             positions.append(chunk.start)
             tables.append(req.pages[: chunk.start // ps + 1])
         pos = np.asarray(positions)
