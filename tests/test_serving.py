@@ -172,3 +172,21 @@ def test_serve_stops_cleanly_on_sigterm(tiny_models):
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not processes_with(marker), "worker processes outlived serve"
+
+
+def test_load_generator_records_every_request(e2_cluster):
+    import asyncio
+
+    from preble.bench.loadgen import LoadConfig, LoadRequest, run_load
+
+    shared = [(11 * i) % 400 + 3 for i in range(96)]
+    reqs = [LoadRequest(f"r{i}", shared + [i + 5, i + 6], max_tokens=3) for i in range(8)]
+    records = asyncio.run(run_load(reqs, LoadConfig(url=e2_cluster.url, rate=20.0, seed=1)))
+    assert [r.request_id for r in records] == [r.request_id for r in reqs]
+    assert all(r.error is None for r in records), [r.error for r in records]
+    assert all(r.output_tokens == 3 and r.ttft > 0 and r.latency >= r.ttft for r in records)
+    assert all(r.worker is not None and r.branch in {"exploit", "explore", "pd", "rebalance", "replicate"}
+               for r in records)
+    assert sum(r.cached_tokens for r in records) > 0
+    arrivals = [r.arrival for r in records]
+    assert arrivals == sorted(arrivals) and arrivals[0] == 0.0
