@@ -102,6 +102,30 @@ def serve(
                           port=port, worker_args=list(ctx.args)))
 
 
+@app.command()
+def profile(
+    model: str = typer.Option("random:llama3-8b", help="HF folder or random:PRESET."),
+    model_config: str | None = typer.Option(None, help="Preset name; same as --model random:NAME."),
+    device: str = typer.Option("cuda"),
+    dtype: str | None = typer.Option(None),
+    quick: bool = typer.Option(False, help="Small sizes: a run that fits a CPU."),
+    out: Path = typer.Option(Path("cost_model.json"), help="Where the fitted model and its samples go."),
+) -> None:
+    """Time prefill and decode on this device and fit the router's and simulator's cost model."""
+    import json
+
+    from .bench.profile import QUICK, ProfileConfig, run
+
+    name = f"random:{model_config}" if model_config else model
+    result = run(ProfileConfig(model=name, device=device, dtype=dtype, **(QUICK if quick else {})))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    fit = result["fit"]
+    console.print(f"cost model written to {out}; fit error prefill {fit['prefill']['mean_rel_error']:.1%} "
+                  f"mean / {fit['prefill']['max_rel_error']:.1%} max, decode {fit['decode']['mean_rel_error']:.1%} "
+                  f"mean / {fit['decode']['max_rel_error']:.1%} max")
+
+
 @app.command("demo-model")
 def demo_model(cache_dir: Path | None = typer.Option(None, help="Where converted models live.")) -> None:
     """Convert the embedded demo model (SmolLM2-135M-Instruct) once; print its folder."""

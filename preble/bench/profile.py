@@ -1,0 +1,141 @@
+"""`preble profile`: measure one engine's forward passes and fit the cost model to them.
+
+Prefill is timed over (new tokens, cached tokens) and decode steps over (batch, context); both
+linear forms of `CostModel` are fitted by least squares (a term whose fit comes out negative is
+dropped, so every cost stays non-negative), and the fit's relative errors are reported with the
+samples, so a reader can judge the model the router and the simulator will use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.cost_model import CostModel
+from ..core.sampling_params import SamplingParams
+from ..core.scheduler import SchedulerConfig
+from ..engine.config import EngineConfig
+from ..engine.engine import LLMEngine
+from .engine import environment
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    model: str = "random:llama3-8b"
+    device: str = "cuda"
+    dtype: str | None = None
+    page_size: int = 16
+    new_tokens: tuple[int, ...] = (32, 128, 512, 2048, 8192)
+    cached_tokens: tuple[int, ...] = (0, 2048, 8192)
+    decode_batches: tuple[int, ...] = (1, 8, 32, 64, 128)
+    decode_contexts: tuple[int, ...] = (256, 1024, 4096)
+    decode_steps: int = 8
+    max_kv_tokens: int = 600_000  # skip decode points whose KV would not fit
+    vocab_cap: int = 30000
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # further EngineConfig options
+
+
+# A run a CPU finishes in about a minute (`--quick`).
+QUICK = dict(new_tokens=(8, 32, 96), cached_tokens=(0, 64), decode_batches=(1, 4), decode_contexts=(32, 128),
+             decode_steps=3, max_kv_tokens=4096, extra={"num_pages": 512})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Profiler:
+    def __init__(self, cfg: ProfileConfig) -> None:
+        self.cfg = cfg
+        budget = max(max(cfg.new_tokens) + max(cfg.cached_tokens), max(cfg.decode_batches))
+        self.engine = LLMEngine(EngineConfig(
+            model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size, seed=cfg.seed,
+            scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_running_requests=max(cfg.decode_batches)),
+            **cfg.extra))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def tokens(self, n: int) -> list[int]:
+        return torch.randint(3, self.cfg.vocab_cap, (n,), generator=self.gen).tolist()
+
+    def add(self, prompt: list[int], max_tokens: int):
+        return self.engine.add_request(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                                              ignore_eos=True))
+
+    def drain(self, keep_cache: bool = False) -> None:
+        """Finish every request; then empty the cache unless told to keep it."""
+        while self.engine.has_work:
+            self.engine.step()
+        if not keep_cache:
+            self.engine.cache.evict(self.engine.cache.evictable_pages)
+
+    def prefill(self, new: int, cached: int) -> float:
+        """Seconds of the one step that prefills `new` tokens after a cached `cached`-token prefix."""
+        prefix = self.tokens(cached)
+        if cached:
+            self.add(prefix, 1)
+            self.drain(keep_cache=True)
+        req = self.add(prefix + self.tokens(new), 1)
+        _sync(self.engine.device)
+        t = time.perf_counter()
+        self.engine.step()
+        elapsed = time.perf_counter() - t
+        assert req.is_finished and req.num_cached_tokens >= cached - self.cfg.page_size
+        self.drain()
+        return elapsed
+
+    def decode(self, batch: int, context: int) -> float:
+        """Seconds per decode step of `batch` sequences of about `context` tokens each."""
+        steps = self.cfg.decode_steps
+        reqs = [self.add(self.tokens(context), steps + 2) for _ in range(batch)]
+        while any(not r.output_token_ids for r in reqs):
+            self.engine.step()
+        self.engine.step()
+        _sync(self.engine.device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.engine.step()
+        elapsed = (time.perf_counter() - t) / steps
+        self.drain()
+        return elapsed
+
+
+def _fit(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative coefficients (drop a negative term and refit)."""
+    keep = np.ones(rows.shape[1], dtype=bool)
+    while True:
+        coef = np.zeros(rows.shape[1])
+        coef[keep] = np.linalg.lstsq(rows[:, keep], y, rcond=None)[0]
+        if (coef[keep] >= 0).all() or keep.sum() == 1:
+            return np.clip(coef, 0.0, None)
+        keep &= coef >= 0
+
+
+def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
+    rel = np.abs(pred - y) / y
+    return {"mean_rel_error": float(rel.mean()), "max_rel_error": float(rel.max())}
+
+
+def run(cfg: ProfileConfig) -> dict:
+    p = _Profiler(cfg)
+    p.prefill(min(cfg.new_tokens), 0)  # warm-up: compile kernels, capture graphs
+    prefill = [{"new": n, "cached": c, "seconds": min(p.prefill(n, c) for _ in range(2))}
+               for c in cfg.cached_tokens for n in cfg.new_tokens]
+    decode = [{"batch": b, "context": ctx, "seconds": p.decode(b, ctx)}
+              for ctx in cfg.decode_contexts for b in cfg.decode_batches if b * ctx <= cfg.max_kv_tokens]
+    pn = np.array([[1.0, s["new"], s["new"] * (s["new"] + s["cached"])] for s in prefill])
+    py = np.array([s["seconds"] for s in prefill])
+    dn = np.array([[1.0, s["batch"], s["batch"] * s["context"]] for s in decode])
+    dy = np.array([s["seconds"] for s in decode])
+    a, b, c = _fit(pn, py)
+    d, e, f = _fit(dn, dy)
+    model = CostModel(a=float(a), b=float(b), c=float(c), d=float(d), e=float(e), f=float(f),
+                      description=f"fitted by preble profile: {cfg.model} on {environment(p.engine.device)['device']}")
+    return {"cost_model": model.to_dict(),
+            "fit": {"prefill": _errors(pn @ np.array([a, b, c]), py), "decode": _errors(dn @ np.array([d, e, f]), dy)},
+            "samples": {"prefill": prefill, "decode": decode}, "config": asdict(cfg),
+            "meta": environment(p.engine.device)}

@@ -1,0 +1,37 @@
+"""The benchmark commands run end to end on CPU at their --quick sizes."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from preble.cli import app
+
+
+def test_engine_benchmark_quick_run_on_cpu(tmp_path):
+    out = tmp_path / "engine.json"
+    result = CliRunner().invoke(app, ["bench", "engine", "--model", "random:qwen2.5-0.5b", "--device", "cpu",
+                                      "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["ceilings"]["copy_gbps"] > 0 and data["prefill"][0]["tokens_per_s"] > 0
+    assert data["ttft"]["with_cached_prefix_s"] > 0
+    assert [d["batch"] for d in data["decode"]] == [1, 2]
+    assert data["shared_prefix_offline"]["hit_ratio"] > 0
+    assert out.with_suffix(".md").read_text().startswith("# Engine benchmark")
+
+
+def test_profile_fits_a_cost_model_on_cpu(tmp_path):
+    from preble.core.cost_model import CostModel
+
+    out = tmp_path / "cm.json"
+    result = CliRunner().invoke(app, ["profile", "--model", "random:qwen2.5-0.5b", "--device", "cpu", "--quick",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    model = CostModel.from_dict(data["cost_model"])
+    assert model.prefill_time(96) > model.prefill_time(8) > 0
+    assert model.decode_step_time(4, 512) >= model.decode_step_time(1, 32) > 0
+    assert len(data["samples"]["prefill"]) == 6 and len(data["samples"]["decode"]) == 4
+    assert 0 <= data["fit"]["decode"]["mean_rel_error"] < 1
