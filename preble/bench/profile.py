@@ -33,7 +33,7 @@ class ProfileConfig:
     decode_batches: tuple[int, ...] = (1, 8, 32, 64, 128)
     decode_contexts: tuple[int, ...] = (256, 1024, 4096)
     decode_steps: int = 8
-    max_kv_tokens: int = 600_000  # skip decode points whose KV would not fit
+    max_kv_tokens: int = 300_000  # skip decode points whose KV would not fit (8B on 80 GB: ~390k)
     vocab_cap: int = 30000
     seed: int = 0
     extra: dict = field(default_factory=dict)  # further EngineConfig options
