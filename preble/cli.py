@@ -108,16 +108,18 @@ def profile(
     model_config: str | None = typer.Option(None, help="Preset name; same as --model random:NAME."),
     device: str = typer.Option("cuda"),
     dtype: str | None = typer.Option(None),
-    quick: bool = typer.Option(False, help="Small sizes: a run that fits a CPU."),
+    grid: str = typer.Option("gpu", help="Measurement sizes: gpu | cpu | quick (a one-minute smoke run)."),
     out: Path = typer.Option(Path("cost_model.json"), help="Where the fitted model and its samples go."),
 ) -> None:
     """Time prefill and decode on this device and fit the router's and simulator's cost model."""
     import json
 
-    from .bench.profile import QUICK, ProfileConfig, run
+    from .bench.profile import GRIDS, ProfileConfig, run
 
+    if grid not in GRIDS:
+        raise typer.BadParameter(f"choose one of {sorted(GRIDS)}", param_hint="--grid")
     name = f"random:{model_config}" if model_config else model
-    result = run(ProfileConfig(model=name, device=device, dtype=dtype, **(QUICK if quick else {})))
+    result = run(ProfileConfig(model=name, device=device, dtype=dtype, **GRIDS[grid]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     fit = result["fit"]

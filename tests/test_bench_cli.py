@@ -26,7 +26,7 @@ def test_profile_fits_a_cost_model_on_cpu(tmp_path):
     from preble.core.cost_model import CostModel
 
     out = tmp_path / "cm.json"
-    result = CliRunner().invoke(app, ["profile", "--model", "random:qwen2.5-0.5b", "--device", "cpu", "--quick",
+    result = CliRunner().invoke(app, ["profile", "--model", "random:qwen2.5-0.5b", "--device", "cpu", "--grid", "quick",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

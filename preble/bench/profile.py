@@ -39,9 +39,14 @@ class ProfileConfig:
     extra: dict = field(default_factory=dict)  # further EngineConfig options
 
 
-# A run a CPU finishes in about a minute (`--quick`).
-QUICK = dict(new_tokens=(8, 32, 96), cached_tokens=(0, 64), decode_batches=(1, 4), decode_contexts=(32, 128),
-             decode_steps=3, max_kv_tokens=4096, extra={"num_pages": 512})
+# Measurement grids by name (`preble profile --grid`): the defaults above suit a datacenter GPU.
+GRIDS: dict[str, dict] = {
+    "gpu": {},
+    "cpu": dict(new_tokens=(16, 64, 256, 1024), cached_tokens=(0, 512), decode_batches=(1, 4, 8),
+                decode_contexts=(128, 512), decode_steps=4, max_kv_tokens=8192),
+    "quick": dict(new_tokens=(8, 32, 96), cached_tokens=(0, 64), decode_batches=(1, 4), decode_contexts=(32, 128),
+                  decode_steps=3, max_kv_tokens=4096, extra={"num_pages": 512}),
+}
 
 
 def _sync(device: torch.device) -> None:
