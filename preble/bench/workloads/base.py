@@ -229,8 +229,6 @@ def make_workload(
     **params: Any,
 ) -> Workload:
     """Build workload ``name`` (a key of :data:`WORKLOADS`); deterministic in ``seed``."""
-    from . import _load_generators  # noqa: F401  (registers the generators)
-
     if name not in WORKLOADS:
         raise KeyError(f"unknown workload {name!r}; known: {sorted(WORKLOADS)}")
     ddir = Path(data_dir) if data_dir is not None else default_data_dir()
