@@ -190,3 +190,22 @@ def test_load_generator_records_every_request(e2_cluster):
     assert sum(r.cached_tokens for r in records) > 0
     arrivals = [r.arrival for r in records]
     assert arrivals == sorted(arrivals) and arrivals[0] == 0.0
+
+
+def test_bench_serve_command_summarises_a_workload(e2_cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from preble.cli import app
+
+    jsonl = tmp_path / "records.jsonl"
+    result = CliRunner().invoke(app, [
+        "bench", "serve", "--url", e2_cluster.url, "--workload", "shared_prefix", "--num-requests", "8",
+        "--rate", "20", "--param", "groups=2", "--param", "system_len=64", "--param", "question_len=8",
+        "--param", "output_len=2", "--param", "vocab_size=500", "--jsonl", str(jsonl), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["requests"] == 8 and summary["errors"] == 0
+    for key in ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "throughput", "hit_ratio"):
+        assert summary[key] >= 0
+    assert summary["hit_ratio"] > 0.3  # two groups of four sharing a 64-token system prompt
+    assert len(jsonl.read_text().splitlines()) == 8

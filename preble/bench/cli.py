@@ -72,3 +72,60 @@ def engine(
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps(result, indent=2) if as_json else markdown(result))
+
+
+def _param(value: str) -> tuple[str, object]:
+    key, _, raw = value.partition("=")
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+@bench_app.command("serve")
+def serve(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Router or server base URL (OpenAI API)."),
+    workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
+    num_requests: int = typer.Option(200),
+    rate: float | None = typer.Option(None, help="Poisson arrivals per second; default: the workload's own times."),
+    duration: float | None = typer.Option(None, help="Stop sending after this many seconds."),
+    model: str | None = typer.Option(None, help="Model name to send, if the server wants one."),
+    param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable."),
+    seed: int = typer.Option(0),
+    jsonl: Path | None = typer.Option(None, help="Write one record per request here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Open-loop load from a workload against a live server; per-request records and a summary."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from ..sim.report import summarize
+    from .loadgen import LoadConfig, LoadRequest, run_load, write_jsonl
+    from .workloads import make_workload
+
+    wl = make_workload(workload, num_requests=num_requests, seed=seed, **dict(map(_param, param)))
+    reqs = [LoadRequest(r.request_id, r.prompt if r.prompt is not None else r.prompt_token_ids, r.max_tokens,
+                        r.arrival) for r in wl.requests]
+    cfg = LoadConfig(url=url, model=model, rate=rate, duration=duration, seed=seed)
+    with Progress(disable=as_json) as progress:
+        task = progress.add_task(f"{workload} -> {url}", total=len(reqs))
+        records = asyncio.run(run_load(reqs, cfg, on_done=lambda _: progress.advance(task)))
+    if jsonl is not None:
+        write_jsonl(records, jsonl)
+    ok = [r for r in records if r.error is None]
+    summary = {**summarize(ok), "errors": len(records) - len(ok), "workload": workload, "rate": rate}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table(title=f"{workload}: {len(ok)} of {len(records)} requests answered")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("mean_latency", "p50_latency", "p90_latency", "p99_latency", "mean_ttft", "p99_ttft",
+                "mean_tpot", "throughput", "hit_ratio", "errors"):
+        value = summary[key]
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("branches", json.dumps(summary["branches"]))
+    Console().print(table)
