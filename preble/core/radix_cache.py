@@ -99,10 +99,14 @@ class RadixCache:
             child = node.children.get(self._key(tokens, pos))
             if child is None:
                 return
-            n = 1
-            while n < len(child.pages) and pos + (n + 1) * ps <= limit and \
-                    child.tokens[n * ps:(n + 1) * ps] == tokens[pos + n * ps:pos + (n + 1) * ps]:
-                n += 1
+            edge = len(child.tokens)
+            if pos + edge <= limit and child.tokens[ps:] == tokens[pos + ps:pos + edge]:
+                n = len(child.pages)  # the whole edge matches: one slice comparison
+            else:
+                n = 1
+                while n < len(child.pages) and pos + (n + 1) * ps <= limit and \
+                        child.tokens[n * ps:(n + 1) * ps] == tokens[pos + n * ps:pos + (n + 1) * ps]:
+                    n += 1
             partial = n < len(child.pages)
             yield child, n  # the consumer may split `child` here
             if partial:
