@@ -128,6 +128,66 @@ def profile(
                   f"mean / {fit['decode']['max_rel_error']:.1%} max")
 
 
+@app.command()
+def sim(
+    workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
+    replicas: int = typer.Option(4),
+    policy: str = typer.Option("e2"),
+    rate: float | None = typer.Option(None, help="Poisson arrivals per second; default: the workload's own times."),
+    num_requests: int = typer.Option(1000),
+    cost_model: Path | None = typer.Option(None, help="A cost model JSON from `preble profile`; default: built-in."),
+    tokenizer: Path | None = typer.Option(None, help="HF folder whose tokenizer turns text workloads into tokens."),
+    num_pages: int = typer.Option(16384, help="KV pages per replica."),
+    page_size: int = typer.Option(16),
+    param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable."),
+    seed: int = typer.Option(0),
+    jsonl: Path | None = typer.Option(None, help="Write one record per request here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Simulate a cluster: real local schedulers, caches and routing policy, cost-model time."""
+    import json
+    import random
+    from dataclasses import asdict
+
+    from .bench.cli import _param
+    from .bench.workloads import make_workload
+    from .core.cost_model import CostModel
+    from .sim.cluster import SimConfig, SimRequest, simulate
+    from .sim.report import summarize
+
+    tok = None
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok, **dict(map(_param, param)))
+    rng = random.Random(seed)
+    t, reqs = 0.0, []
+    for r in wl.requests:
+        ids = r.prompt_token_ids
+        if ids is None:
+            if tok is None:
+                raise typer.BadParameter(f"workload {workload!r} is text: give --tokenizer", param_hint="--tokenizer")
+            ids = tok.encode(r.prompt, add_special_tokens=False)
+        reqs.append(SimRequest(r.request_id, t if rate else r.arrival, ids, r.max_tokens))
+        if rate:
+            t += rng.expovariate(rate)
+    model = CostModel.load(cost_model) if cost_model else CostModel()
+    records = simulate(reqs, SimConfig(replicas=replicas, policy=policy, page_size=page_size, num_pages=num_pages,
+                                       seed=seed), model)
+    if jsonl is not None:
+        with open(jsonl, "w") as f:
+            for rec in records:
+                f.write(json.dumps(asdict(rec)) + "\n")
+    summary = {**summarize(records), "workload": workload, "policy": policy, "replicas": replicas, "rate": rate}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key in ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "throughput", "hit_ratio"):
+        console.print(f"{key:>14} {summary[key]:.4g}")
+    console.print(f"{'branches':>14} {summary['branches']}")
+
+
 @app.command("demo-model")
 def demo_model(cache_dir: Path | None = typer.Option(None, help="Where converted models live.")) -> None:
     """Convert the embedded demo model (SmolLM2-135M-Instruct) once; print its folder."""

@@ -35,3 +35,15 @@ def test_profile_fits_a_cost_model_on_cpu(tmp_path):
     assert model.decode_step_time(4, 512) >= model.decode_step_time(1, 32) > 0
     assert len(data["samples"]["prefill"]) == 6 and len(data["samples"]["decode"]) == 4
     assert 0 <= data["fit"]["decode"]["mean_rel_error"] < 1
+
+
+def test_sim_command_prints_a_summary():
+    result = CliRunner().invoke(app, ["sim", "--workload", "shared_prefix", "--replicas", "4", "--policy", "e2",
+                                      "--rate", "20", "--num-requests", "64", "--param", "groups=4",
+                                      "--param", "system_len=256", "--param", "question_len=16", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["requests"] == 64 and summary["policy"] == "e2"
+    for key in ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "throughput"):
+        assert summary[key] > 0
+    assert summary["hit_ratio"] > 0.5

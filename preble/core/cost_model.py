@@ -86,4 +86,6 @@ class CostModel:
 
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A cost model file, or the output of `preble profile` (which holds one with its samples)."""
+        data = json.loads(Path(path).read_text())
+        return cls.from_dict(data.get("cost_model", data))
