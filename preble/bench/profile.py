@@ -110,11 +110,13 @@ class _Profiler:
 
 
 def _fit(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares with non-negative coefficients (drop a negative term and refit)."""
+    """Least squares on relative error (a 16-token prefill matters as much as an 8k one), with
+    non-negative coefficients (a negative term is dropped and the rest refitted)."""
+    w_rows, w_y = rows / y[:, None], np.ones_like(y)
     keep = np.ones(rows.shape[1], dtype=bool)
     while True:
         coef = np.zeros(rows.shape[1])
-        coef[keep] = np.linalg.lstsq(rows[:, keep], y, rcond=None)[0]
+        coef[keep] = np.linalg.lstsq(w_rows[:, keep], w_y, rcond=None)[0]
         if (coef[keep] >= 0).all() or keep.sum() == 1:
             return np.clip(coef, 0.0, None)
         keep &= coef >= 0
@@ -125,6 +127,18 @@ def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
     return {"mean_rel_error": float(rel.mean()), "max_rel_error": float(rel.max())}
 
 
+def fit(prefill: list[dict], decode: list[dict], description: str) -> tuple[CostModel, dict]:
+    """Fit both forms to measured samples; return the model and its relative errors."""
+    pn = np.array([[1.0, s["new"], s["new"] * (s["new"] + s["cached"])] for s in prefill])
+    py = np.array([s["seconds"] for s in prefill])
+    dn = np.array([[1.0, s["batch"], s["batch"] * s["context"]] for s in decode])
+    dy = np.array([s["seconds"] for s in decode])
+    pc, dc = _fit(pn, py), _fit(dn, dy)
+    model = CostModel(*map(float, (*pc, *dc)), description=description)
+    return model, {"method": "least squares on relative error, non-negative terms",
+                   "prefill": _errors(pn @ pc, py), "decode": _errors(dn @ dc, dy)}
+
+
 def run(cfg: ProfileConfig) -> dict:
     p = _Profiler(cfg)
     p.prefill(min(cfg.new_tokens), 0)  # warm-up: compile kernels, capture graphs
@@ -132,15 +146,7 @@ def run(cfg: ProfileConfig) -> dict:
                for c in cfg.cached_tokens for n in cfg.new_tokens]
     decode = [{"batch": b, "context": ctx, "seconds": p.decode(b, ctx)}
               for ctx in cfg.decode_contexts for b in cfg.decode_batches if b * ctx <= cfg.max_kv_tokens]
-    pn = np.array([[1.0, s["new"], s["new"] * (s["new"] + s["cached"])] for s in prefill])
-    py = np.array([s["seconds"] for s in prefill])
-    dn = np.array([[1.0, s["batch"], s["batch"] * s["context"]] for s in decode])
-    dy = np.array([s["seconds"] for s in decode])
-    a, b, c = _fit(pn, py)
-    d, e, f = _fit(dn, dy)
-    model = CostModel(a=float(a), b=float(b), c=float(c), d=float(d), e=float(e), f=float(f),
-                      description=f"fitted by preble profile: {cfg.model} on {environment(p.engine.device)['device']}")
-    return {"cost_model": model.to_dict(),
-            "fit": {"prefill": _errors(pn @ np.array([a, b, c]), py), "decode": _errors(dn @ np.array([d, e, f]), dy)},
-            "samples": {"prefill": prefill, "decode": decode}, "config": asdict(cfg),
-            "meta": environment(p.engine.device)}
+    meta = environment(p.engine.device)
+    model, errors = fit(prefill, decode, f"fitted by preble profile: {cfg.model} on {meta['device']}")
+    return {"cost_model": model.to_dict(), "fit": errors, "samples": {"prefill": prefill, "decode": decode},
+            "config": asdict(cfg), "meta": meta}
