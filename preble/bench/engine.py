@@ -207,7 +207,7 @@ def run(cfg: EngineBenchConfig) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    # A copy of the tree without .git (e.g. on a lent GPU machine) gets its commit from the caller.
+    # A copy of the tree without .git (e.g. shipped to a GPU machine) gets its commit from the caller.
     commit = os.environ.get("PREBLE_COMMIT") or subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

@@ -9,7 +9,7 @@ A linear model, cheap enough to call for every candidate replica of every routin
 fixed cost of a pass (weights read once), `e` the per-sequence cost of a decode step and `f` the
 cost of reading one cached token's KV. The defaults are first-principles numbers for a
 Llama-3-8B-shaped model (8.03e9 parameters, bf16, 32 layers, GQA 32/8, head dim 128) on the
-H100 we measure on (DESIGN.md section 5); `preble profile` fits the real ones and saves them as
+H100 80GB (766 TFLOP/s bf16 matmul, 2.95 TB/s copy); `preble profile` fits the real ones and saves them as
 JSON (schema below), which the router and the simulator load.
 """
 

@@ -1,4 +1,4 @@
-"""Discrete-event simulator of many replicas behind one routing policy (DESIGN.md section 2).
+"""Discrete-event simulator of many replicas behind one routing policy.
 
 Each simulated replica runs the real local scheduler, radix cache and page allocator of
 `preble.core`; forward passes take the time the cost model gives; the router is the real policy

@@ -1,4 +1,4 @@
-"""E2: Preble's global scheduler (paper section 4; DESIGN.md section 2).
+"""E2: Preble's global scheduler (paper section 4).
 
 Each request is matched on the global tree. If the longest cached prefix is longer than the
 rest, E2 exploits: it goes to the cheapest worker holding that prefix. Otherwise it explores: the
