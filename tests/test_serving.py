@@ -166,8 +166,10 @@ def test_openai_sdk_works_against_the_router(e2_cluster):
 def test_serve_stops_cleanly_on_sigterm(tiny_models):
     cluster = Cluster(tiny_models("llama"), "least_load")
     marker = f"--port {cluster.port + 1}"
-    assert processes_with(marker)
-    assert cluster.stop() == 0
+    try:
+        assert processes_with(marker)
+    finally:
+        assert cluster.stop() == 0
     deadline = time.monotonic() + 10
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
