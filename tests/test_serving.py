@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -39,14 +40,16 @@ class Cluster:
     def __init__(self, model: str, policy: str) -> None:
         self.port = free_port_block(3)
         self.url = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: nobody reads the log while tests run, and a full pipe would block it.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="preble-serve-", suffix=".log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "preble.cli", "serve", "--model", model, "--workers", "2",
              "--policy", policy, "--port", str(self.port), "--page-size", "4"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"serve exited: {open(self.log.name).read()[-4000:]}")
             try:
                 body = httpx.get(f"{self.url}/health", timeout=1).json()
                 if len(body.get("healthy_workers", [])) == 2:
@@ -64,7 +67,9 @@ class Cluster:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        code = self.proc.wait(timeout=30)
+        self.log.close()
+        return code
 
 
 def route(resp: httpx.Response) -> dict:
