@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: GPU tests, then the engine benchmark (Llama-3-8B shape, random weights).
+# One run on a GPU machine: GPU tests, then the engine benchmark (Llama-3-8B shape, random weights).
 # Wheels in .whl/ (e.g. msgspec, for a machine without network) are installed first.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: fit the cost model of each random-weight preset on this GPU (`preble profile`).
+# One run on a GPU machine: fit the cost model of each random-weight preset on this GPU (`preble profile`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
