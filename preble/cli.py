@@ -147,9 +147,9 @@ def sim(
     """Simulate a cluster: real local schedulers, caches and routing policy, cost-model time."""
     import json
     import random
-    from dataclasses import asdict
 
-    from .bench.cli import _param
+    from .bench.cli import parse_param
+    from .bench.loadgen import write_jsonl
     from .bench.workloads import make_workload
     from .core.cost_model import CostModel
     from .sim.cluster import SimConfig, SimRequest, simulate
@@ -160,7 +160,7 @@ def sim(
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer)
-    wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok, **dict(map(_param, param)))
+    wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok, **dict(map(parse_param, param)))
     rng = random.Random(seed)
     t, reqs = 0.0, []
     for r in wl.requests:
@@ -176,9 +176,7 @@ def sim(
     records = simulate(reqs, SimConfig(replicas=replicas, policy=policy, page_size=page_size, num_pages=num_pages,
                                        seed=seed), model)
     if jsonl is not None:
-        with open(jsonl, "w") as f:
-            for rec in records:
-                f.write(json.dumps(asdict(rec)) + "\n")
+        write_jsonl(records, jsonl)
     summary = {**summarize(records), "workload": workload, "policy": policy, "replicas": replicas, "rate": rate}
     if as_json:
         print(json.dumps(summary))

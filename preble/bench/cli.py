@@ -74,7 +74,8 @@ def engine(
     print(json.dumps(result, indent=2) if as_json else markdown(result))
 
 
-def _param(value: str) -> tuple[str, object]:
+def parse_param(value: str) -> tuple[str, object]:
+    """`key=value` with the value as int, float or string, whichever parses first."""
     key, _, raw = value.partition("=")
     for cast in (int, float):
         try:
@@ -106,7 +107,7 @@ def serve(
     from .loadgen import LoadConfig, LoadRequest, run_load, write_jsonl
     from .workloads import make_workload
 
-    wl = make_workload(workload, num_requests=num_requests, seed=seed, **dict(map(_param, param)))
+    wl = make_workload(workload, num_requests=num_requests, seed=seed, **dict(map(parse_param, param)))
     reqs = [LoadRequest(r.request_id, r.prompt if r.prompt is not None else r.prompt_token_ids, r.max_tokens,
                         r.arrival) for r in wl.requests]
     cfg = LoadConfig(url=url, model=model, rate=rate, duration=duration, seed=seed)

@@ -50,7 +50,8 @@ QUICK = dict(prefill_lengths=(64,), cached_prefix=128, new_tokens=16, decode_bat
              extra={"num_pages": 256})
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for queued device work, so that a host clock measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -63,21 +64,21 @@ def device_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
     for _ in range(3):
         a @ b
     reps = 10
-    _sync(device)
+    sync_device(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync_device(device)
     tflops = 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
     nbytes = (4 << 30) if device.type == "cuda" else (256 << 20)
     src = torch.empty(nbytes // 2, dtype=torch.int16, device=device).random_()
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(device)
+    sync_device(device)
     t = time.perf_counter()
     for _ in range(reps):
         dst.copy_(src)
-    _sync(device)
+    sync_device(device)
     gbps = 2 * nbytes * reps / (time.perf_counter() - t) / 1e9
     del a, b, src, dst
     return {"matmul_tflops": tflops, "copy_gbps": gbps}
@@ -103,7 +104,7 @@ class _Runner:
     def timed_first_token(self, prompt: list[int]) -> float:
         """Seconds from submission to the first token (the request is the only one)."""
         req = self.add(prompt, 1)
-        _sync(self.device)
+        sync_device(self.device)
         t = time.perf_counter()
         while not req.is_finished:
             self.engine.step()
@@ -175,7 +176,7 @@ def run(cfg: EngineBenchConfig) -> dict:
         while any(not q.output_token_ids for q in reqs):
             engine.step()
         engine.step()
-        _sync(device)
+        sync_device(device)
         t = time.perf_counter()
         steps = 0
         while steps < cfg.decode_steps - 1 and all(not q.is_finished for q in reqs):

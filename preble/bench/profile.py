@@ -19,7 +19,7 @@ from ..core.sampling_params import SamplingParams
 from ..core.scheduler import SchedulerConfig
 from ..engine.config import EngineConfig
 from ..engine.engine import LLMEngine
-from .engine import environment
+from .engine import environment, sync_device
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,6 @@ GRIDS: dict[str, dict] = {
     "quick": dict(new_tokens=(8, 32, 96), cached_tokens=(0, 64), decode_batches=(1, 4), decode_contexts=(32, 128),
                   decode_steps=3, max_kv_tokens=4096, extra={"num_pages": 512}),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Profiler:
@@ -85,7 +80,7 @@ class _Profiler:
             self.add(prefix, 1)
             self.drain(keep_cache=True)
         req = self.add(prefix + self.tokens(new), 1)
-        _sync(self.engine.device)
+        sync_device(self.engine.device)
         t = time.perf_counter()
         self.engine.step()
         elapsed = time.perf_counter() - t
@@ -100,7 +95,7 @@ class _Profiler:
         while any(not r.output_token_ids for r in reqs):
             self.engine.step()
         self.engine.step()
-        _sync(self.engine.device)
+        sync_device(self.engine.device)
         t = time.perf_counter()
         for _ in range(steps):
             self.engine.step()

@@ -90,9 +90,8 @@ class LLMEngine:
                               mc.head_dim, self.dtype, self.device)
         self.allocator = PageAllocator(num_pages, config.page_size)
         self.cache = RadixCache(self.allocator, clock, on_kv_event)
-        max_len = min(config.scheduler.max_model_len or mc.max_position_embeddings,
-                      mc.max_position_embeddings)
-        sched_config = dataclasses.replace(config.scheduler, max_model_len=max_len)
+        sched_config = dataclasses.replace(config.scheduler,
+                                           max_model_len=mc.context_window(config.scheduler.max_model_len))
         self.scheduler = Scheduler(sched_config, self.allocator, self.cache, clock)
         on_cuda = self.device.type == "cuda"
         if on_cuda and config.fused_ops:

@@ -39,10 +39,10 @@ class Sampler:
         temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params],
                              device=logits.device, dtype=logits.dtype)
         probs = self._filtered_probs(logits / temps[:, None], params)
-        noise = torch.empty_like(probs)
+        noise = torch.empty_like(probs).exponential_()  # one draw for all unseeded rows
         for i, (rid, p) in enumerate(zip(request_ids, params)):
-            gen = self.generator_for(rid, p.seed) if p.seed is not None else None
-            noise[i].exponential_(generator=gen)
+            if p.seed is not None:  # a seeded row draws from its own generator
+                noise[i].exponential_(generator=self.generator_for(rid, p.seed))
         sampled = (probs / noise).argmax(dim=-1)
         return torch.where(greedy, argmax, sampled)
 

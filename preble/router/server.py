@@ -47,7 +47,7 @@ def discover_page_size(urls: list[str], timeout_s: float) -> int | None:
 
 def build_router_app(cfg: RouterServerConfig):
     model_cfg = ModelConfig.from_dir(cfg.model)
-    max_len = min(cfg.max_model_len or model_cfg.max_position_embeddings, model_cfg.max_position_embeddings)
+    max_len = model_cfg.context_window(cfg.max_model_len)
     config = None
     if cfg.policy == "e2":
         page_size = cfg.page_size or discover_page_size(cfg.workers, cfg.discovery_timeout_s)

@@ -35,8 +35,7 @@ class WorkerConfig:
 def run_worker(cfg: WorkerConfig) -> None:
     worker_id = cfg.worker_id or f"{cfg.host}:{cfg.port}"
     model_cfg = ModelConfig.from_dir(cfg.engine.model)
-    max_len = min(cfg.engine.scheduler.max_model_len or model_cfg.max_position_embeddings,
-                  model_cfg.max_position_embeddings)
+    max_len = model_cfg.context_window(cfg.engine.scheduler.max_model_len)
     ipc_dir = Path(tempfile.mkdtemp(prefix="preble-worker-"))
     proc_cfg = EngineProcConfig(
         engine=replace(cfg.engine, scheduler=replace(cfg.engine.scheduler, max_model_len=max_len)),

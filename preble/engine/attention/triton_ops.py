@@ -49,6 +49,19 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            page_table: torch.Tensor) -> int:
+    """Shapes and dtypes both attention kernels rely on; returns the number of KV heads."""
+    Hq, D = q.shape[1], q.shape[2]
+    _check_head_dim(D)
+    _check_cache(k_cache, v_cache)
+    Hkv = k_cache.shape[1]
+    assert k_cache.shape[2] == D and Hq % Hkv == 0, "GQA needs Hq to be a multiple of Hkv"
+    assert q.dtype == k_cache.dtype, "q must have the KV cache's dtype"
+    assert page_table.dtype == torch.int32 and page_table.stride(-1) == 1
+    return Hkv
+
+
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -270,12 +283,7 @@ def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     and programs past their sequence's end exit at once. Returns `out` ([T, Hq, D], allocated
     when None)."""
     T, Hq, D = q.shape
-    _check_head_dim(D)
-    _check_cache(k_cache, v_cache)
-    Hkv = k_cache.shape[1]
-    assert k_cache.shape[2] == D and Hq % Hkv == 0, "GQA needs Hq to be a multiple of Hkv"
-    assert q.dtype == k_cache.dtype, "q must have the KV cache's dtype"
-    assert page_table.dtype == torch.int32 and page_table.stride(-1) == 1
+    Hkv = _check_attention_inputs(q, k_cache, v_cache, page_table)
     q = _last_dim_contiguous(q)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -459,12 +467,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     preallocated static buffers; without them the wrapper allocates both (from torch's caching
     allocator, or the graph's private pool during capture)."""
     B, Hq, D = q.shape
-    _check_head_dim(D)
-    _check_cache(k_cache, v_cache)
-    Hkv = k_cache.shape[1]
-    assert k_cache.shape[2] == D and Hq % Hkv == 0, "GQA needs Hq to be a multiple of Hkv"
-    assert q.dtype == k_cache.dtype, "q must have the KV cache's dtype"
-    assert page_table.dtype == torch.int32 and page_table.stride(-1) == 1
+    Hkv = _check_attention_inputs(q, k_cache, v_cache, page_table)
     assert num_splits >= 1
     q = _last_dim_contiguous(q)
     if out is None:

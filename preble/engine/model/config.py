@@ -48,6 +48,10 @@ class ModelConfig:
     def family(self) -> str:
         return SUPPORTED_ARCHITECTURES[self.architecture]
 
+    def context_window(self, requested: int | None = None) -> int:
+        """The usable context: what was asked for, never more than the model's positions."""
+        return min(requested or self.max_position_embeddings, self.max_position_embeddings)
+
     @property
     def torch_dtype(self):
         import torch  # routers read configs too and must not pay for torch

@@ -12,19 +12,18 @@ from .config import ModelConfig, UnsupportedModel
 
 RANDOM_PREFIX = "random:"
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+
 PRESETS: dict[str, ModelConfig] = {
     "llama3-8b": ModelConfig(
         architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
         num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
-        max_position_embeddings=131072, eos_token_ids=(128001, 128009),
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192}),
+        max_position_embeddings=131072, eos_token_ids=(128001, 128009), rope_scaling=LLAMA3_ROPE),
     "llama3-70b": ModelConfig(
         architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=8192, intermediate_size=28672,
         num_layers=80, num_heads=64, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
-        max_position_embeddings=131072, eos_token_ids=(128001, 128009),
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192}),
+        max_position_embeddings=131072, eos_token_ids=(128001, 128009), rope_scaling=LLAMA3_ROPE),
     "mistral-7b": ModelConfig(
         architecture="MistralForCausalLM", vocab_size=32768, hidden_size=4096, intermediate_size=14336,
         num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=1000000.0,
