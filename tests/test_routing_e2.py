@@ -204,9 +204,29 @@ def test_rebalance_moves_subtrees_above_the_threshold_only(ratio):
         d = send(b, 20, "w1", "rebalance")
         assert d.matched_tokens == 0
         send(a, 100, "w0")  # A stays
-    else:
+    else:  # within 1.5x: nothing moves (one request: after it, w0 is past the threshold)
         send(b, 20, "w0")
-        send(a, 100, "w0")
+
+
+def test_rebalance_replicates_a_hot_prefix_too_large_to_move():
+    """One prefix carries all of w0's load: no subtree fits in half the gap, so the prefix gets
+    the lightest worker as a replica, then the next lightest, and its requests spread."""
+    policy, clock = make(workers=("w0", "w1", "w2"), rebalance_min_load_s=1e-3,
+                         rebalance_interval_s=0.0)
+    for w in ("w0", "w1", "w2"):
+        report(policy, w, tpot=0.1)
+    prefix = fresh(64)
+    hold(policy, "w0", prefix)
+    seen = []
+    for _ in range(12):
+        clock.t += 0.1
+        d = route(policy, prefix + fresh(4), max_tokens=50)
+        seen.append((d.worker_id, d.branch))
+    # A prefix moves once two requests used it; then w1 (lightest), then w2 join.
+    assert seen[:4] == [("w0", "exploit")] * 2 + [("w1", "replicate"), ("w2", "replicate")]
+    tail = [w for w, _ in seen[-6:]]
+    assert all(b == "replicate" for _, b in seen[2:])
+    assert sorted(tail) == ["w0", "w0", "w1", "w1", "w2", "w2"]  # the load evens out
 
 
 # ---------------------------------------------------------------------------- replicate

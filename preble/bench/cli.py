@@ -11,6 +11,8 @@ from rich.table import Table
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks.")
 
+from .workloads.report import PREBLE_WORKLOADS
+
 SUMMARY_KEYS = ("p50_ms", "p99_ms", "decisions_per_s", "rss_mb")
 
 
@@ -130,3 +132,42 @@ def serve(
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     table.add_row("branches", json.dumps(summary["branches"]))
     Console().print(table)
+
+
+@bench_app.command("compare")
+def compare(
+    workloads: str = typer.Option(",".join(PREBLE_WORKLOADS), help="Comma-separated workload names."),
+    policies: str = typer.Option("round_robin,least_load,cache_aware,prefix_hash,e2"),
+    replicas: str = typer.Option("2,4,8", help="Comma-separated replica counts of the main comparison."),
+    scaling_replicas: str = typer.Option("16,32,64", help="Replica counts of the scaling study; '' skips it."),
+    cost_model: Path = typer.Option(Path("results/cost_models/h100_llama3-8b.json")),
+    tokenizer: Path | None = typer.Option(None, help="HF folder for text workloads; default: the demo model's."),
+    num_pages: int = typer.Option(24_000, help="KV pages per replica."),
+    duration: float = typer.Option(120.0, help="Seconds of arrivals per run."),
+    max_requests: int = typer.Option(6000, help="Requests per run at most (main comparison)."),
+    max_rates: int = typer.Option(10, help="Rates per ladder at most."),
+    jobs: int = typer.Option(2, help="Worker processes."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("comparison.json"), help="JSON here; Markdown and PNG plots next to it."),
+) -> None:
+    """The paper's comparison in the simulator: workloads x policies x rates x replicas, plus the
+    local-queue, ablation and scaling studies."""
+    from .compare import CompareConfig, markdown, plot, run
+
+    def names(s: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in s.split(",") if x.strip())
+
+    cfg = CompareConfig(workloads=names(workloads), policies=names(policies),
+                        replicas=tuple(map(int, names(replicas))),
+                        scaling_replicas=tuple(map(int, names(scaling_replicas))),
+                        cost_model=str(cost_model), tokenizer=str(tokenizer) if tokenizer else None,
+                        num_pages=num_pages, duration_s=duration, max_requests=max_requests,
+                        max_rates=max_rates, jobs=jobs, seed=seed)
+    doc = run(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    text = markdown(doc)
+    out.with_suffix(".md").write_text(text)
+    for path in plot(doc, out):
+        print(f"wrote {path}")
+    print(text)

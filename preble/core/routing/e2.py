@@ -4,9 +4,11 @@ Each request is matched on the global tree. If the longest cached prefix is long
 rest, E2 exploits: it goes to the cheapest worker holding that prefix. Otherwise it explores: the
 cheapest of all workers, where a worker's cost is L + M + P in GPU seconds:
 
-- L, its load: the windowed prefill seconds of the requests routed to it plus their output
-  tokens times its time per output token (its LoadReport's, else the cost model's). Kept as
-  per-node, per-worker windowed sums in the tree; the root's are the worker's load.
+- L, its load: the windowed prefill seconds of the requests routed to it (per-node,
+  per-worker windowed sums in the tree; the root's are the worker's) plus the expected output
+  tokens of its outstanding requests times its time per output token (its LoadReport's, else
+  the cost model's). Decode load counts only requests still running: it shows a queue building
+  up at once and stops counting when it drains, where a windowed sum would lag both ways.
 - M, the eviction cost: the pages this request needs beyond the worker's free ones are taken from
   its least recently used nodes; each costs its prefill time times the requests that used it on
   that worker within the window.
@@ -15,9 +17,10 @@ cheapest of all workers, where a worker's cost is L + M + P in GPU seconds:
 Before comparing explore costs, a decode-heavy worker (windowed hit ratio >= 0.7) takes the
 explored, prefill-heavy request ("pd"). When the heaviest worker's L exceeds 1.5x the lightest's,
 whole prefix subtrees (their future requests and their windowed load) move from heavy to light
-until within the threshold ("rebalance"). When one prefix's TTFT on a worker doubles from the
-window's older half to its newer half, another worker is added for that prefix and its requests
-go to the cheaper of its workers ("replicate"). Steering decisions live on tree nodes for
+until within the threshold ("rebalance"); if the moves cannot close the gap (a prefix too hot
+to move pins the load), that prefix gets the light worker as a replica. When one prefix's TTFT
+on a worker doubles from the window's older half to its newer half, it also gets another worker.
+A replicated prefix's requests go to the cheapest of its workers ("replicate"). Steering decisions live on tree nodes for
 `assignment_ttl_s`.
 """
 
@@ -63,6 +66,9 @@ class E2Config:
     pending_ttl_s: float = 30.0  # a routed prompt counts as held by its worker this long (until KV events tell)
     routed_ttl_s: float = 300.0  # the same for workers that send no KV events (corrected by cached_tokens)
     gc_budget: int = 64  # tree nodes the collector examines per routing decision
+    rebalance: bool = True  # move subtrees off overloaded workers (off: for ablations)
+    replicate: bool = True  # give hot prefixes more workers (off: for ablations)
+    pd_balance: bool = True  # send prefill-heavy explores to decode-heavy workers (off: for ablations)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class _Worker:
     pages_since_report: int = 0  # pages promised to requests routed since the last report
     outstanding: int = 0
     outstanding_tokens: int = 0  # prompt tokens of outstanding requests
+    outstanding_output: int = 0  # expected output tokens of outstanding requests
     events: str = "none"  # its KV events: none (yet) | live | gap (until a resync) | incompatible
     events_note: str | None = None  # why its events are not followed
     victims: _Victims | None = None
@@ -197,7 +204,7 @@ class E2Policy:
         cfg = self.config
         self.tree.gc(cfg.gc_budget)
         b = self.tree.window.bucket(now)
-        if now >= self._rebalance_after:
+        if cfg.rebalance and now >= self._rebalance_after:
             self._rebalance_after = now + cfg.rebalance_interval_s
             self._rebalance(now, b)
         m = self.tree.match(req.token_ids)
@@ -216,7 +223,7 @@ class E2Policy:
         if m.partial is not None:
             path_nodes.add(m.partial)
         costs = {w: self._cost(w, self._load(w, b), m, n, out, path_nodes, b) for w in cands}
-        if branch == "explore":
+        if branch == "explore" and cfg.pd_balance:
             heavy = [w for w in cands if self._decode_heavy(w, b)]
             if heavy and len(heavy) < len(cands):
                 cands, branch = heavy, "pd"
@@ -233,9 +240,16 @@ class E2Policy:
         return load + self._eviction_cost(w, need, path_nodes, b) + self.cost.prefill_time(n - held, held)
 
     def _load(self, w: str, b: int) -> float:
-        """L: windowed prefill seconds plus output tokens times time per output token."""
-        stats = self.tree.load(w, b)
-        return stats[PREFILL_S] + self.cost.decode_time(stats[OUTPUT_TOKENS], self._tpot(w))
+        """L: windowed prefill seconds plus outstanding output tokens times time per output token."""
+        return self.tree.load(w, b)[PREFILL_S] + \
+            self.cost.decode_time(self._workers[w].outstanding_output, self._tpot(w))
+
+    def _node_load(self, node: Node, w: str, b: int, decode_s: float, window_output: float) -> float:
+        """A subtree's part of L on `w`: its windowed prefill seconds plus its share (by windowed
+        output tokens) of the worker's outstanding decode seconds `decode_s`."""
+        stats = self.tree.stats(node, w, b)
+        share = stats[OUTPUT_TOKENS] / window_output if window_output > 0 else 0.0
+        return stats[PREFILL_S] + share * decode_s
 
     def _tpot(self, w: str) -> float:
         ws = self._workers[w]
@@ -344,6 +358,7 @@ class E2Policy:
         ws.pages_since_report += -(-(n - held) // ps) + -(-out // ps)
         ws.outstanding += 1
         ws.outstanding_tokens += n
+        ws.outstanding_output += out
         self._pending[req.request_id] = _Pending(w, now, end, prefix, n, prefill, out, held, expiries)
 
     def _routed_expiries(self, w: str, m: TreeMatch, held: int) -> list[tuple[int, float]]:
@@ -366,6 +381,7 @@ class E2Policy:
             return
         ws.outstanding -= 1
         ws.outstanding_tokens -= p.prompt_tokens
+        ws.outstanding_output -= p.output_tokens
         now = self.clock()
         if not done.ok:  # it did not run to the end: take back its estimated work
             self.tree.record(p.path_end, p.worker, (0.0, -p.prefill_s, -float(p.output_tokens)), at=p.time)
@@ -382,54 +398,80 @@ class E2Policy:
             cutoff = next((exp for end, exp in p.believed_expiries if end > done.cached_tokens), None)
             if cutoff is not None:
                 self.tree.drop_routed(p.worker, cutoff)
-        if p.prefix is not None:
+        if p.prefix is not None and self.config.replicate:
             self.tree.record_ttft(p.prefix, p.worker, done.ttft)
             self._maybe_replicate(p.prefix, p.worker, now)
 
     # ------------------------------------------------------------------ rebalance and replicate
 
     def _rebalance(self, now: float, b: int) -> None:
-        """Move subtrees from the heaviest to the lightest worker until within the ratio."""
+        """Move subtrees from the heaviest to the lightest worker until within the ratio. If the
+        moves allowed cannot even them out (a prefix too hot to move pins the load), the heavy
+        worker's hottest such prefix gets the light worker as a replica (one per check)."""
         cfg = self.config
         loads = {w: self._load(w, b) for w in self._workers}
-        for _ in range(cfg.rebalance_max_moves):
-            order = self._workers
+        order = self._workers
+        hot = None
+        for moves in range(cfg.rebalance_max_moves + 1):
             heavy = max(loads, key=lambda w: (loads[w], -order[w].order))
             light = min(loads, key=lambda w: (loads[w], order[w].order))
             if heavy == light or loads[heavy] < cfg.rebalance_min_load_s or \
                     loads[heavy] <= cfg.rebalance_ratio * loads[light]:
                 return
-            node = self._pick_subtree(heavy, (loads[heavy] - loads[light]) / 2, now, b)
-            if node is None:
-                return
+            node, hot, moved = self._pick_subtree(heavy, light, (loads[heavy] - loads[light]) / 2,
+                                                  now, b)
+            if node is None or moves == cfg.rebalance_max_moves:
+                break
             node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
             self.tree.move_stats(node, heavy, light)
-            loads[heavy], loads[light] = self._load(heavy, b), self._load(light, b)
+            loads[heavy] -= moved
+            loads[light] += moved
+        if hot is not None and cfg.replicate:
+            self._replicate(hot, heavy, light, now)
 
-    def _pick_subtree(self, w: str, target: float, now: float, b: int) -> Node | None:
-        """The largest subtree that lives on `w` (no other worker served it in the window), used
-        by enough requests, with a windowed load on `w` of at most `target`; larger or shared
-        subtrees are searched for such parts. Replicated prefixes stay where they are."""
-        tpot = self._tpot(w)
+    def _pick_subtree(self, w: str, light: str, target: float, now: float,
+                      b: int) -> tuple[Node | None, Node | None, float]:
+        """(the subtree to move, the prefix to replicate, the moved subtree's load).
+
+        The subtree: the largest that lives on `w` (no other worker served it in the window),
+        used by enough requests, with a windowed load on `w` of at most `target`; larger or
+        shared subtrees are searched for such parts. Replicated prefixes stay where they are.
+        The prefix: of those too large to move, the one with the most load on `w` whose
+        requests `light` cannot take yet (it neither holds it nor is assigned it)."""
+        decode_s = self.cost.decode_time(self._workers[w].outstanding_output, self._tpot(w))
+        window_output = self.tree.load(w, b)[OUTPUT_TOKENS]
         best, best_load = None, 0.0
+        hot, hot_load = None, 0.0
         stack = list(self.tree.root.children.values())
         while stack:
             node = stack.pop()
             if not node.stats or w not in node.stats:
                 continue
+            if self.tree.stats(node, w, b)[REQUESTS] < self.config.rebalance_min_requests:
+                continue
+            load = self._node_load(node, w, b, decode_s, window_output)
+            if load <= best_load:
+                continue
             a = node.assigned
-            if a is not None and a.reason == "replicate" and a.until > now:
-                continue
-            stats = self.tree.stats(node, w, b)
-            load = stats[PREFILL_S] + tpot * stats[OUTPUT_TOKENS]
-            if stats[REQUESTS] < self.config.rebalance_min_requests or load <= best_load:
-                continue
-            shared = any(x != w and self.tree.stats(node, x, b)[REQUESTS] > 0 for x in node.stats)
-            if load <= target and not shared:
+            live = a if a is not None and a.until > now else None
+            replicated = live is not None and live.reason == "replicate"
+            if not replicated and load <= target and \
+                    not any(x != w and self.tree.stats(node, x, b)[REQUESTS] > 0 for x in node.stats):
                 best, best_load = node, load
-            else:
+                continue
+            if load > hot_load and light not in (live.workers if live else self.tree.holders(node)):
+                hot, hot_load = node, load
+            if not replicated:
                 stack.extend(node.children.values())
-        return best
+        return best, hot, best_load
+
+    def _replicate(self, node: Node, w: str, extra: str, now: float) -> None:
+        """Steer `node`'s requests to its current workers (or holders, with `w`) plus `extra`."""
+        a = node.assigned
+        current = list(a.workers) if a is not None and a.until > now else self.tree.holders(node)
+        current = [x for x in dict.fromkeys(current + [w]) if x in self._workers and x != extra]
+        node.assigned = Assignment(tuple(current + [extra]), "replicate",
+                                   now + self.config.assignment_ttl_s)
 
     def _maybe_replicate(self, node: Node, w: str, now: float) -> None:
         """If this prefix's TTFT on `w` doubled across the window, give it one more worker."""
@@ -441,11 +483,9 @@ class E2Policy:
             return
         a = node.assigned
         current = list(a.workers) if a is not None and a.until > now else self.tree.holders(node)
-        current = [x for x in dict.fromkeys(current + [w]) if x in self._workers]
-        others = [x for x in self._workers if x not in current]
+        others = [x for x in self._workers if x not in current and x != w]
         if not others:
             return
         b = self.tree.window.bucket(now)
-        extra = min(others, key=lambda x: (self._load(x, b), self._workers[x].order))
-        node.assigned = Assignment(tuple(current + [extra]), "replicate", now + cfg.assignment_ttl_s)
+        self._replicate(node, w, min(others, key=lambda x: (self._load(x, b), self._workers[x].order)), now)
         self.tree.reset_ttft(node, w)

@@ -1,0 +1,370 @@
+"""The paper's comparison, run in the simulator: workloads x routing policies x rates x replicas.
+
+Every point plays the same requests with the same Poisson arrivals under each policy, on
+replicas that run the real local scheduler, radix cache and KV accounting with a measured cost
+model (`preble.sim`). Rates climb a geometric ladder from a light load until round_robin
+saturates (its p99 latency passes `saturation_factor` times its light-load value), plus one
+step beyond. Three further studies reuse the knee rate of each workload: the local queue
+policies, an ablation of E2 in the paper's order, and scaling to many replicas at the same
+load per replica.
+
+Text workloads are tokenised once with the given tokenizer (the demo model's by default); the
+cost model, not the tokenizer, sets the model's speed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..core.cost_model import CostModel
+from ..core.routing import E2Config
+from ..core.scheduler import SchedulerConfig
+from ..sim.cluster import SimConfig, SimRequest, simulate
+from ..sim.report import summarize
+from .workloads import make_workload
+from .workloads.report import PREBLE_WORKLOADS
+
+POLICIES = ("round_robin", "least_load", "cache_aware", "prefix_hash", "e2")
+METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "mean_tpot",
+           "throughput", "hit_ratio")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the cluster under test: a routing policy, its config, a local queue."""
+
+    label: str
+    policy: str
+    local_policy: str = "preble"
+    e2: dict = field(default_factory=dict)  # E2Config overrides
+
+
+LOCAL_VARIANTS = tuple(Variant(f"e2 + {q}", "e2", q) for q in ("fcfs", "lpm", "preble"))
+# The paper's ablation order: E2's exploit/explore alone, + rebalancing and replication,
+# + prefill/decode balancing, + the priority-fair local queue (lpm, SGLang's, before it).
+_OFF = dict(rebalance=False, replicate=False, pd_balance=False)
+ABLATION_VARIANTS = (
+    Variant("round_robin + lpm", "round_robin", "lpm"),
+    Variant("E2 exploit/explore", "e2", "lpm", _OFF),
+    Variant("+ rebalance/replicate", "e2", "lpm", dict(pd_balance=False)),
+    Variant("+ P/D balancing", "e2", "lpm"),
+    Variant("+ priority-fair queue", "e2", "preble"),
+)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    workloads: tuple[str, ...] = PREBLE_WORKLOADS
+    policies: tuple[str, ...] = POLICIES
+    replicas: tuple[int, ...] = (2, 4, 8)
+    cost_model: str = "results/cost_models/h100_llama3-8b.json"
+    tokenizer: str | None = None  # HF folder for text workloads; None: the demo model's
+    num_pages: int = 24_000  # KV pages per replica (an H100 80GB holds ~400k Llama-3-8B tokens)
+    page_size: int = 16
+    max_num_batched_tokens: int = 8192  # the local scheduler's token budget per step
+    max_model_len: int = 32_768  # context window (Llama-3.1-8B's is longer; longer prompts are cut)
+    duration_s: float = 120.0  # span of arrivals of each run
+    min_requests: int = 300
+    max_requests: int = 6000
+    light_load: float = 0.15  # the first rate, as a fraction of the cluster's estimated capacity
+    rate_step: float = 1.5  # each rate is this times the last
+    max_rates: int = 10
+    saturation_factor: float = 5.0  # round_robin saturates when its p99 passes this x the first
+    scaling_replicas: tuple[int, ...] = (16, 32, 64)
+    scaling_workloads: tuple[str, ...] = ("toolbench", "videoqa", "loogle")
+    scaling_policies: tuple[str, ...] = ("round_robin", "least_load", "cache_aware", "e2")
+    scaling_max_requests: int = 20_000
+    study_replicas: int = 4  # replicas of the local-queue and ablation studies
+    seed: int = 0
+    jobs: int = 2  # worker processes (one workload at a time each)
+
+    def sim_config(self, replicas: int, variant: Variant) -> SimConfig:
+        e2 = E2Config(page_size=self.page_size, **variant.e2) if variant.policy == "e2" else None
+        return SimConfig(replicas=replicas, policy=variant.policy, policy_config=e2,
+                         page_size=self.page_size, num_pages=self.num_pages, seed=self.seed,
+                         scheduler=SchedulerConfig(max_num_batched_tokens=self.max_num_batched_tokens,
+                                                   max_model_len=self.max_model_len,
+                                                   local_policy=variant.local_policy))
+
+
+@dataclass
+class Prepared:
+    """A workload as token ids, with what the rate ladder needs to know of it."""
+
+    name: str
+    prompts: list[list[int]]
+    max_tokens: list[int]
+    stats: dict[str, Any]
+
+    def requests(self, n: int, rate: float, seed: int) -> list[SimRequest]:
+        """The first `n` requests with Poisson arrivals at `rate` (the same for every policy)."""
+        rng = random.Random(seed)
+        t, out = 0.0, []
+        for i in range(min(n, len(self.prompts))):
+            out.append(SimRequest(f"{self.name}-{i}", t, self.prompts[i], self.max_tokens[i]))
+            t += rng.expovariate(rate)
+        return out
+
+
+def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int) -> Prepared:
+    wl = make_workload(name, num_requests=n, seed=seed, tokenizer=tokenizer)
+    prompts = [list(r.prompt_token_ids) if r.prompt_token_ids is not None
+               else tokenizer.encode(r.prompt, add_special_tokens=False) for r in wl.requests]
+    prompts = [p[:max_prompt] for p in prompts]
+    return Prepared(name, prompts, [r.max_tokens for r in wl.requests], wl.stats(tokenizer))
+
+
+def capacity(prep: Prepared, cost: CostModel, batch: int = 64) -> float:
+    """Requests/s one replica could serve if every shared token hit its cache: the workload's
+    unshared prefill plus its share of decode steps at `batch` sequences."""
+    shared = prep.stats["shared_fraction"]
+    total = 0.0
+    for p, out in zip(prep.prompts, prep.max_tokens):
+        n = len(p)
+        cached = int(n * shared)
+        per_token = cost.decode_step_time(batch, batch * (n + out // 2)) / batch
+        total += cost.prefill_time(n - cached, cached) + out * per_token
+    return len(prep.prompts) / total
+
+
+def _summary(records) -> dict[str, Any]:
+    s = summarize(records)
+    return {**{k: s[k] for k in METRICS}, "requests": s["requests"], "branches": s["branches"]}
+
+
+class Runner:
+    """Runs points of one workload; sized and seeded by the config."""
+
+    def __init__(self, cfg: CompareConfig, prep: Prepared, cost: CostModel) -> None:
+        self.cfg, self.prep, self.cost = cfg, prep, cost
+
+    def size(self, rate: float) -> int:
+        cfg = self.cfg
+        return max(cfg.min_requests, min(cfg.max_requests, round(rate * cfg.duration_s)))
+
+    def point(self, replicas: int, rate: float, variant: Variant, n: int | None = None) -> dict[str, Any]:
+        reqs = self.prep.requests(n or self.size(rate), rate, self.cfg.seed)
+        records = simulate(reqs, self.cfg.sim_config(replicas, variant), self.cost)
+        return {"workload": self.prep.name, "replicas": replicas, "rate": rate,
+                "policy": variant.label, **_summary(records)}
+
+    def ladder(self, replicas: int, policies: Sequence[str],
+               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], float | None]:
+        """All policies over the rate ladder; returns the rows and the knee rate (None: never)."""
+        cfg = self.cfg
+        rate = cfg.light_load * replicas * capacity(self.prep, self.cost)
+        rows, base, knee = [], None, None
+        for _ in range(cfg.max_rates):
+            for p in policies:
+                row = self.point(replicas, rate, Variant(p, p))
+                rows.append(row)
+                log(f"{self.prep.name} x{replicas} {rate:.3g}/s {p}: mean {row['mean_latency']:.3g} s "
+                    f"p99 {row['p99_latency']:.3g} s hit {row['hit_ratio']:.2f}")
+            rr = next(r for r in rows[-len(policies):] if r["policy"] == "round_robin")
+            base = base or rr["p99_latency"]
+            if knee is not None:
+                break
+            if rr["p99_latency"] > cfg.saturation_factor * base:
+                knee = rate
+            rate *= cfg.rate_step
+        return rows, knee
+
+
+def _tokenizer(path: str | None):
+    from transformers import AutoTokenizer
+
+    from ..models.demo import ensure_demo_model
+
+    return AutoTokenizer.from_pretrained(path or ensure_demo_model())
+
+
+def _workload_task(cfg: CompareConfig, name: str) -> dict[str, Any]:
+    """Everything for one workload (a process of the pool runs it)."""
+    cost = CostModel.load(cfg.cost_model)
+    scaling = name in cfg.scaling_workloads and bool(cfg.scaling_replicas)
+    n = max(cfg.max_requests, cfg.scaling_max_requests if scaling else 0)
+    prep = prepare(name, n, _tokenizer(cfg.tokenizer), cfg.seed, cfg.max_model_len - 1024)
+    runner = Runner(cfg, prep, cost)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    rows, knees = [], {}
+    for r in cfg.replicas:
+        got, knee = runner.ladder(r, cfg.policies, log)
+        rows += got
+        knees[r] = knee
+    studies: dict[str, list[dict[str, Any]]] = {"local": [], "ablation": [], "scaling": []}
+    knee = knees.get(cfg.study_replicas)
+    if knee is not None:
+        for key, variants in (("local", LOCAL_VARIANTS), ("ablation", ABLATION_VARIANTS)):
+            for v in variants:
+                studies[key].append(runner.point(cfg.study_replicas, knee, v))
+                log(f"{name} {key} {v.label}: mean {studies[key][-1]['mean_latency']:.3g} s")
+    top = max(cfg.replicas)
+    if scaling and knees.get(top) is not None:
+        per_replica = knees[top] / top
+        for r in cfg.scaling_replicas:
+            n_req = min(cfg.scaling_max_requests, round(per_replica * r * cfg.duration_s))
+            for p in cfg.scaling_policies:
+                studies["scaling"].append(runner.point(r, per_replica * r, Variant(p, p), n_req))
+                log(f"{name} scaling x{r} {p}: mean {studies['scaling'][-1]['mean_latency']:.3g} s")
+    return {"workload": name, "stats": prep.stats, "capacity_per_replica": capacity(prep, cost),
+            "knees": knees, "rows": rows, **studies}
+
+
+def run(cfg: CompareConfig) -> dict[str, Any]:
+    if cfg.jobs > 1:
+        with ProcessPoolExecutor(cfg.jobs) as pool:
+            parts = list(pool.map(_workload_task, [cfg] * len(cfg.workloads), cfg.workloads))
+    else:
+        parts = [_workload_task(cfg, w) for w in cfg.workloads]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = {"commit": commit or "unknown", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "device": f"simulated from {Path(cfg.cost_model).name}",
+            "cost_model": CostModel.load(cfg.cost_model).to_dict()}
+    return {"meta": meta, "config": asdict(cfg), "workloads": parts}
+
+
+# ------------------------------------------------------------------------------ the targets
+
+
+def _at(rows: list[dict], rate: float, policy: str) -> dict | None:
+    return next((r for r in rows if r["rate"] == rate and r["policy"] == policy), None)
+
+
+def targets(doc: dict[str, Any]) -> dict[str, Any]:
+    """The issue's three targets, per replica count, from the comparison's rows.
+
+    - at the knee (round_robin's p99 past saturation_factor x light load), e2's mean and p99
+      latency are >= 2x lower than round_robin's on at least 4 of the 5 workloads;
+    - at every rate, e2's mean latency is within 5% of the best baseline's;
+    - on toolbench (Zipf tool popularity) at the knee, e2's p99 is >= 1.3x lower than
+      cache_aware's."""
+    out: dict[str, Any] = {}
+    replicas = sorted({r["replicas"] for w in doc["workloads"] for r in w["rows"]})
+    for n in replicas:
+        knee_gain, worst, toolbench = {}, {}, None
+        for w in doc["workloads"]:
+            rows = [r for r in w["rows"] if r["replicas"] == n]
+            knee = w["knees"].get(n, w["knees"].get(str(n)))
+            if knee is not None:
+                e2, rr = _at(rows, knee, "e2"), _at(rows, knee, "round_robin")
+                if e2 and rr:
+                    knee_gain[w["workload"]] = {"rate": knee,
+                                                "mean": rr["mean_latency"] / e2["mean_latency"],
+                                                "p99": rr["p99_latency"] / e2["p99_latency"]}
+                ca = _at(rows, knee, "cache_aware")
+                if w["workload"] == "toolbench" and e2 and ca:
+                    toolbench = ca["p99_latency"] / e2["p99_latency"]
+            ratios = []
+            for rate in sorted({r["rate"] for r in rows}):
+                e2 = _at(rows, rate, "e2")
+                base = [r["mean_latency"] for r in rows if r["rate"] == rate and r["policy"] != "e2"]
+                if e2 and base:
+                    ratios.append((e2["mean_latency"] / min(base), rate))
+            if ratios:
+                worst[w["workload"]] = dict(zip(("ratio", "rate"), max(ratios)))
+        wins = [k for k, g in knee_gain.items() if g["mean"] >= 2 and g["p99"] >= 2]
+        out[str(n)] = {
+            "knee_gain": knee_gain, "workloads_2x": wins, "met_2x_on_4": len(wins) >= 4,
+            "worst_vs_best_baseline": worst,
+            "met_within_5pct": all(v["ratio"] <= 1.05 for v in worst.values()) if worst else False,
+            "toolbench_p99_vs_cache_aware": toolbench,
+            "met_toolbench_1_3x": toolbench is not None and toolbench >= 1.3,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def _fmt(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    meta, cfg = doc["meta"], doc["config"]
+    lines = [f"# Policy comparison ({meta['device']})", "",
+             f"commit {meta['commit']}, {meta['date']}. Each replica: {cfg['num_pages']} KV pages of "
+             f"{cfg['page_size']} tokens, a {cfg['max_num_batched_tokens']}-token step budget; "
+             f"arrivals Poisson over {cfg['duration_s']:.0f} s ({cfg['min_requests']}-"
+             f"{cfg['max_requests']} requests a run). Latencies in seconds.", ""]
+    for w in doc["workloads"]:
+        lines += [f"## {w['workload']}", ""]
+        for n in sorted({r["replicas"] for r in w["rows"]}):
+            rows = [r for r in w["rows"] if r["replicas"] == n]
+            knee = w["knees"].get(n, w["knees"].get(str(n)))
+            pols = list(dict.fromkeys(r["policy"] for r in rows))
+            lines += [f"{n} replicas (knee: {_fmt(knee)}/s). Mean / p99 latency:", "",
+                      "| rate/s | " + " | ".join(pols) + " |", "|---:|" + "---:|" * len(pols)]
+            for rate in sorted({r["rate"] for r in rows}):
+                cells = []
+                for p in pols:
+                    r = _at(rows, rate, p)
+                    cells.append(f"{_fmt(r['mean_latency'])} / {_fmt(r['p99_latency'])}" if r else "-")
+                mark = " (knee)" if knee == rate else ""
+                lines.append(f"| {rate:.3g}{mark} | " + " | ".join(cells) + " |")
+            lines.append("")
+        for key, title in (("local", "Local queue policies"), ("ablation", "Ablation"),
+                           ("scaling", "Scaling")):
+            if not w.get(key):
+                continue
+            lines += [f"{title}:", "", "| replicas | rate/s | variant | mean | p99 | mean TTFT | hit ratio |",
+                      "|---:|---:|---|---:|---:|---:|---:|"]
+            lines += [f"| {r['replicas']} | {r['rate']:.3g} | {r['policy']} | {_fmt(r['mean_latency'])} | "
+                      f"{_fmt(r['p99_latency'])} | {_fmt(r['mean_ttft'])} | {r['hit_ratio']:.2f} |"
+                      for r in w[key]]
+            lines.append("")
+    t = targets(doc)
+    lines += ["## Targets", ""]
+    for n, v in t.items():
+        gains = ", ".join(f"{k} {g['mean']:.2f}x / {g['p99']:.2f}x" for k, g in v["knee_gain"].items())
+        worst = ", ".join(f"{k} {x['ratio']:.2f} at {x['rate']:.3g}/s" for k, x in v["worst_vs_best_baseline"].items())
+        lines += [f"- {n} replicas: e2 over round_robin at the knee (mean / p99): {gains}; "
+                  f">= 2x on {len(v['workloads_2x'])} of {len(v['knee_gain'])} "
+                  f"({'met' if v['met_2x_on_4'] else 'missed'}).",
+                  f"  e2 mean / best baseline mean, worst rate: {worst} "
+                  f"({'met' if v['met_within_5pct'] else 'missed'}).",
+                  f"  toolbench p99, cache_aware / e2 at the knee: {_fmt(v['toolbench_p99_vs_cache_aware'])} "
+                  f"({'met' if v['met_toolbench_1_3x'] else 'missed'})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], out: Path) -> list[Path]:
+    """Mean and p99 latency vs rate: one PNG per replica count, a column per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    replicas = sorted({r["replicas"] for w in doc["workloads"] for r in w["rows"]})
+    for n in replicas:
+        ws = doc["workloads"]
+        fig, axes = plt.subplots(2, len(ws), figsize=(3.2 * len(ws), 5.6), squeeze=False)
+        for j, w in enumerate(ws):
+            rows = [r for r in w["rows"] if r["replicas"] == n]
+            for i, metric in enumerate(("mean_latency", "p99_latency")):
+                ax = axes[i][j]
+                for p in dict.fromkeys(r["policy"] for r in rows):
+                    pts = sorted((r["rate"], r[metric]) for r in rows if r["policy"] == p)
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", ms=3, label=p)
+                ax.set_yscale("log")
+                ax.set_title(f"{w['workload']}" if i == 0 else "")
+                ax.set_xlabel("requests/s" if i == 1 else "")
+                ax.set_ylabel(f"{metric.replace('_', ' ')} (s)" if j == 0 else "")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{n} replicas, {doc['meta']['device']}")
+        fig.tight_layout()
+        path = out.with_name(f"{out.stem}_{n}r.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
