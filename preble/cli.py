@@ -196,11 +196,57 @@ def demo_model(cache_dir: Path | None = typer.Option(None, help="Where converted
 
 @app.command()
 def demo(
+    out: Path = typer.Option(Path("preble-demo.png"), help="Where the comparison plot goes."),
+    requests: int = typer.Option(96, help="Requests per policy."),
+    rate: float = typer.Option(1.6, help="Poisson arrivals per second."),
+) -> None:
+    """The showcase: a 2-worker cluster of the demo model serves a shared-prefix workload under
+    e2 and under round_robin; prints the comparison and writes a plot."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench.demo import DemoConfig, plot, run_policy, summary
+    from .models.demo import ensure_demo_model
+
+    cfg = DemoConfig(num_requests=requests, rate=rate)
+    with console.status("preparing the demo model (converted once, then cached)"):
+        model = str(ensure_demo_model())
+    console.print(f"{cfg.workers} workers x {cfg.num_pages} KV pages of {cfg.page_size} tokens; "
+                  f"{cfg.num_requests} requests at {cfg.rate}/s in {cfg.params['groups']} groups sharing "
+                  f"{cfg.params['system_len']}-token prefixes")
+    results = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for policy in cfg.policies:
+            task = progress.add_task(f"{policy}: starting the cluster", total=cfg.num_requests)
+
+            def done(_, task=task, policy=policy):
+                progress.update(task, advance=1, description=f"{policy}: serving")
+
+            results[policy] = run_policy(model, policy, cfg, on_done=done)
+            progress.update(task, description=f"{policy}: done")
+    table = Table(title="Preble demo: the same requests, two routing policies")
+    keys = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "hit_ratio", "errors")
+    table.add_column("policy")
+    for k in keys:
+        table.add_column(k.replace("_", " "), justify="right")
+    sums = {p: summary(r) for p, r in results.items()}
+    for p, s in sums.items():
+        table.add_row(p, *(f"{s[k]:.3f}" if isinstance(s[k], float) else str(s[k]) for k in keys))
+    console.print(table)
+    if len(sums) == 2:
+        (a, sa), (b, sb) = sums.items()
+        console.print(f"{a} vs {b}: {sb['mean_latency'] / sa['mean_latency']:.2f}x lower mean latency, "
+                      f"{sb['p99_latency'] / sa['p99_latency']:.2f}x lower p99")
+    console.print(f"plot written to {plot(results, out)}")
+
+
+@app.command()
+def chat(
     model: Path | None = typer.Option(None, help="HF model folder; default: the embedded demo model."),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     max_tokens: int = typer.Option(32, help="Tokens to generate per answer."),
 ) -> None:
-    """Answer chat questions that share a system prompt, showing prefix-cache reuse."""
+    """One engine in-process: chat questions that share a system prompt, showing prefix-cache reuse."""
     from . import LLM, SamplingParams
     from .models.demo import ensure_demo_model
 

@@ -120,3 +120,13 @@ def test_preble_never_starves_low_hit_requests_where_lpm_does():
 def test_unknown_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown local policy"):
         make_waiting_queue("sjf")
+
+
+@pytest.mark.parametrize("queue", [LPMQueue(window=2), PrebleQueue(PrebleQueueConfig(window=2))])
+def test_only_the_oldest_window_is_ranked_the_rest_follow_by_arrival(queue):
+    clock = FakeClock()
+    for n, t in [("a", 1), ("b", 2), ("c", 3), ("d", 3)]:
+        queue.add(make(n, clock, t))
+    # b, c and d are full hits, but only a and b are ranked: b first, then a; c, d by arrival.
+    assert names(queue.ordered(matcher({2: PROMPT_LEN, 3: PROMPT_LEN}))) == ["b", "a", "c", "d"]
+    queue.admitted(4)

@@ -3,73 +3,24 @@
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
 import pytest
 
+from preble.bench.local_cluster import LocalCluster
+
 STARTUP_TIMEOUT_S = 120
 
 
-def free_port_block(n: int) -> int:
-    """A base port whose next n ports were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-class Cluster:
+class Cluster(LocalCluster):
     def __init__(self, model: str, policy: str) -> None:
-        self.port = free_port_block(3)
-        self.url = f"http://127.0.0.1:{self.port}"
-        # A file, not a pipe: nobody reads the log while tests run, and a full pipe would block it.
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="preble-serve-", suffix=".log")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "preble.cli", "serve", "--model", model, "--workers", "2",
-             "--policy", policy, "--port", str(self.port), "--page-size", "4"],
-            stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {open(self.log.name).read()[-4000:]}")
-            try:
-                body = httpx.get(f"{self.url}/health", timeout=1).json()
-                if len(body.get("healthy_workers", [])) == 2:
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("cluster did not become healthy")
-            time.sleep(0.3)
+        super().__init__(model, 2, policy, ["--page-size", "4"], startup_timeout_s=STARTUP_TIMEOUT_S)
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def completion(self, prompt, **kw) -> httpx.Response:
         return self.client.post("/v1/completions", json={"prompt": prompt, "temperature": 0, **kw})
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.log.close()
-        return code
 
 
 def route(resp: httpx.Response) -> dict:

@@ -92,46 +92,71 @@ def serve(
     url: str = typer.Option("http://127.0.0.1:8000", help="Router or server base URL (OpenAI API)."),
     workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
     num_requests: int = typer.Option(200),
-    rate: float | None = typer.Option(None, help="Poisson arrivals per second; default: the workload's own times."),
+    rate: list[float] = typer.Option([], help="Poisson arrivals per second; repeat for a sweep. "
+                                              "None: the workload's own times."),
     duration: float | None = typer.Option(None, help="Stop sending after this many seconds."),
     model: str | None = typer.Option(None, help="Model name to send, if the server wants one."),
     param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable."),
     seed: int = typer.Option(0),
-    jsonl: Path | None = typer.Option(None, help="Write one record per request here."),
+    jsonl: Path | None = typer.Option(None, help="Write one record per request here (the rate is appended "
+                                                 "to the name in a sweep)."),
+    summaries: Path | None = typer.Option(None, help="Append each run's summary here as a JSON line."),
+    label: str | None = typer.Option(None, help="Name of this server in summaries and plots; "
+                                                "default: the router's policy."),
+    plot: Path | None = typer.Option(None, help="PNG of latency vs rate for every label in --summaries."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Open-loop load from a workload against a live server; per-request records and a summary."""
     import asyncio
 
+    import httpx
     from rich.progress import Progress
 
     from ..sim.report import summarize
     from .loadgen import LoadConfig, LoadRequest, run_load, write_jsonl
+    from .plots import latency_vs_rate, read_summaries
     from .workloads import make_workload
 
+    if plot is not None and summaries is None:
+        raise typer.BadParameter("--plot draws from --summaries: give both", param_hint="--plot")
+    if label is None:
+        try:
+            label = httpx.get(f"{url.rstrip('/')}/health", timeout=5).json().get("policy")
+        except (httpx.HTTPError, ValueError):
+            label = None
+        label = label or url
     wl = make_workload(workload, num_requests=num_requests, seed=seed, **dict(map(parse_param, param)))
     reqs = [LoadRequest(r.request_id, r.prompt if r.prompt is not None else r.prompt_token_ids, r.max_tokens,
                         r.arrival) for r in wl.requests]
-    cfg = LoadConfig(url=url, model=model, rate=rate, duration=duration, seed=seed)
-    with Progress(disable=as_json) as progress:
-        task = progress.add_task(f"{workload} -> {url}", total=len(reqs))
-        records = asyncio.run(run_load(reqs, cfg, on_done=lambda _: progress.advance(task)))
-    if jsonl is not None:
-        write_jsonl(records, jsonl)
-    ok = [r for r in records if r.error is None]
-    summary = {**summarize(ok), "errors": len(records) - len(ok), "workload": workload, "rate": rate}
-    if as_json:
-        print(json.dumps(summary))
-        return
-    table = Table(title=f"{workload}: {len(ok)} of {len(records)} requests answered")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("mean_latency", "p50_latency", "p90_latency", "p99_latency", "mean_ttft", "p99_ttft",
-                "mean_tpot", "throughput", "hit_ratio", "errors"):
-        value = summary[key]
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    table.add_row("branches", json.dumps(summary["branches"]))
-    Console().print(table)
+    for r in rate or [None]:
+        cfg = LoadConfig(url=url, model=model, rate=r, duration=duration, seed=seed)
+        with Progress(disable=as_json) as progress:
+            task = progress.add_task(f"{workload} at {r or 'trace'}/s -> {url}", total=len(reqs))
+            records = asyncio.run(run_load(reqs, cfg, on_done=lambda _, t=task, p=progress: p.advance(t)))
+        if jsonl is not None:
+            write_jsonl(records, jsonl if len(rate) <= 1 else jsonl.with_stem(f"{jsonl.stem}_{r:g}"))
+        ok = [x for x in records if x.error is None]
+        summary = {**summarize(ok), "errors": len(records) - len(ok), "workload": workload, "rate": r,
+                   "label": label}
+        if summaries is not None:
+            with summaries.open("a") as f:
+                f.write(json.dumps(summary) + "\n")
+        if as_json:
+            print(json.dumps(summary))
+            continue
+        table = Table(title=f"{workload} at {r or 'trace'}/s ({label}): {len(ok)} of {len(records)} answered")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in ("mean_latency", "p50_latency", "p90_latency", "p99_latency", "mean_ttft", "p99_ttft",
+                    "mean_tpot", "throughput", "hit_ratio", "errors"):
+            value = summary[key]
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row("branches", json.dumps(summary["branches"]))
+        Console().print(table)
+    if plot is not None:
+        latency_vs_rate(read_summaries(summaries), plot, title=workload)
+        if not as_json:
+            print(f"plot written to {plot}")
 
 
 @bench_app.command("compare")
@@ -170,4 +195,41 @@ def compare(
     out.with_suffix(".md").write_text(text)
     for path in plot(doc, out):
         print(f"wrote {path}")
+    print(text)
+
+
+@bench_app.command("validate")
+def validate(
+    cost_model: Path = typer.Option(..., help="Cost model profiled on this device with the workers' threads."),
+    model: Path | None = typer.Option(None, help="HF model folder; default: the demo model."),
+    device: str = typer.Option("cpu"),
+    workers: int = typer.Option(2),
+    policy: str = typer.Option("e2"),
+    workload: str = typer.Option("shared_prefix", help="A token-id workload."),
+    param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable (replaces the defaults)."),
+    num_requests: int = typer.Option(150),
+    rate: float = typer.Option(1.0),
+    num_pages: int = typer.Option(256, help="KV pages per worker."),
+    max_num_batched_tokens: int = typer.Option(512),
+    seed: int = typer.Option(0),
+    out: Path | None = typer.Option(None, help="Write the JSON result here and Markdown next to it."),
+) -> None:
+    """Run a workload on a live local cluster, then in the simulator, and report the simulator's error."""
+    from rich.progress import Progress
+
+    from .validate import ValidateConfig, markdown, run
+
+    kw = dict(params=dict(map(parse_param, param))) if param else {}
+    cfg = ValidateConfig(cost_model=str(cost_model), model=str(model) if model else None, device=device,
+                         workers=workers, policy=policy, workload=workload, num_requests=num_requests,
+                         rate=rate, num_pages=num_pages, max_num_batched_tokens=max_num_batched_tokens,
+                         seed=seed, **kw)
+    with Progress() as progress:
+        task = progress.add_task(f"{workload} on {workers} workers", total=num_requests)
+        result = run(cfg, on_done=lambda _: progress.advance(task))
+    text = markdown(result)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(text)
     print(text)

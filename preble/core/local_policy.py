@@ -3,6 +3,10 @@
 Each policy is a plain object. The scheduler asks for an admission order, admits a prefix of it
 (until the token budget or the KV runs out) and reports how many it admitted, so a stateful
 policy such as Preble's can carry its position over to the next step.
+
+The cache-aware policies rank only the oldest `window` waiting requests (the rest follow in
+arrival order): one step admits far fewer than that, and ranking costs a prefix match per
+request, which under overload would grow with the queue at every step.
 """
 
 from __future__ import annotations
@@ -60,19 +64,28 @@ class FCFSQueue(_ArrivalQueue):
         return self._by_arrival()
 
 
+RANK_WINDOW = 256  # waiting requests a cache-aware policy ranks per step (module docstring)
+
+
 class LPMQueue(_ArrivalQueue):
     """Longest prefix match first (SGLang's `lpm`); ties by arrival."""
 
+    def __init__(self, window: int = RANK_WINDOW) -> None:
+        super().__init__()
+        self.window = window
+
     def ordered(self, match_len: MatchLen) -> list[Request]:
         reqs = self._by_arrival()
-        matched = {r: match_len(r.all_token_ids) for r in reqs}
-        return sorted(reqs, key=lambda r: -matched[r])
+        head, tail = reqs[:self.window], reqs[self.window:]
+        matched = {r: match_len(r.all_token_ids) for r in head}
+        return sorted(head, key=lambda r: -matched[r]) + tail
 
 
 @dataclass(frozen=True)
 class PrebleQueueConfig:
     num_groups: int = 10  # P: priority groups by cache hit ratio
     quota_step: int = 10  # k: group g admits up to (g + 1) * k requests per visit
+    window: int = RANK_WINDOW  # the oldest requests ranked per step; later ones follow by arrival
 
 
 class PrebleQueue(_ArrivalQueue):
@@ -101,13 +114,15 @@ class PrebleQueue(_ArrivalQueue):
         return (group + 1) * self.config.quota_step
 
     def ordered(self, match_len: MatchLen) -> list[Request]:
+        reqs = self._by_arrival()
+        head, tail = reqs[:self.config.window], reqs[self.config.window:]
         groups: dict[int, deque[Request]] = {}
-        for req in self._by_arrival():
+        for req in head:
             groups.setdefault(self.group_of(req, match_len), deque()).append(req)
         order: list[Request] = []
         self._trace = []
         group, used = self._group, self._used
-        remaining = len(self)
+        remaining = len(head)
         while len(order) < remaining:
             queue = groups.get(group)
             while queue and used < self.quota(group):
@@ -118,7 +133,8 @@ class PrebleQueue(_ArrivalQueue):
                 else:  # this visit is over: the next admission starts the next group's visit
                     self._trace.append(((group - 1) % self.config.num_groups, 0))
             group, used = (group - 1) % self.config.num_groups, 0
-        return order
+        self._trace += [(group, used)] * len(tail)  # arrival-order admissions leave the visit be
+        return order + tail
 
     def admitted(self, n: int) -> None:
         if n:
