@@ -209,12 +209,14 @@ def validate(
     param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable (replaces the defaults)."),
     num_requests: int = typer.Option(150),
     rate: float = typer.Option(1.0),
-    num_pages: int = typer.Option(256, help="KV pages per worker."),
+    num_pages: int | None = typer.Option(256, help="KV pages per worker (0: what memory holds; in-process only)."),
     max_num_batched_tokens: int = typer.Option(512),
+    in_process: bool = typer.Option(False, help="One engine stepped in this process instead of a live "
+                                                "cluster (for models without a tokenizer, e.g. random:PRESET)."),
     seed: int = typer.Option(0),
     out: Path | None = typer.Option(None, help="Write the JSON result here and Markdown next to it."),
 ) -> None:
-    """Run a workload on a live local cluster, then in the simulator, and report the simulator's error."""
+    """Run a workload for real, then in the simulator, and report the simulator's error."""
     from rich.progress import Progress
 
     from .validate import ValidateConfig, markdown, run
@@ -222,11 +224,11 @@ def validate(
     kw = dict(params=dict(map(parse_param, param))) if param else {}
     cfg = ValidateConfig(cost_model=str(cost_model), model=str(model) if model else None, device=device,
                          workers=workers, policy=policy, workload=workload, num_requests=num_requests,
-                         rate=rate, num_pages=num_pages, max_num_batched_tokens=max_num_batched_tokens,
+                         rate=rate, num_pages=num_pages or None, max_num_batched_tokens=max_num_batched_tokens,
                          seed=seed, **kw)
     with Progress() as progress:
         task = progress.add_task(f"{workload} on {workers} workers", total=num_requests)
-        result = run(cfg, on_done=lambda _: progress.advance(task))
+        result = run(cfg, on_done=lambda _: progress.advance(task), in_process=in_process)
     text = markdown(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

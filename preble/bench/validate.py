@@ -1,10 +1,12 @@
-"""Validate the simulator against a live cluster: the same requests at the same arrival times.
+"""Validate the simulator against real runs: the same requests at the same arrival times.
 
-A local `preble serve` cluster runs a token-id workload open loop; the simulator then plays the
-requests that were answered, at the arrival times the load generator actually sent them, on
-replicas configured like the workers (page size, KV pages, step budget, local queue) with the
-cost model profiled on the same device. The report is the simulator's relative error on the
-summary statistics.
+Live: a local `preble serve` cluster runs a token-id workload open loop. In-process (one
+replica, e.g. a GPU with a random-weight model that has no tokenizer for the HTTP front end): one
+engine is stepped in a loop that adds each request when its arrival time has passed, the way a
+worker's loop does. The simulator then plays the requests that were answered at the same
+arrival times, on replicas configured like the real ones (page size, KV pages, step budget,
+local queue) with the cost model profiled on the same device. The report is the simulator's
+relative error on the summary statistics.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.cost_model import CostModel
+from ..core.sampling_params import SamplingParams
 from ..core.scheduler import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
@@ -38,19 +41,21 @@ class ValidateConfig:
     num_requests: int = 150
     rate: float = 1.0
     page_size: int = 16
-    num_pages: int = 256  # per worker
+    num_pages: int | None = 256  # per worker; None: what the device's memory holds (in-process only)
     max_num_batched_tokens: int = 512
     local_policy: str = "preble"
     seed: int = 0
 
     def worker_args(self) -> list[str]:
+        if self.num_pages is None:
+            raise ValueError("a live cluster needs num_pages, so the simulator can match it")
         return ["--page-size", str(self.page_size), "--num-pages", str(self.num_pages),
                 "--max-num-batched-tokens", str(self.max_num_batched_tokens),
                 "--local-policy", self.local_policy]
 
-    def sim_config(self) -> SimConfig:
+    def sim_config(self, num_pages: int) -> SimConfig:
         return SimConfig(replicas=self.workers, policy=self.policy, page_size=self.page_size,
-                         num_pages=self.num_pages, seed=self.seed,
+                         num_pages=num_pages, seed=self.seed,
                          scheduler=SchedulerConfig(max_num_batched_tokens=self.max_num_batched_tokens,
                                                    local_policy=self.local_policy))
 
@@ -59,30 +64,101 @@ def _relative(sim: float, real: float) -> float:
     return (sim - real) / real if real and not math.isnan(real) else math.nan
 
 
-def run(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = None) -> dict[str, Any]:
-    from ..models.demo import ensure_demo_model
-
-    model = cfg.model or str(ensure_demo_model())
+def _workload(cfg: ValidateConfig):
     wl = make_workload(cfg.workload, num_requests=cfg.num_requests, seed=cfg.seed, **cfg.params)
     if any(r.prompt_token_ids is None for r in wl.requests):
         raise ValueError(f"workload {cfg.workload!r} has text prompts; validation needs token ids")
+    return wl
+
+
+def run_live(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = None
+             ) -> tuple[list[RequestRecord], int]:
+    """The workload on a local cluster; (records, KV pages per worker)."""
+    from ..models.demo import ensure_demo_model
+
+    wl = _workload(cfg)
     reqs = [LoadRequest(r.request_id, list(r.prompt_token_ids), r.max_tokens) for r in wl.requests]
-    with LocalCluster(model, cfg.workers, cfg.policy, cfg.worker_args(), cfg.device) as cluster:
+    with LocalCluster(cfg.model or str(ensure_demo_model()), cfg.workers, cfg.policy, cfg.worker_args(),
+                      cfg.device) as cluster:
         records = asyncio.run(run_load(reqs, LoadConfig(cluster.url, rate=cfg.rate, seed=cfg.seed),
                                        on_done=on_done))
+    return records, cfg.num_pages
+
+
+def run_in_process(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = None
+                   ) -> tuple[list[RequestRecord], int]:
+    """The workload on one engine stepped in this process; (records, its KV pages)."""
+    import time
+
+    from ..engine.config import EngineConfig
+    from ..engine.engine import LLMEngine
+    from .loadgen import arrival_times
+
+    if cfg.workers != 1:
+        raise ValueError("an in-process run has one replica")
+    wl = _workload(cfg)
+    engine = LLMEngine(EngineConfig(
+        model=cfg.model or "random:llama3-8b", device=cfg.device, page_size=cfg.page_size,
+        num_pages=cfg.num_pages, seed=cfg.seed,
+        scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens,
+                                  local_policy=cfg.local_policy)))
+    times = arrival_times(wl.requests, LoadConfig("", rate=cfg.rate, seed=cfg.seed))
+    arrivals = dict(zip((r.request_id for r in wl.requests), times))
+    pending = sorted(wl.requests, key=lambda r: arrivals[r.request_id])
+    records: list[RequestRecord] = []
+    i, start = 0, time.monotonic()
+    while i < len(pending) or engine.has_work:
+        now = time.monotonic() - start
+        while i < len(pending) and arrivals[pending[i].request_id] <= now:
+            r = pending[i]
+            i += 1
+            engine.add_request(list(r.prompt_token_ids), SamplingParams(max_tokens=r.max_tokens, ignore_eos=True),
+                               r.request_id)
+        if not engine.has_work:
+            time.sleep(max(0.0, arrivals[pending[i].request_id] - now))
+            continue
+        for req in engine.step():
+            if not req.is_finished:
+                continue
+            at = arrivals[req.request_id]
+            first, end = req.first_token_time - start, req.finish_time - start
+            n = len(req.output_token_ids)
+            rec = RequestRecord(req.request_id, at, first, end, first - at,
+                                (end - first) / (n - 1) if n > 1 else None, end - at,
+                                len(req.prompt_token_ids), req.num_cached_tokens or 0, n, "engine", "in-process")
+            records.append(rec)
+            if on_done is not None:
+                on_done(rec)
+    return records, engine.allocator.num_pages
+
+
+def run(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = None,
+        in_process: bool = False) -> dict[str, Any]:
+    records, num_pages = (run_in_process if in_process else run_live)(cfg, on_done)
     ok = [r for r in records if r.error is None]
-    by_id = {r.request_id: r for r in wl.requests}
+    by_id = {r.request_id: r for r in _workload(cfg).requests}
     sim_reqs = [SimRequest(r.request_id, r.arrival, by_id[r.request_id].prompt_token_ids,
                            by_id[r.request_id].max_tokens) for r in ok]
-    sim_records = simulate(sim_reqs, cfg.sim_config(), CostModel.load(cfg.cost_model))
+    sim_records = simulate(sim_reqs, cfg.sim_config(num_pages), CostModel.load(cfg.cost_model))
     real, sim = summarize(ok), summarize(sim_records)
-    return {"config": asdict(cfg), "errors": len(records) - len(ok), "real": real, "sim": sim,
+    return {"meta": _meta(cfg.device), "config": asdict(cfg), "mode": "in-process" if in_process else "live",
+            "num_pages": num_pages, "errors": len(records) - len(ok), "real": real, "sim": sim,
             "relative_error": {k: _relative(sim[k], real[k]) for k in COMPARED}}
+
+
+def _meta(device: str) -> dict[str, Any]:
+    import torch
+
+    from .engine import environment
+
+    return environment(torch.device(device))
 
 
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    lines = [f"{cfg['workers']} workers ({cfg['device']}), policy {cfg['policy']}, {cfg['workload']} "
+    lines = [f"{result['meta']['device']}, commit {result['meta']['commit']}, {result['meta']['date']}; "
+             f"{result['mode']} run of {cfg['workers']} replica(s) x {result['num_pages']} KV pages, "
+             f"policy {cfg['policy']}, {cfg['workload']} "
              f"{cfg['params']}, {cfg['num_requests']} requests at {cfg['rate']}/s; "
              f"{result['errors']} errors.", "",
              "| metric | real | simulated | error |", "|---|---:|---:|---:|"]
