@@ -102,6 +102,7 @@ def run_in_process(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None]
         num_pages=cfg.num_pages, seed=cfg.seed,
         scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens,
                                   local_policy=cfg.local_policy)))
+    _warm_up(engine, max(len(r.prompt_token_ids) for r in wl.requests))
     times = arrival_times(wl.requests, LoadConfig("", rate=cfg.rate, seed=cfg.seed))
     arrivals = dict(zip((r.request_id for r in wl.requests), times))
     pending = sorted(wl.requests, key=lambda r: arrivals[r.request_id])
@@ -130,6 +131,19 @@ def run_in_process(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None]
             if on_done is not None:
                 on_done(rec)
     return records, engine.allocator.num_pages
+
+
+def _warm_up(engine, prompt_len: int) -> None:
+    """Compile and autotune the kernels before the clock starts (a server is warm when its
+    clients arrive): a fresh prefill, one on a cached prefix, a few decode steps; then an empty
+    cache again."""
+    vocab = engine.model_config.vocab_size
+    fresh = [(7 * i + 3) % vocab for i in range(prompt_len)]
+    for prompt in (fresh, fresh[: prompt_len // 2] + [(11 * i + 5) % vocab for i in range(prompt_len // 2)]):
+        engine.add_request(prompt, SamplingParams(max_tokens=4, ignore_eos=True))
+        while engine.has_work:
+            engine.step()
+    engine.cache.clear()
 
 
 def run(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = None,
