@@ -59,7 +59,7 @@ class E2Config:
     rebalance_min_load_s: float = 5.0  # ... and the heaviest L is at least this (no churn when idle)
     rebalance_max_moves: int = 16  # subtrees moved per routing decision at most
     rebalance_min_requests: int = 2  # a subtree moves only if this many requests used it in the window
-    rebalance_interval_s: float = 1.0  # look for imbalance at most this often (loads move slowly)
+    rebalance_interval_s: float = 0.1  # look for imbalance at most this often (a hot prefix floods fast)
     replicate_ttft_ratio: float = 2.0  # replicate when a prefix's mean TTFT grows this much across the window
     replicate_min_samples: int = 8  # finished requests needed in each half-window (fewer: noise replicates)
     assignment_ttl_s: float = 180.0  # how long a rebalance or replicate decision steers a prefix
@@ -405,43 +405,46 @@ class E2Policy:
     # ------------------------------------------------------------------ rebalance and replicate
 
     def _rebalance(self, now: float, b: int) -> None:
-        """Move subtrees from the heaviest to the lightest worker until within the ratio. If the
-        moves allowed cannot even them out (a prefix too hot to move pins the load), the heavy
-        worker's hottest such prefix gets the light worker as a replica (one per check)."""
+        """Move subtrees from the heaviest to the lightest worker until within the ratio. Where
+        no subtree of the heavy worker is small enough to move (a prefix too hot to move pins
+        its load), its hottest such prefix gets the light worker as a replica instead, which
+        is counted as taking half that prefix's load off the heavy worker."""
         cfg = self.config
         loads = {w: self._load(w, b) for w in self._workers}
         order = self._workers
-        hot = None
-        for moves in range(cfg.rebalance_max_moves + 1):
+        for _ in range(cfg.rebalance_max_moves):
             heavy = max(loads, key=lambda w: (loads[w], -order[w].order))
             light = min(loads, key=lambda w: (loads[w], order[w].order))
             if heavy == light or loads[heavy] < cfg.rebalance_min_load_s or \
                     loads[heavy] <= cfg.rebalance_ratio * loads[light]:
                 return
-            node, hot, moved = self._pick_subtree(heavy, light, (loads[heavy] - loads[light]) / 2,
-                                                  now, b)
-            if node is None or moves == cfg.rebalance_max_moves:
-                break
-            node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
-            self.tree.move_stats(node, heavy, light)
+            node, hot, moved = self._pick_subtree(heavy, light, (loads[heavy] - loads[light]) / 2, now, b)
+            if node is not None:
+                node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
+                self.tree.move_stats(node, heavy, light)
+            elif hot is not None and cfg.replicate:
+                self._replicate(hot, heavy, light, now)
+                moved /= 2
+            else:
+                return
             loads[heavy] -= moved
             loads[light] += moved
-        if hot is not None and cfg.replicate:
-            self._replicate(hot, heavy, light, now)
 
     def _pick_subtree(self, w: str, light: str, target: float, now: float,
                       b: int) -> tuple[Node | None, Node | None, float]:
-        """(the subtree to move, the prefix to replicate, the moved subtree's load).
+        """(the subtree to move, or else the prefix to replicate; the chosen node's load on `w`).
 
         The subtree: the largest that lives on `w` (no other worker served it in the window),
         used by enough requests, with a windowed load on `w` of at most `target`; larger or
         shared subtrees are searched for such parts. Replicated prefixes stay where they are.
-        The prefix: of those too large to move, the one with the most load on `w` whose
-        requests `light` cannot take yet (it neither holds it nor is assigned it)."""
+        The prefix: of those too large to move or shared whose requests `light` cannot take yet
+        (it neither holds it nor is assigned it) and with no too-large part below them, the one
+        with the most load on `w`."""
         decode_s = self.cost.decode_time(self._workers[w].outstanding_output, self._tpot(w))
         window_output = self.tree.load(w, b)[OUTPUT_TOKENS]
         best, best_load = None, 0.0
-        hot, hot_load = None, 0.0
+        pinned: dict[Node, float] = {}  # too large or shared, and `light` cannot serve it
+        big: set[Node] = set()  # too large to move
         stack = list(self.tree.root.children.values())
         while stack:
             node = stack.pop()
@@ -459,11 +462,20 @@ class E2Policy:
                     not any(x != w and self.tree.stats(node, x, b)[REQUESTS] > 0 for x in node.stats):
                 best, best_load = node, load
                 continue
-            if load > hot_load and light not in (live.workers if live else self.tree.holders(node)):
-                hot, hot_load = node, load
+            if load > target:
+                big.add(node)
+            if light not in (live.workers if live else self.tree.holders(node)):
+                pinned[node] = load
             if not replicated:
                 stack.extend(node.children.values())
-        return best, hot, best_load
+        # The hot prefix is the most specific one: a shared ancestor (a system prompt above many
+        # tools) pins nothing that its too-large descendants do not.
+        hot = max((n for n in pinned if not any(c in big for c in n.children.values())),
+                  key=pinned.__getitem__, default=None)
+        # Moves too small to close the gap within the moves allowed leave a hot prefix pinned.
+        if best is not None and (hot is None or best_load * self.config.rebalance_max_moves >= target):
+            return best, None, best_load
+        return None, hot, pinned.get(hot, 0.0)
 
     def _replicate(self, node: Node, w: str, extra: str, now: float) -> None:
         """Steer `node`'s requests to its current workers (or holders, with `w`) plus `extra`."""
