@@ -105,3 +105,40 @@ def test_a_small_comparison_reports_and_plots(tmp_path):
     assert "## shared_prefix" in text and "Local queue policies" in text and "e2 + fcfs" in text
     paths = plot(doc, tmp_path / "cmp.json")
     assert [p.name for p in paths] == ["cmp_2r.png"] and paths[0].stat().st_size > 10_000
+
+
+def test_light_rate_halves_until_round_robin_is_near_unloaded():
+    from preble.bench.compare import unloaded_latency
+
+    # 48 KV pages hold one 512-token prefix of six: the caches thrash and the capacity estimate
+    # (every shared token a hit) overshoots, so the light rate must come down.
+    cfg = CompareConfig(num_pages=48, duration_s=20, min_requests=100, max_requests=200, jobs=1)
+    runner = Runner(cfg, shared_prefix(), COST)
+    estimate = cfg.light_load * 2 * capacity(runner.prep, COST)
+    rate = runner.light_rate(2)
+    assert rate < estimate and (estimate / rate) in {2.0 ** k for k in range(1, cfg.max_halvings + 1)}
+    rr = runner.point(2, rate, Variant("round_robin", "round_robin"))
+    assert rr["mean_latency"] <= cfg.light_latency * unloaded_latency(runner.prep, COST)
+
+
+def test_compare_command_runs_ladders_and_studies_in_processes(tmp_path):
+    from typer.testing import CliRunner
+
+    from preble.cli import app
+
+    out = tmp_path / "cmp.json"
+    result = CliRunner().invoke(app, [
+        "bench", "compare", "--workloads", "shared_prefix", "--policies", "round_robin,e2",
+        "--replicas", "2,4", "--scaling-replicas", "", "--duration", "10", "--min-requests", "60",
+        "--max-requests", "150", "--max-rates", "4", "--num-pages", "2048", "--jobs", "2",
+        "--no-plots", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    (part,) = doc["workloads"]
+    assert {r["replicas"] for r in part["rows"]} == {2, 4}
+    assert {r["policy"] for r in part["rows"]} == {"round_robin", "e2"}
+    # The studies run at the 4-replica knee, and only if the ladder found one.
+    studies = ["e2 + fcfs", "e2 + lpm", "e2 + preble"] if part["knees"]["4"] is not None else []
+    assert [r["policy"] for r in part["local"]] == studies
+    assert len(part["ablation"]) == (5 if studies else 0) and part["scaling"] == []
+    assert out.with_suffix(".md").exists()

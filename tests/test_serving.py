@@ -167,3 +167,22 @@ def test_bench_serve_command_summarises_a_workload(e2_cluster, tmp_path):
         assert summary[key] >= 0
     assert summary["hit_ratio"] > 0.3  # two groups of four sharing a 64-token system prompt
     assert len(jsonl.read_text().splitlines()) == 8
+
+
+def test_bench_serve_sweeps_rates_and_plots_latency_per_label(e2_cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from preble.cli import app
+
+    summaries, png = tmp_path / "summaries.jsonl", tmp_path / "latency.png"
+    args = ["bench", "serve", "--url", e2_cluster.url, "--workload", "shared_prefix", "--num-requests", "6",
+            "--param", "groups=2", "--param", "system_len=32", "--param", "question_len=8",
+            "--param", "output_len=2", "--param", "vocab_size=500", "--summaries", str(summaries), "--json"]
+    first = CliRunner().invoke(app, [*args, "--rate", "10", "--rate", "30"])
+    assert first.exit_code == 0, first.output
+    second = CliRunner().invoke(app, [*args, "--rate", "20", "--label", "other", "--plot", str(png)])
+    assert second.exit_code == 0, second.output
+    rows = [json.loads(line) for line in summaries.read_text().splitlines()]
+    assert [(r["label"], r["rate"]) for r in rows] == [("e2", 10.0), ("e2", 30.0), ("other", 20.0)]
+    assert all(r["requests"] == 6 and r["errors"] == 0 for r in rows)
+    assert png.stat().st_size > 10_000

@@ -171,8 +171,10 @@ def compare(
     duration: float = typer.Option(120.0, help="Seconds of arrivals per run."),
     max_requests: int = typer.Option(6000, help="Requests per run at most (main comparison)."),
     max_rates: int = typer.Option(10, help="Rates per ladder at most."),
+    min_requests: int = typer.Option(300, help="Requests per run at least."),
     jobs: int = typer.Option(2, help="Worker processes."),
     seed: int = typer.Option(0),
+    plots: bool = typer.Option(True, help="Write the PNG plots (needs matplotlib)."),
     out: Path = typer.Option(Path("comparison.json"), help="JSON here; Markdown and PNG plots next to it."),
 ) -> None:
     """The paper's comparison in the simulator: workloads x policies x rates x replicas, plus the
@@ -187,13 +189,14 @@ def compare(
                         scaling_replicas=tuple(map(int, names(scaling_replicas))),
                         cost_model=str(cost_model), tokenizer=str(tokenizer) if tokenizer else None,
                         num_pages=num_pages, duration_s=duration, max_requests=max_requests,
+                        min_requests=min_requests,
                         max_rates=max_rates, jobs=jobs, seed=seed)
     doc = run(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     text = markdown(doc)
     out.with_suffix(".md").write_text(text)
-    for path in plot(doc, out):
+    for path in plot(doc, out) if plots else []:
         print(f"wrote {path}")
     print(text)
 

@@ -2,9 +2,9 @@
 
 Every point plays the same requests with the same Poisson arrivals under each policy, on
 replicas that run the real local scheduler, radix cache and KV accounting with a measured cost
-model (`preble.sim`). Rates climb a geometric ladder from a light load until round_robin
-saturates (its p99 latency passes `saturation_factor` times its light-load value), plus one
-step beyond. Three further studies reuse the knee rate of each workload: the local queue
+model (`preble.sim`). Rates climb a geometric ladder from a light load (one where round_robin's
+mean latency is within `light_latency` x the unloaded one) until round_robin saturates (its p99
+latency passes `saturation_factor` times its light-load value), plus one step beyond. Three further studies reuse the knee rate of each workload: the local queue
 policies, an ablation of E2 in the paper's order, and scaling to many replicas at the same
 load per replica.
 
@@ -15,6 +15,8 @@ cost model, not the tokenizer, sets the model's speed.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import random
 import subprocess
 from collections.abc import Callable, Sequence
@@ -30,7 +32,7 @@ from ..core.scheduler import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
 from .workloads import make_workload
-from .workloads.report import PREBLE_WORKLOADS
+from .workloads.report import PREBLE_WORKLOADS, compare_to_paper
 
 POLICIES = ("round_robin", "least_load", "cache_aware", "prefix_hash", "e2")
 METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "mean_tpot",
@@ -75,6 +77,8 @@ class CompareConfig:
     min_requests: int = 300
     max_requests: int = 6000
     light_load: float = 0.15  # the first rate, as a fraction of the cluster's estimated capacity
+    light_latency: float = 2.0  # ... halved until round_robin's mean latency is within this x unloaded
+    max_halvings: int = 8
     rate_step: float = 1.5  # each rate is this times the last
     max_rates: int = 10
     saturation_factor: float = 5.0  # round_robin saturates when its p99 passes this x the first
@@ -84,7 +88,7 @@ class CompareConfig:
     scaling_max_requests: int = 20_000
     study_replicas: int = 4  # replicas of the local-queue and ablation studies
     seed: int = 0
-    jobs: int = 2  # worker processes (one workload at a time each)
+    jobs: int = 2  # worker processes
 
     def sim_config(self, replicas: int, variant: Variant) -> SimConfig:
         e2 = E2Config(page_size=self.page_size, **variant.e2) if variant.policy == "e2" else None
@@ -135,6 +139,13 @@ def capacity(prep: Prepared, cost: CostModel, batch: int = 64) -> float:
     return len(prep.prompts) / total
 
 
+def unloaded_latency(prep: Prepared, cost: CostModel) -> float:
+    """Mean latency of the workload's requests alone on a replica with an empty cache."""
+    total = sum(cost.prefill_time(len(p)) + out * cost.decode_step_time(1, len(p) + out // 2)
+                for p, out in zip(prep.prompts, prep.max_tokens))
+    return total / len(prep.prompts)
+
+
 def _summary(records) -> dict[str, Any]:
     s = summarize(records)
     return {**{k: s[k] for k in METRICS}, "requests": s["requests"], "branches": s["branches"]}
@@ -156,25 +167,40 @@ class Runner:
         return {"workload": self.prep.name, "replicas": replicas, "rate": rate,
                 "policy": variant.label, **_summary(records)}
 
-    def ladder(self, replicas: int, policies: Sequence[str],
-               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], float | None]:
-        """All policies over the rate ladder; returns the rows and the knee rate (None: never)."""
+    def light_rate(self, replicas: int) -> float:
+        """`light_load` of the estimated capacity, halved while round_robin is far from unloaded
+        there (the estimate assumes every shared token hits; a cache that thrashes serves less)."""
         cfg = self.cfg
         rate = cfg.light_load * replicas * capacity(self.prep, self.cost)
-        rows, base, knee = [], None, None
+        limit = cfg.light_latency * unloaded_latency(self.prep, self.cost)
+        for _ in range(cfg.max_halvings):
+            if self.point(replicas, rate, Variant("round_robin", "round_robin"))["mean_latency"] <= limit:
+                break
+            rate /= 2
+        return rate
+
+    def climb(self, replicas: int, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], float | None]:
+        """round_robin up the rate ladder: its rows (one per rate) and the knee (None: never)."""
+        cfg = self.cfg
+        rate = self.light_rate(replicas)
+        rows, knee = [], None
         for _ in range(cfg.max_rates):
-            for p in policies:
-                row = self.point(replicas, rate, Variant(p, p))
-                rows.append(row)
-                log(f"{self.prep.name} x{replicas} {rate:.3g}/s {p}: mean {row['mean_latency']:.3g} s "
-                    f"p99 {row['p99_latency']:.3g} s hit {row['hit_ratio']:.2f}")
-            rr = next(r for r in rows[-len(policies):] if r["policy"] == "round_robin")
-            base = base or rr["p99_latency"]
+            rows.append(self.point(replicas, rate, Variant("round_robin", "round_robin")))
+            log(f"{self.prep.name} x{replicas} {rate:.3g}/s round_robin: mean {rows[-1]['mean_latency']:.3g} s "
+                f"p99 {rows[-1]['p99_latency']:.3g} s")
             if knee is not None:
                 break
-            if rr["p99_latency"] > cfg.saturation_factor * base:
+            if rows[-1]["p99_latency"] > cfg.saturation_factor * rows[0]["p99_latency"]:
                 knee = rate
             rate *= cfg.rate_step
+        return rows, knee
+
+    def ladder(self, replicas: int, policies: Sequence[str],
+               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], float | None]:
+        """Every policy at every rate of round_robin's ladder: the rows and the knee."""
+        rr, knee = self.climb(replicas, log)
+        rows = [row if p == "round_robin" else self.point(replicas, row["rate"], Variant(p, p))
+                for row in rr for p in policies]
         return rows, knee
 
 
@@ -186,48 +212,80 @@ def _tokenizer(path: str | None):
     return AutoTokenizer.from_pretrained(path or ensure_demo_model())
 
 
-def _workload_task(cfg: CompareConfig, name: str) -> dict[str, Any]:
-    """Everything for one workload (a process of the pool runs it)."""
-    cost = CostModel.load(cfg.cost_model)
+_PREPARED: dict[str, Prepared] = {}  # filled before the simulation pool forks; its processes read it
+
+
+def _prepare_task(cfg: CompareConfig, name: str) -> Prepared:
     scaling = name in cfg.scaling_workloads and bool(cfg.scaling_replicas)
     n = max(cfg.max_requests, cfg.scaling_max_requests if scaling else 0)
-    prep = prepare(name, n, _tokenizer(cfg.tokenizer), cfg.seed, cfg.max_model_len - 1024)
-    runner = Runner(cfg, prep, cost)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    rows, knees = [], {}
-    for r in cfg.replicas:
-        got, knee = runner.ladder(r, cfg.policies, log)
-        rows += got
-        knees[r] = knee
-    studies: dict[str, list[dict[str, Any]]] = {"local": [], "ablation": [], "scaling": []}
+    return prepare(name, n, _tokenizer(cfg.tokenizer), cfg.seed, cfg.max_model_len - 1024)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _climb_task(cfg: CompareConfig, name: str, replicas: int) -> tuple[list[dict[str, Any]], float | None]:
+    return Runner(cfg, _PREPARED[name], CostModel.load(cfg.cost_model)).climb(replicas, _log)
+
+
+def _point_task(cfg: CompareConfig, name: str, study: str, replicas: int, rate: float, variant: Variant,
+                n: int | None) -> dict[str, Any]:
+    row = Runner(cfg, _PREPARED[name], CostModel.load(cfg.cost_model)).point(replicas, rate, variant, n)
+    _log(f"{name} {study} x{replicas} {variant.label}: mean {row['mean_latency']:.3g} s "
+         f"p99 {row['p99_latency']:.3g} s")
+    return {"study": study, **row}
+
+
+def _studies(cfg: CompareConfig, name: str, knees: dict[int, float | None]) -> list[tuple]:
+    """The study points of one workload: (study, replicas, rate, variant, requests)."""
+    out = []
     knee = knees.get(cfg.study_replicas)
     if knee is not None:
-        for key, variants in (("local", LOCAL_VARIANTS), ("ablation", ABLATION_VARIANTS)):
-            for v in variants:
-                studies[key].append(runner.point(cfg.study_replicas, knee, v))
-                log(f"{name} {key} {v.label}: mean {studies[key][-1]['mean_latency']:.3g} s")
+        out += [("local", cfg.study_replicas, knee, v, None) for v in LOCAL_VARIANTS]
+        out += [("ablation", cfg.study_replicas, knee, v, None) for v in ABLATION_VARIANTS]
     top = max(cfg.replicas)
-    if scaling and knees.get(top) is not None:
+    if name in cfg.scaling_workloads and knees.get(top) is not None:
         per_replica = knees[top] / top
         for r in cfg.scaling_replicas:
-            n_req = min(cfg.scaling_max_requests, round(per_replica * r * cfg.duration_s))
-            for p in cfg.scaling_policies:
-                studies["scaling"].append(runner.point(r, per_replica * r, Variant(p, p), n_req))
-                log(f"{name} scaling x{r} {p}: mean {studies['scaling'][-1]['mean_latency']:.3g} s")
-    return {"workload": name, "stats": prep.stats, "capacity_per_replica": capacity(prep, cost),
-            "knees": knees, "rows": rows, **studies}
+            n = min(cfg.scaling_max_requests, round(per_replica * r * cfg.duration_s))
+            out += [("scaling", r, per_replica * r, Variant(p, p), n) for p in cfg.scaling_policies]
+    return out
 
 
 def run(cfg: CompareConfig) -> dict[str, Any]:
-    if cfg.jobs > 1:
-        with ProcessPoolExecutor(cfg.jobs) as pool:
-            parts = list(pool.map(_workload_task, [cfg] * len(cfg.workloads), cfg.workloads))
-    else:
-        parts = [_workload_task(cfg, w) for w in cfg.workloads]
+    """Prepare the workloads, run every ladder, then every study point, `jobs` processes at a time."""
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(cfg.jobs, mp_context=fork) as pool:
+        for name, prep in zip(cfg.workloads, pool.map(_prepare_task, [cfg] * len(cfg.workloads), cfg.workloads)):
+            _PREPARED[name] = prep
+    ladders = [(w, r) for w in cfg.workloads for r in cfg.replicas]
+    others = [p for p in cfg.policies if p != "round_robin"]
+    with ProcessPoolExecutor(cfg.jobs, mp_context=fork) as pool:
+        climbs = dict(zip(ladders, pool.map(_climb_task, *zip(*[(cfg, w, r) for w, r in ladders]))))
+        knees = {w: {r: climbs[w, r][1] for r in cfg.replicas} for w in cfg.workloads}
+        grid = [(cfg, w, "ladder", r, row["rate"], Variant(p, p), None)
+                for (w, r), (rows, _) in climbs.items() for row in rows for p in others]
+        points = [(cfg, w, *pt) for w in cfg.workloads for pt in _studies(cfg, w, knees[w])]
+        done = list(pool.map(_point_task, *zip(*(grid + points)))) if grid or points else []
+    ladder_rows, studied = done[:len(grid)], done[len(grid):]
+    cost = CostModel.load(cfg.cost_model)
+    parts = []
+    for w in cfg.workloads:
+        prep = _PREPARED[w]
+        part = {"workload": w, "stats": prep.stats, "capacity_per_replica": capacity(prep, cost),
+                "unloaded_latency": unloaded_latency(prep, cost), "knees": knees[w],
+                "rows": [row for r in cfg.replicas for row in climbs[w, r][0]]
+                + [{k: v for k, v in row.items() if k != "study"}
+                   for row, pt in zip(ladder_rows, grid) if pt[1] == w]}
+        for study in ("local", "ablation", "scaling"):
+            part[study] = [{k: v for k, v in row.items() if k != "study"}
+                           for row, pt in zip(studied, points) if pt[1] == w and row["study"] == study]
+        parts.append(part)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"commit": commit or "unknown", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "device": f"simulated from {Path(cfg.cost_model).name}",
-            "cost_model": CostModel.load(cfg.cost_model).to_dict()}
+    meta = {"commit": os.environ.get("PREBLE_COMMIT") or commit or "unknown",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "device": f"simulated from {Path(cfg.cost_model).name}", "cost_model": cost.to_dict()}
     return {"meta": meta, "config": asdict(cfg), "workloads": parts}
 
 
@@ -294,7 +352,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"commit {meta['commit']}, {meta['date']}. Each replica: {cfg['num_pages']} KV pages of "
              f"{cfg['page_size']} tokens, a {cfg['max_num_batched_tokens']}-token step budget; "
              f"arrivals Poisson over {cfg['duration_s']:.0f} s ({cfg['min_requests']}-"
-             f"{cfg['max_requests']} requests a run). Latencies in seconds.", ""]
+             f"{cfg['max_requests']} requests a run). Latencies in seconds.", "", "## Workloads", "",
+             compare_to_paper({w["workload"]: w["stats"] for w in doc["workloads"] if "stats" in w})]
     for w in doc["workloads"]:
         lines += [f"## {w['workload']}", ""]
         for n in sorted({r["replicas"] for r in w["rows"]}):

@@ -20,8 +20,8 @@ whole prefix subtrees (their future requests and their windowed load) move from 
 until within the threshold ("rebalance"); if the moves cannot close the gap (a prefix too hot
 to move pins the load), that prefix gets the light worker as a replica. When one prefix's TTFT
 on a worker doubles from the window's older half to its newer half, it also gets another worker.
-A replicated prefix's requests go to the cheapest of its workers ("replicate"). Steering decisions live on tree nodes for
-`assignment_ttl_s`.
+A replicated prefix's requests go to the cheapest of its workers ("replicate"). Steering
+decisions live on tree nodes for `assignment_ttl_s`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class E2Config:
     pd_min_requests: int = 8  # finished requests before the router trusts its own hit ratio of a worker
     rebalance_ratio: float = 1.5  # rebalance when the heaviest L exceeds this times the lightest
     rebalance_min_load_s: float = 5.0  # ... and the heaviest L is at least this (no churn when idle)
-    rebalance_max_moves: int = 16  # subtrees moved per routing decision at most
+    rebalance_max_moves: int = 16  # subtrees moved or prefixes replicated per check at most
     rebalance_min_requests: int = 2  # a subtree moves only if this many requests used it in the window
     rebalance_interval_s: float = 0.1  # look for imbalance at most this often (a hot prefix floods fast)
     replicate_ttft_ratio: float = 2.0  # replicate when a prefix's mean TTFT grows this much across the window
