@@ -175,11 +175,13 @@ def compare(
     jobs: int = typer.Option(2, help="Worker processes."),
     seed: int = typer.Option(0),
     plots: bool = typer.Option(True, help="Write the PNG plots (needs matplotlib)."),
+    merge: list[Path] = typer.Option([], help="Run nothing: merge these results (runs of the same config "
+                                             "over different workloads) and write their report."),
     out: Path = typer.Option(Path("comparison.json"), help="JSON here; Markdown and PNG plots next to it."),
 ) -> None:
     """The paper's comparison in the simulator: workloads x policies x rates x replicas, plus the
     local-queue, ablation and scaling studies."""
-    from .compare import CompareConfig, markdown, plot, run
+    from .compare import CompareConfig, markdown, merged, plot, run
 
     def names(s: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in s.split(",") if x.strip())
@@ -191,7 +193,7 @@ def compare(
                         num_pages=num_pages, duration_s=duration, max_requests=max_requests,
                         min_requests=min_requests,
                         max_rates=max_rates, jobs=jobs, seed=seed)
-    doc = run(cfg)
+    doc = merged([json.loads(p.read_text()) for p in merge]) if merge else run(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     text = markdown(doc)

@@ -21,7 +21,7 @@ import random
 import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from ..core.routing import E2Config
 from ..core.scheduler import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
-from .workloads import make_workload
+from .workloads import Workload, make_workload
 from .workloads.report import PREBLE_WORKLOADS, compare_to_paper
 
 POLICIES = ("round_robin", "least_load", "cache_aware", "prefix_hash", "e2")
@@ -118,12 +118,24 @@ class Prepared:
         return out
 
 
-def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int) -> Prepared:
+def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int, stats_requests: int = 1000) -> Prepared:
+    """The workload as token ids (each distinct text tokenised once: prompts repeat a lot), with
+    the statistics of its first `stats_requests` requests."""
     wl = make_workload(name, num_requests=n, seed=seed, tokenizer=tokenizer)
-    prompts = [list(r.prompt_token_ids) if r.prompt_token_ids is not None
-               else tokenizer.encode(r.prompt, add_special_tokens=False) for r in wl.requests]
-    prompts = [p[:max_prompt] for p in prompts]
-    return Prepared(name, prompts, [r.max_tokens for r in wl.requests], wl.stats(tokenizer))
+    encoded: dict[str, list[int]] = {}
+    prompts = []
+    for r in wl.requests:
+        if r.prompt_token_ids is not None:
+            ids = list(r.prompt_token_ids)
+        else:
+            ids = encoded.get(r.prompt)
+            if ids is None:
+                ids = encoded[r.prompt] = tokenizer.encode(r.prompt, add_special_tokens=False)
+        prompts.append(ids[:max_prompt])
+    head = [replace(r, prompt=None, prompt_token_ids=ids)
+            for r, ids in zip(wl.requests[:stats_requests], prompts)]
+    stats = Workload(name, head, wl.params).stats()
+    return Prepared(name, prompts, [r.max_tokens for r in wl.requests], stats)
 
 
 def capacity(prep: Prepared, cost: CostModel, batch: int = 64) -> float:
@@ -287,6 +299,22 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": f"simulated from {Path(cfg.cost_model).name}", "cost_model": cost.to_dict()}
     return {"meta": meta, "config": asdict(cfg), "workloads": parts}
+
+
+def merged(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of one configuration over different workloads (e.g. on several
+    machines); the first run's metadata, with every run's commit and date."""
+    first = docs[0]
+    ignore = {"workloads", "jobs"}
+    for d in docs[1:]:
+        a = {k: v for k, v in first["config"].items() if k not in ignore}
+        b = {k: v for k, v in d["config"].items() if k not in ignore}
+        if a != b:
+            raise ValueError("the runs to merge have different configurations")
+    parts = [w for d in docs for w in d["workloads"]]
+    config = {**first["config"], "workloads": [w["workload"] for w in parts]}
+    meta = {**first["meta"], "runs": [{k: d["meta"][k] for k in ("commit", "date")} for d in docs]}
+    return {"meta": meta, "config": config, "workloads": parts}
 
 
 # ------------------------------------------------------------------------------ the targets
