@@ -170,7 +170,7 @@ def compare(
     num_pages: int = typer.Option(24_000, help="KV pages per replica."),
     duration: float = typer.Option(120.0, help="Seconds of arrivals per run."),
     max_requests: int = typer.Option(6000, help="Requests per run at most (main comparison)."),
-    max_rates: int = typer.Option(10, help="Rates per ladder at most."),
+    max_rates: int = typer.Option(8, help="Rates per ladder at most."),
     min_requests: int = typer.Option(300, help="Requests per run at least."),
     jobs: int = typer.Option(2, help="Worker processes."),
     seed: int = typer.Option(0),
