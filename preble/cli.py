@@ -226,7 +226,7 @@ def demo(
             progress.update(task, description=f"{policy}: done")
     table = Table(title="Preble demo: the same requests, two routing policies")
     keys = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "hit_ratio", "errors")
-    table.add_column("policy")
+    table.add_column("policy", no_wrap=True)
     for k in keys:
         table.add_column(k.replace("_", " "), justify="right")
     sums = {p: summary(r) for p, r in results.items()}
