@@ -2,12 +2,7 @@
 # One run on a GPU machine: one replica (Llama-3-8B shape, random weights) against the simulator
 # with the H100 cost model, at a light, a medium and a heavy rate (`preble bench validate --in-process`).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 for rate in ${RATES:-4 12 20}; do
   timeout 280 python3 -m preble.cli bench validate --in-process --device cuda --workers 1 \
     --model random:llama3-8b --cost-model results/cost_models/h100_llama3-8b.json --num-pages 0 \
