@@ -85,6 +85,8 @@ def test_replayed_events_mirror_every_worker_cache(ops, queries):
             m = tree.match(q)
             for name, c in caches.items():
                 assert m.held.get(name, 0) == c.match_len(q), (op, name, q)
+                for node in m.path:  # the part of the node's path the worker holds
+                    assert tree.held_prefix(node, name) == min(node.end, c.match_len(q))
             assert m.cached_tokens == max(c.match_len(q) for c in caches.values())
 
 

@@ -93,18 +93,24 @@ def test_returns_the_worker_id_when_only_a_subset_holds_the_prefix():
 
 def test_explore_picks_the_lowest_load_plus_eviction_plus_prefill():
     policy, clock = make(**NO_REBALANCE)
-    tpot = {"w0": 0.02, "w1": 0.05, "w2": 0.01}
-    for w, t in tpot.items():
-        report(policy, w, tpot=t)
-    # Earlier, unrelated requests: whoever they went to carries their load.
-    load = dict.fromkeys(tpot, 0.0)
-    routed: dict[str, list[tuple[int, float]]] = {w: [] for w in tpot}  # (pages, prefill) in order
+    workers = ("w0", "w1", "w2")
+    for w in workers:
+        report(policy, w)
+    # Earlier, unrelated requests, still running: whoever they went to carries their prefill
+    # and their outstanding decode (output tokens at an unloaded step at their mean context).
+    prefill = dict.fromkeys(workers, 0.0)
+    outstanding: dict[str, list[tuple[int, int]]] = {w: [] for w in workers}  # (prompt, output)
+    routed: dict[str, list[tuple[int, float]]] = {w: [] for w in workers}  # (pages, prefill) in order
     for n, out in [(64, 300), (40, 50), (120, 10), (24, 700), (80, 80), (36, 200)]:
         clock.t += 1.0
         d = route(policy, fresh(n), max_tokens=out)
-        prefill = COST.prefill_time(n - d.matched_tokens, d.matched_tokens)
-        load[d.worker_id] += prefill + tpot[d.worker_id] * out
+        prefill[d.worker_id] += COST.prefill_time(n - d.matched_tokens, d.matched_tokens)
+        outstanding[d.worker_id].append((n, out))
         routed[d.worker_id].append((n // PS, 1.0))
+    load = {}
+    for w, reqs in outstanding.items():
+        step = COST.tpot(1, sum(n for n, _ in reqs) // len(reqs)) if reqs else 0.0
+        load[w] = prefill[w] + step * sum(out for _, out in reqs)
     # Shared prefixes: w0 holds 20 tokens of the next prompt, w1 holds 12.
     prompt = fresh(48)
     hold(policy, "w0", prompt[:20])
@@ -112,10 +118,10 @@ def test_explore_picks_the_lowest_load_plus_eviction_plus_prefill():
     held = {"w0": 20, "w1": 12, "w2": 0}
     # w2 is full: it must evict its least recently used nodes (the prompts routed to it, each
     # used once), which costs their recomputation.
-    report(policy, "w2", tpot=tpot["w2"], total=1_000, used=1_000, evictable=900)
+    report(policy, "w2", total=1_000, used=1_000, evictable=900)
     out = 40
     expected = {}
-    for w in tpot:
+    for w in workers:
         need = -(-(48 - held[w]) // PS) + -(-out // PS)
         m_cost = 0.0
         if w == "w2":
@@ -168,13 +174,12 @@ def test_decode_heavy_from_the_routers_own_record():
 @pytest.mark.parametrize("ratio", [1.6, 1.4])
 def test_rebalance_moves_subtrees_above_the_threshold_only(ratio):
     policy, clock = make(workers=("w0", "w1"), rebalance_min_load_s=1e-3, rebalance_interval_s=0.0)
-    for w in ("w0", "w1"):
-        report(policy, w, tpot=0.1)
     a, b, c = fresh(32), fresh(32), fresh(32)
     hold(policy, "w0", a)
     hold(policy, "w0", b)
     hold(policy, "w1", c)
     load = {"w0": 0.0, "w1": 0.0}
+    step = COST.tpot(1, 36)  # every prompt is 36 tokens; none finishes
     subtree_b = 0.0
 
     def send(prefix, out, worker, branch="exploit"):
@@ -182,7 +187,7 @@ def test_rebalance_moves_subtrees_above_the_threshold_only(ratio):
         clock.t += 1.0
         d = route(policy, prefix + fresh(4), max_tokens=out)
         assert (d.worker_id, d.branch) == (worker, branch)
-        cost = COST.prefill_time(36 - d.matched_tokens, d.matched_tokens) + 0.1 * out
+        cost = COST.prefill_time(36 - d.matched_tokens, d.matched_tokens) + step * out
         load[worker] += cost
         if prefix is b:
             subtree_b += cost
@@ -191,14 +196,14 @@ def test_rebalance_moves_subtrees_above_the_threshold_only(ratio):
     # w1 first gets two requests sized so that w0's load will be `ratio` times w1's; routing them
     # first keeps w1 from looking idle while B is still too small to move.
     p = COST.prefill_time(4, 32)
-    w0_load = 4 * p + 0.1 * (2 * 100 + 2 * 20)
-    per_c = (w0_load / ratio - 2 * p) / 2 / 0.1
+    w0_load = 4 * p + step * (2 * 100 + 2 * 20)
+    per_c = round((w0_load / ratio - 2 * p) / 2 / step)
     send(c, per_c, "w1")
     send(c, per_c, "w1")
     for _ in range(2):
         send(a, 100, "w0")
         send(b, 20, "w0")
-    assert load["w0"] / load["w1"] == pytest.approx(ratio)
+    assert load["w0"] / load["w1"] == pytest.approx(ratio, rel=0.01)
     if ratio > 1.5:  # B (the subtree that fits in half the gap) moves; then within 1.5x: stop
         assert subtree_b <= (load["w0"] - load["w1"]) / 2
         d = send(b, 20, "w1", "rebalance")
@@ -206,6 +211,23 @@ def test_rebalance_moves_subtrees_above_the_threshold_only(ratio):
         send(a, 100, "w0")  # A stays
     else:  # within 1.5x: nothing moves (one request: after it, w0 is past the threshold)
         send(b, 20, "w0")
+
+
+@pytest.mark.parametrize("prefix_len, shifted", [(32, True), (4096, False)])
+def test_rebalance_shifts_only_what_is_worth_its_recompute(prefix_len, shifted):
+    """Two requests through one prefix load w0; w1 is idle. A short prefix gets w1 as a replica;
+    a long one would cost w1 more to recompute than the load it takes off w0, so it stays."""
+    policy, clock = make(workers=("w0", "w1"), rebalance_min_load_s=1e-3, rebalance_interval_s=0.0)
+    prefix = fresh(prefix_len)
+    hold(policy, "w0", prefix)
+    for _ in range(2):
+        clock.t += 1.0
+        assert route(policy, prefix + fresh(4), max_tokens=10).worker_id == "w0"
+    load = 2 * (COST.prefill_time(4, prefix_len) + 10 * COST.tpot(1, prefix_len + 4))
+    assert (load / 2 >= COST.prefill_time(prefix_len)) == shifted  # a replica takes half
+    clock.t += 1.0
+    d = route(policy, prefix + fresh(4), max_tokens=10)
+    assert (d.worker_id, d.branch) == (("w1", "replicate") if shifted else ("w0", "exploit"))
 
 
 def test_rebalance_replicates_a_hot_prefix_too_large_to_move():

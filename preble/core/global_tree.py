@@ -350,6 +350,19 @@ class GlobalTree:
                     mask |= 1 << slot
         return [self._slot_ids[s] for s in _bits(mask)]
 
+    def held_prefix(self, node: Node, worker_id: str) -> int:
+        """Tokens of the path from the root through `node` that the worker holds (a held node
+        implies held ancestors: pages are cached only after their prefix)."""
+        slot = self._slots.get(worker_id)
+        if slot is None:
+            return 0
+        bit, now = 1 << slot, self.clock()
+        while node is not None and node is not self.root:
+            if node.held & bit or (node.routed and node.routed.get(slot, now) > now):
+                return node.end
+            node = node.parent
+        return 0
+
     def lru(self, worker_id: str) -> Iterator[Node]:
         """Nodes the worker holds, least recently used first (do not change the tree meanwhile)."""
         slot = self._slots.get(worker_id)

@@ -6,8 +6,8 @@ cheapest of all workers, where a worker's cost is L + M + P in GPU seconds:
 
 - L, its load: the windowed prefill seconds of the requests routed to it (per-node,
   per-worker windowed sums in the tree; the root's are the worker's) plus the expected output
-  tokens of its outstanding requests times its time per output token (its LoadReport's, else
-  the cost model's). Decode load counts only requests still running: it shows a queue building
+  tokens of its outstanding requests times an unloaded decode step's time (the cost model's, at
+  their mean context). Decode load counts only requests still running: it shows a queue building
   up at once and stops counting when it drains, where a windowed sum would lag both ways.
 - M, the eviction cost: the pages this request needs beyond the worker's free ones are taken from
   its least recently used nodes; each costs its prefill time times the requests that used it on
@@ -18,8 +18,10 @@ Before comparing explore costs, a decode-heavy worker (windowed hit ratio >= 0.7
 explored, prefill-heavy request ("pd"). When the heaviest worker's L exceeds 1.5x the lightest's,
 whole prefix subtrees (their future requests and their windowed load) move from heavy to light
 until within the threshold ("rebalance"); if the moves cannot close the gap (a prefix too hot
-to move pins the load), that prefix gets the light worker as a replica. When one prefix's TTFT
-on a worker doubles from the window's older half to its newer half, it also gets another worker.
+to move pins the load), that prefix gets the light worker as a replica. A shift must take at
+least what the light worker spends recomputing the prefix off the heavy one: long prefixes
+(documents) stay put unless their load is worth a second copy. When one prefix's TTFT on a
+worker doubles from the window's older half to its newer half, it also gets another worker.
 A replicated prefix's requests go to the cheapest of its workers ("replicate"). Steering
 decisions live on tree nodes for `assignment_ttl_s`.
 """
@@ -27,6 +29,8 @@ decisions live on tree nodes for `assignment_ttl_s`.
 from __future__ import annotations
 
 from bisect import bisect_left
+from heapq import heappop, heappush
+from itertools import count
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +63,8 @@ class E2Config:
     rebalance_min_load_s: float = 5.0  # ... and the heaviest L is at least this (no churn when idle)
     rebalance_max_moves: int = 16  # subtrees moved or prefixes replicated per check at most
     rebalance_min_requests: int = 2  # a subtree moves only if this many requests used it in the window
+    rebalance_min_gain: float = 1.0  # a shift must take this times the light worker's recompute seconds off
+    rebalance_scan_nodes: int = 256  # tree nodes a rebalance check examines at most
     rebalance_interval_s: float = 0.1  # look for imbalance at most this often (a hot prefix floods fast)
     replicate_ttft_ratio: float = 2.0  # replicate when a prefix's mean TTFT grows this much across the window
     replicate_min_samples: int = 8  # finished requests needed in each half-window (fewer: noise replicates)
@@ -92,6 +98,16 @@ class _Victims:
     costs: list[float] = field(default_factory=list)  # cumulative
     it: object = None
     done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Shift:
+    """Load to take off a heavy worker: move `node`'s subtree, or replicate `node`."""
+
+    node: Node
+    replicate: bool
+    load: float  # seconds of load it takes off the heavy worker
+    recompute: float  # seconds the light worker spends prefilling the prefix it lacks
 
 
 @dataclass
@@ -240,9 +256,19 @@ class E2Policy:
         return load + self._eviction_cost(w, need, path_nodes, b) + self.cost.prefill_time(n - held, held)
 
     def _load(self, w: str, b: int) -> float:
-        """L: windowed prefill seconds plus outstanding output tokens times time per output token."""
-        return self.tree.load(w, b)[PREFILL_S] + \
-            self.cost.decode_time(self._workers[w].outstanding_output, self._tpot(w))
+        """L: windowed prefill seconds plus the seconds to decode what is outstanding."""
+        return self.tree.load(w, b)[PREFILL_S] + self._decode_s(w)
+
+    def _decode_s(self, w: str) -> float:
+        """Decode seconds outstanding on `w`: each expected output token at an unloaded step's
+        time (the paper's output x TPOT). Batching makes the GPU time smaller, yet every queued
+        decode slows the others; a loaded TPOT instead would grow with the square of the queue
+        and overreact to bursts."""
+        ws = self._workers[w]
+        if ws.outstanding <= 0:
+            return 0.0
+        step = self.cost.tpot(1, ws.outstanding_tokens // ws.outstanding)
+        return self.cost.decode_time(ws.outstanding_output, step)
 
     def _node_load(self, node: Node, w: str, b: int, decode_s: float, window_output: float) -> float:
         """A subtree's part of L on `w`: its windowed prefill seconds plus its share (by windowed
@@ -250,12 +276,6 @@ class E2Policy:
         stats = self.tree.stats(node, w, b)
         share = stats[OUTPUT_TOKENS] / window_output if window_output > 0 else 0.0
         return stats[PREFILL_S] + share * decode_s
-
-    def _tpot(self, w: str) -> float:
-        ws = self._workers[w]
-        if ws.report is not None and ws.report.tpot > 0:
-            return ws.report.tpot
-        return self.cost.tpot(ws.outstanding, ws.outstanding_tokens)
 
     def _eviction_cost(self, w: str, need_pages: int, path_nodes: set, b: int) -> float:
         """M: what recomputing the LRU nodes the worker must evict to fit `need_pages` costs."""
@@ -405,10 +425,10 @@ class E2Policy:
     # ------------------------------------------------------------------ rebalance and replicate
 
     def _rebalance(self, now: float, b: int) -> None:
-        """Move subtrees from the heaviest to the lightest worker until within the ratio. Where
-        no subtree of the heavy worker is small enough to move (a prefix too hot to move pins
-        its load), its hottest such prefix gets the light worker as a replica instead, which
-        is counted as taking half that prefix's load off the heavy worker."""
+        """Shift load from the heaviest to the lightest worker until within the ratio: move a
+        subtree, or where the heavy worker's load is pinned by a prefix too hot to move, give
+        that prefix the light worker as a replica (counted as taking half its load). The light
+        worker pays for each shift by recomputing the prefix, which counts as its load."""
         cfg = self.config
         loads = {w: self._load(w, b) for w in self._workers}
         order = self._workers
@@ -418,64 +438,76 @@ class E2Policy:
             if heavy == light or loads[heavy] < cfg.rebalance_min_load_s or \
                     loads[heavy] <= cfg.rebalance_ratio * loads[light]:
                 return
-            node, hot, moved = self._pick_subtree(heavy, light, (loads[heavy] - loads[light]) / 2, now, b)
-            if node is not None:
-                node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
-                self.tree.move_stats(node, heavy, light)
-            elif hot is not None and cfg.replicate:
-                self._replicate(hot, heavy, light, now)
-                moved /= 2
-            else:
+            shift = self._pick_shift(heavy, light, loads[heavy] - loads[light], now, b)
+            if shift is None:
                 return
-            loads[heavy] -= moved
-            loads[light] += moved
+            if shift.replicate:
+                self._replicate(shift.node, heavy, light, now)
+            else:
+                shift.node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
+                self.tree.move_stats(shift.node, heavy, light)
+            loads[heavy] -= shift.load
+            loads[light] += shift.load + shift.recompute
 
-    def _pick_subtree(self, w: str, light: str, target: float, now: float,
-                      b: int) -> tuple[Node | None, Node | None, float]:
-        """(the subtree to move, or else the prefix to replicate; the chosen node's load on `w`).
+    def _pick_shift(self, w: str, light: str, gap: float, now: float, b: int) -> _Shift | None:
+        """What to shift from `w` to `light`, whose loads differ by `gap`, or None.
 
-        The subtree: the largest that lives on `w` (no other worker served it in the window),
-        used by enough requests, with a windowed load on `w` of at most `target`; larger or
-        shared subtrees are searched for such parts. Replicated prefixes stay where they are.
-        The prefix: of those too large to move or shared whose requests `light` cannot take yet
-        (it neither holds it nor is assigned it) and with no too-large part below them, the one
-        with the most load on `w`."""
-        decode_s = self.cost.decode_time(self._workers[w].outstanding_output, self._tpot(w))
+        A shift of load x whose prefix costs `light` c seconds to recompute must be worth it
+        (x >= rebalance_min_gain * c) and must not overshoot (light ends below where w started).
+        A move takes the largest subtree that lives on `w` alone (no other worker served it in
+        the window) with 2x + c <= gap; replicated prefixes stay where they are. Subtrees are
+        visited by decreasing load on `w`, so the first movable one is the largest, and a part
+        is never worth more than its whole: the scan is short and bounded. If no move can close
+        the gap within the moves allowed, the hottest prefix pinning `w` gets replicated: too
+        large to move or shared, `light` neither holds it nor is assigned it, no too-large part
+        below it, and x/2 + c <= gap."""
+        cfg = self.config
+        decode_s = self._decode_s(w)
         window_output = self.tree.load(w, b)[OUTPUT_TOKENS]
-        best, best_load = None, 0.0
-        pinned: dict[Node, float] = {}  # too large or shared, and `light` cannot serve it
+        seq = count()
+        heap: list[tuple[float, int, Node]] = []
+
+        def push(node: Node) -> None:
+            if node.stats and w in node.stats and \
+                    self.tree.stats(node, w, b)[REQUESTS] >= cfg.rebalance_min_requests:
+                heappush(heap, (-self._node_load(node, w, b, decode_s, window_output), next(seq), node))
+
+        for child in self.tree.root.children.values():
+            push(child)
+        move: _Shift | None = None
+        pinned: list[_Shift] = []
         big: set[Node] = set()  # too large to move
-        stack = list(self.tree.root.children.values())
-        while stack:
-            node = stack.pop()
-            if not node.stats or w not in node.stats:
-                continue
-            if self.tree.stats(node, w, b)[REQUESTS] < self.config.rebalance_min_requests:
-                continue
-            load = self._node_load(node, w, b, decode_s, window_output)
-            if load <= best_load:
+        for _ in range(cfg.rebalance_scan_nodes):
+            if not heap:
+                break
+            neg, _, node = heappop(heap)
+            x = -neg
+            held = self.tree.held_prefix(node, light)
+            c = self.cost.prefill_time(node.end - held, held)
+            if x < cfg.rebalance_min_gain * c:
                 continue
             a = node.assigned
             live = a if a is not None and a.until > now else None
             replicated = live is not None and live.reason == "replicate"
-            if not replicated and load <= target and \
-                    not any(x != w and self.tree.stats(node, x, b)[REQUESTS] > 0 for x in node.stats):
-                best, best_load = node, load
-                continue
-            if load > target:
+            if not replicated and 2 * x + c <= gap and \
+                    not any(o != w and self.tree.stats(node, o, b)[REQUESTS] > 0 for o in node.stats):
+                move = _Shift(node, False, x, c)
+                break
+            if 2 * x + c > gap:
                 big.add(node)
-            if light not in (live.workers if live else self.tree.holders(node)):
-                pinned[node] = load
+            if light not in (live.workers if live else self.tree.holders(node)) and \
+                    x / 2 >= cfg.rebalance_min_gain * c and x / 2 + c <= gap:
+                pinned.append(_Shift(node, True, x / 2, c))
             if not replicated:
-                stack.extend(node.children.values())
+                for child in node.children.values():
+                    push(child)
         # The hot prefix is the most specific one: a shared ancestor (a system prompt above many
         # tools) pins nothing that its too-large descendants do not.
-        hot = max((n for n in pinned if not any(c in big for c in n.children.values())),
-                  key=pinned.__getitem__, default=None)
-        # Moves too small to close the gap within the moves allowed leave a hot prefix pinned.
-        if best is not None and (hot is None or best_load * self.config.rebalance_max_moves >= target):
-            return best, None, best_load
-        return None, hot, pinned.get(hot, 0.0)
+        hot = max((s for s in pinned if not any(ch in big for ch in s.node.children.values())),
+                  key=lambda s: s.load, default=None)
+        if move is not None and (hot is None or move.load * cfg.rebalance_max_moves >= gap / 2):
+            return move
+        return hot
 
     def _replicate(self, node: Node, w: str, extra: str, now: float) -> None:
         """Steer `node`'s requests to its current workers (or holders, with `w`) plus `extra`."""
