@@ -350,6 +350,14 @@ class GlobalTree:
                     mask |= 1 << slot
         return [self._slot_ids[s] for s in _bits(mask)]
 
+    def top(self, node: Node) -> Node | None:
+        """The root's child above (or at) `node`; None if `node` was freed."""
+        while node.parent is not self.root:
+            if node.parent is None:
+                return None
+            node = node.parent
+        return node
+
     def held_prefix(self, node: Node, worker_id: str) -> int:
         """Tokens of the path from the root through `node` that the worker holds (a held node
         implies held ancestors: pages are cached only after their prefix)."""

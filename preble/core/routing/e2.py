@@ -29,10 +29,11 @@ decisions live on tree nodes for `assignment_ttl_s`.
 from __future__ import annotations
 
 from bisect import bisect_left
-from heapq import heappop, heappush
-from itertools import count
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from itertools import count
 
 from ..cost_model import CostModel
 from ..global_tree import (
@@ -64,7 +65,8 @@ class E2Config:
     rebalance_max_moves: int = 16  # subtrees moved or prefixes replicated per check at most
     rebalance_min_requests: int = 2  # a subtree moves only if this many requests used it in the window
     rebalance_min_gain: float = 1.0  # a shift must take this times the light worker's recompute seconds off
-    rebalance_scan_nodes: int = 256  # tree nodes a rebalance check examines at most
+    rebalance_scan_nodes: int = 256  # subtrees a rebalance check weighs at most (bounds its time)
+    rebalance_tops: int = 256  # recently used top-level subtrees per worker that rebalancing starts from
     rebalance_interval_s: float = 0.1  # look for imbalance at most this often (a hot prefix floods fast)
     replicate_ttft_ratio: float = 2.0  # replicate when a prefix's mean TTFT grows this much across the window
     replicate_min_samples: int = 8  # finished requests needed in each half-window (fewer: noise replicates)
@@ -122,6 +124,7 @@ class _Worker:
     events: str = "none"  # its KV events: none (yet) | live | gap (until a resync) | incompatible
     events_note: str | None = None  # why its events are not followed
     victims: _Victims | None = None
+    tops: OrderedDict[Node, None] = field(default_factory=OrderedDict)  # recently routed-to subtrees
 
 
 @dataclass(slots=True)
@@ -151,6 +154,7 @@ class E2Policy:
         self._outputs = WindowSums(cfg.window_buckets, 2)  # (finished requests, output tokens)
         self._added = 0
         self._rebalance_after = float("-inf")  # no imbalance check before this time
+        self._scan_left = 0  # subtrees the current rebalance check may still weigh
 
     # ------------------------------------------------------------------ membership and feeds
 
@@ -270,13 +274,6 @@ class E2Policy:
         step = self.cost.tpot(1, ws.outstanding_tokens // ws.outstanding)
         return self.cost.decode_time(ws.outstanding_output, step)
 
-    def _node_load(self, node: Node, w: str, b: int, decode_s: float, window_output: float) -> float:
-        """A subtree's part of L on `w`: its windowed prefill seconds plus its share (by windowed
-        output tokens) of the worker's outstanding decode seconds `decode_s`."""
-        stats = self.tree.stats(node, w, b)
-        share = stats[OUTPUT_TOKENS] / window_output if window_output > 0 else 0.0
-        return stats[PREFILL_S] + share * decode_s
-
     def _eviction_cost(self, w: str, need_pages: int, path_nodes: set, b: int) -> float:
         """M: what recomputing the LRU nodes the worker must evict to fit `need_pages` costs."""
         ws = self._workers[w]
@@ -368,6 +365,8 @@ class E2Policy:
         by_events = ws.events == "live"
         expiries = None if by_events else self._routed_expiries(w, m, held)
         path = self.tree.insert(m, w, now + (cfg.pending_ttl_s if by_events else cfg.routed_ttl_s))
+        if path:
+            self._touch_top(ws, path[0])
         prefill = self.cost.prefill_time(n - held, held)
         end = path[-1] if path else self.tree.root
         self.tree.record(end, w, (1.0, prefill, float(out)))
@@ -380,6 +379,13 @@ class E2Policy:
         ws.outstanding_tokens += n
         ws.outstanding_output += out
         self._pending[req.request_id] = _Pending(w, now, end, prefix, n, prefill, out, held, expiries)
+
+    def _touch_top(self, ws: _Worker, node: Node) -> None:
+        """Remember a top-level subtree the worker was sent work in: where rebalancing looks."""
+        ws.tops[node] = None
+        ws.tops.move_to_end(node)
+        if len(ws.tops) > self.config.rebalance_tops:
+            ws.tops.popitem(last=False)
 
     def _routed_expiries(self, w: str, m: TreeMatch, held: int) -> list[tuple[int, float]]:
         nodes = list(m.path) + ([m.partial] if m.partial is not None else [])
@@ -432,6 +438,7 @@ class E2Policy:
         cfg = self.config
         loads = {w: self._load(w, b) for w in self._workers}
         order = self._workers
+        self._scan_left = cfg.rebalance_scan_nodes
         for _ in range(cfg.rebalance_max_moves):
             heavy = max(loads, key=lambda w: (loads[w], -order[w].order))
             light = min(loads, key=lambda w: (loads[w], order[w].order))
@@ -446,6 +453,9 @@ class E2Policy:
             else:
                 shift.node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
                 self.tree.move_stats(shift.node, heavy, light)
+            top = self.tree.top(shift.node)
+            if top is not None:
+                self._touch_top(self._workers[light], top)
             loads[heavy] -= shift.load
             loads[light] += shift.load + shift.recompute
 
@@ -457,10 +467,12 @@ class E2Policy:
         A move takes the largest subtree that lives on `w` alone (no other worker served it in
         the window) with 2x + c <= gap; replicated prefixes stay where they are. Subtrees are
         visited by decreasing load on `w`, so the first movable one is the largest, and a part
-        is never worth more than its whole: the scan is short and bounded. If no move can close
+        is never worth more than its whole: the scan is short, and bounded by the check's
+        budget of `rebalance_scan_nodes` subtrees weighed. If no move can close
         the gap within the moves allowed, the hottest prefix pinning `w` gets replicated: too
         large to move or shared, `light` neither holds it nor is assigned it, no too-large part
-        below it, and x/2 + c <= gap."""
+        below it, and x/2 + c <= gap. The search starts from the top-level subtrees `w` was
+        most recently sent work in, not from every prefix in the tree."""
         cfg = self.config
         decode_s = self._decode_s(w)
         window_output = self.tree.load(w, b)[OUTPUT_TOKENS]
@@ -468,18 +480,32 @@ class E2Policy:
         heap: list[tuple[float, int, Node]] = []
 
         def push(node: Node) -> None:
-            if node.stats and w in node.stats and \
-                    self.tree.stats(node, w, b)[REQUESTS] >= cfg.rebalance_min_requests:
-                heappush(heap, (-self._node_load(node, w, b, decode_s, window_output), next(seq), node))
+            """Queue the subtree by its part of L on `w`: its windowed prefill seconds plus its
+            share (by windowed output tokens) of the worker's outstanding decode seconds."""
+            sums = node.stats.get(w) if node.stats else None
+            if sums is None or self._scan_left <= 0:
+                return
+            self._scan_left -= 1
+            stats = sums.totals(b)
+            if stats[REQUESTS] >= cfg.rebalance_min_requests:
+                share = stats[OUTPUT_TOKENS] / window_output if window_output > 0 else 0.0
+                heappush(heap, (-(stats[PREFILL_S] + share * decode_s), next(seq), node))
 
-        for child in self.tree.root.children.values():
-            push(child)
+        tops = self._workers[w].tops
+        for node in list(tops):
+            if self._scan_left <= 0:
+                break
+            top = self.tree.top(node)
+            if top is not node:  # freed, or split (its upper part is the top now)
+                del tops[node]
+                if top is None or top in tops:
+                    continue
+                tops[top] = None
+            push(top)
         move: _Shift | None = None
         pinned: list[_Shift] = []
         big: set[Node] = set()  # too large to move
-        for _ in range(cfg.rebalance_scan_nodes):
-            if not heap:
-                break
+        while heap:
             neg, _, node = heappop(heap)
             x = -neg
             held = self.tree.held_prefix(node, light)
@@ -495,7 +521,7 @@ class E2Policy:
                 break
             if 2 * x + c > gap:
                 big.add(node)
-            if light not in (live.workers if live else self.tree.holders(node)) and \
+            if (light not in live.workers if live else held < node.end) and \
                     x / 2 >= cfg.rebalance_min_gain * c and x / 2 + c <= gap:
                 pinned.append(_Shift(node, True, x / 2, c))
             if not replicated:
