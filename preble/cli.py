@@ -59,13 +59,17 @@ def worker(
     max_model_len: int | None = typer.Option(None),
     local_policy: str = typer.Option("preble", help="fcfs | lpm | preble"),
     threads: int | None = typer.Option(None, help="torch CPU threads for the engine."),
+    max_inflight: int = typer.Option(512, help="Requests admitted at once; beyond, 429."),
+    api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
+                                       help="Require this key on every endpoint but /health."),
 ) -> None:
     """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
     from .server.worker import WorkerConfig, run_worker
 
     cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
                         max_num_batched_tokens, max_running_requests, max_model_len, local_policy)
-    run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads))
+    run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads,
+                            max_inflight=max_inflight, api_key=api_key))
 
 
 @app.command()
@@ -75,11 +79,17 @@ def router(
     policy: str = typer.Option("e2", help="e2 | round_robin | least_load | power_of_two | cache_aware | prefix_hash"),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
     port: int = typer.Option(8000),
+    max_inflight: int = typer.Option(1024, help="Requests admitted at once; beyond, 429."),
+    api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
+                                       help="Require this key from clients (Authorization: Bearer)."),
+    worker_api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
+                                              help="The key the workers require."),
 ) -> None:
     """Front workers that run elsewhere with the global scheduler."""
     from .router.server import RouterServerConfig, run_router
 
-    run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port))
+    run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port,
+                                  max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -91,15 +101,19 @@ def serve(
     policy: str = typer.Option("e2"),
     host: str = typer.Option("127.0.0.1", help="Router interface; loopback by default."),
     port: int = typer.Option(8000),
+    max_inflight: int = typer.Option(1024, help="Requests the router admits at once; beyond, 429."),
+    api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
+                                       help="Require this key from clients (Authorization: Bearer)."),
 ) -> None:
-    """Start N workers and the router; Ctrl-C or SIGTERM stops them all. Extra options go to each worker."""
+    """Start N workers and the router; Ctrl-C or SIGTERM stops them all, a crashed worker is
+    restarted. Extra options go to each worker."""
     from .launch import ServeConfig
     from .launch import serve as run_serve
     from .models.demo import ensure_demo_model
 
     path = model or ensure_demo_model()
     run_serve(ServeConfig(model=str(path), workers=workers, device=device, policy=policy, host=host,
-                          port=port, worker_args=list(ctx.args)))
+                          port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key))
 
 
 @app.command()

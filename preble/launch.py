@@ -1,7 +1,8 @@
 """`preble serve`: N local workers and a router, started and stopped as one.
 
 Workers run as child processes (`preble worker`) that die with this process (Linux parent-death
-signal), so neither Ctrl-C, SIGTERM nor a crash of the launcher leaves orphans behind.
+signal), so neither Ctrl-C, SIGTERM nor a crash of the launcher leaves orphans behind. A worker
+that crashes is started again on its port; the router re-admits it when its health check passes.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +36,9 @@ class ServeConfig:
     worker_base_port: int | None = None  # default: port + 1, port + 2, ...
     worker_args: list[str] = field(default_factory=list)  # extra `preble worker` options
     startup_timeout_s: float = 300.0
+    max_inflight: int = 1024  # requests the router admits at once
+    api_key: str | None = None  # required from the router's clients
+    supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
 
 
 def _die_with_parent() -> None:
@@ -44,21 +50,42 @@ def _threads_per_worker(n: int) -> int:
     return max(1, (os.cpu_count() or 1) // n)
 
 
-def start_workers(cfg: ServeConfig) -> tuple[list[subprocess.Popen], list[str]]:
-    base = cfg.worker_base_port or cfg.port + 1
-    procs, urls = [], []
-    for i in range(cfg.workers):
-        port = base + i
+class LocalWorkers:
+    """The launcher's workers: child processes on consecutive loopback ports that share a
+    random API key (passed in the environment), so only the router can use them."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.api_key = secrets.token_urlsafe(24)
+        base = cfg.worker_base_port or cfg.port + 1
+        self.ports = [base + i for i in range(cfg.workers)]
+        self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
+        self.procs = [self._spawn(i) for i in range(cfg.workers)]
+        self.restarts = 0
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        cfg = self.cfg
         args = [sys.executable, "-m", "preble.cli", "worker", "--model", cfg.model, "--host", "127.0.0.1",
-                "--port", str(port), "--device", cfg.device, "--worker-id", f"worker-{i}", *cfg.worker_args]
-        env = dict(os.environ)
+                "--port", str(self.ports[i]), "--device", cfg.device, "--worker-id", f"worker-{i}",
+                *cfg.worker_args]
+        env = {**os.environ, "PREBLE_WORKER_API_KEY": self.api_key}
         if cfg.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(i)
         else:
             args += ["--threads", str(_threads_per_worker(cfg.workers))]
-        procs.append(subprocess.Popen(args, env=env, preexec_fn=_die_with_parent))
-        urls.append(f"http://127.0.0.1:{port}")
-    return procs, urls
+        return subprocess.Popen(args, env=env, preexec_fn=_die_with_parent)
+
+    def restart_crashed(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                log.warning("worker-%d exited (code %s); restarting it", i, proc.returncode)
+                self.procs[i] = self._spawn(i)
+                self.restarts += 1
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart crashed workers until `stop` is set (the router re-admits them once healthy)."""
+        while not stop.wait(self.cfg.supervise_interval_s):
+            self.restart_crashed()
 
 
 def wait_healthy(urls: list[str], procs: list[subprocess.Popen], timeout_s: float) -> None:
@@ -99,15 +126,19 @@ def _interrupt(signum, frame) -> None:
 def serve(cfg: ServeConfig) -> None:
     from .router.server import RouterServerConfig, run_router
 
-    procs, urls = start_workers(cfg)
+    workers = LocalWorkers(cfg)
+    stop = threading.Event()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        wait_healthy(urls, procs, cfg.startup_timeout_s)
+        wait_healthy(workers.urls, workers.procs, cfg.startup_timeout_s)
+        threading.Thread(target=workers.supervise, args=(stop,), name="preble-supervisor", daemon=True).start()
         print(f"Preble is serving {cfg.model} on http://{cfg.host}:{cfg.port}/v1 "
               f"({cfg.workers} workers, policy {cfg.policy})", flush=True)
-        run_router(RouterServerConfig(model=cfg.model, workers=urls, policy=cfg.policy, host=cfg.host,
-                                      port=cfg.port))
+        run_router(RouterServerConfig(model=cfg.model, workers=workers.urls, policy=cfg.policy, host=cfg.host,
+                                      port=cfg.port, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
+                                      worker_api_key=workers.api_key))
     except KeyboardInterrupt:
         pass
     finally:
-        stop_workers(procs)
+        stop.set()
+        stop_workers(workers.procs)

@@ -371,6 +371,10 @@ class GlobalTree:
             node = node.parent
         return 0
 
+    def held_pages(self, worker_id: str) -> int:
+        """Pages the tree believes the worker holds (by events or unexpired routed holdings)."""
+        return sum(len(node.hashes) for node in self.lru(worker_id))
+
     def lru(self, worker_id: str) -> Iterator[Node]:
         """Nodes the worker holds, least recently used first (do not change the tree meanwhile)."""
         slot = self._slots.get(worker_id)

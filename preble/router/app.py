@@ -3,10 +3,17 @@
 It tokenises once (chat template included), asks the routing policy for a worker, forwards the
 token ids to that worker's `/v1/completions` as a stream, and relays the answer in the shape the
 client asked for. Every response carries the routing decision in `x-preble-route`.
+
+No accepted request is left without an answer or an error: one whose answer has not reached
+the client yet (a stream before its first chunk, a whole answer at any point) is retried on
+another worker, a bounded number of times with a growing pause; a stream cut after that ends
+with an OpenAI error event. Admission is bounded (429 beyond it), bodies are capped, and an
+API key can be required.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,8 +30,8 @@ from transformers import AutoTokenizer
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
 from ..server import openai_protocol as oai
-from ..server.http_common import check_model, install_error_handlers, max_tokens_for
-from .workers import WorkerPool, WorkerPoolConfig
+from ..server.http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
+from .workers import WorkerDown, WorkerPool, WorkerPoolConfig
 
 log = logging.getLogger("preble.router")
 
@@ -38,7 +45,14 @@ class RouterConfig:
     served_model_name: str
     max_model_len: int
     default_max_tokens: int = 256  # for chat requests that give no limit
-    max_attempts: int = 3  # workers tried for a request that has not started streaming
+    max_attempts: int = 3  # workers tried for a request whose answer has not started
+    retry_backoff_s: float = 0.05  # pause before the second attempt, doubling for each later one
+    max_inflight: int = 1024  # requests admitted at once; beyond, 429
+    max_inflight_tokens: int = 8_000_000  # prompt tokens of admitted requests; beyond, 429
+    retry_after_s: int = 1  # the Retry-After of a 429
+    max_body_bytes: int = 16 << 20
+    api_key: str | None = None  # clients must present it (all but /health)
+    worker_api_key: str | None = None  # presented to the workers
     recent_decisions: int = 1000  # routing decisions kept for /routes
     pool: WorkerPoolConfig = WorkerPoolConfig()
 
@@ -50,6 +64,8 @@ class RouterMetrics:
         self.branches = Counter("preble_router_route_branch", "Routing decisions by policy branch",
                                 ["policy", "branch"], registry=r)
         self.retries = Counter("preble_router_retries", "Requests re-sent to another worker", registry=r)
+        self.cut = Counter("preble_router_streams_cut", "Streams ended by an error event after a worker "
+                           "failed mid-answer", registry=r)
         self.ttft = Histogram("preble_router_ttft_seconds", "Time to first token", buckets=LATENCY_BUCKETS,
                               registry=r)
         self.e2e = Histogram("preble_router_e2e_seconds", "Request latency", buckets=LATENCY_BUCKETS,
@@ -60,17 +76,86 @@ class RouterMetrics:
 
 
 class WorkerRejected(Exception):
-    """The worker answered the request with an HTTP error (passed on to the client)."""
+    """The worker refused the request (a 4xx, passed on to the client as is)."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, retry_after: str | None) -> None:
         super().__init__(status)
-        self.status, self.body = status, body
+        self.status, self.body, self.retry_after = status, body, retry_after
+
+
+class WorkerFailed(Exception):
+    """The worker could not answer (down, an error status, a broken or unfinished stream)."""
+
+
+class Upstream:
+    """One attempt at one worker: its answer as parsed chunks, every read guarded so that the
+    worker being marked down ends the wait at once."""
+
+    def __init__(self, pool: WorkerPool, decision: RouteDecision) -> None:
+        self.pool, self.decision = pool, decision
+        self.worker = decision.worker_id
+        self.resp: httpx.Response | None = None
+        self.first: dict | None = None  # the first chunk, read before the answer starts
+        self._lines: AsyncIterator[str] | None = None
+
+    async def open(self, body: dict) -> None:
+        """Send the request and read up to its first chunk."""
+        worker = self.pool.workers[self.worker]
+        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body)
+        async with self.pool.guard(self.worker):
+            self.resp = await self.pool.client.send(req, stream=True)
+        if self.resp.status_code != 200:
+            async with self.pool.guard(self.worker):
+                content = await self.resp.aread()
+            await self.close()
+            if 400 <= self.resp.status_code < 500 and self.resp.status_code != 408:
+                raise WorkerRejected(self.resp.status_code, content, self.resp.headers.get("retry-after"))
+            raise WorkerFailed(f"status {self.resp.status_code}")
+        self._lines = self.resp.aiter_lines()
+        self.first = await self._next()
+
+    async def chunks(self) -> AsyncIterator[dict]:
+        """Every chunk of the answer, the first included; ends at the worker's [DONE]."""
+        data = self.first
+        while data is not None:
+            yield data
+            data = await self._next()
+
+    async def _next(self) -> dict | None:
+        while True:
+            async with self.pool.guard(self.worker):
+                line = await anext(self._lines, None)
+            if line is None:
+                raise WorkerFailed("the stream ended before [DONE]")
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                return None if data == "[DONE]" else json.loads(data)
+
+    async def close(self) -> None:
+        if self.resp is not None:
+            await self.resp.aclose()
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that runs `on_close` however it ends: finished, failed, or cancelled
+    by a client that disconnected (before its body started, too)."""
+
+    def __init__(self, content, on_close, **kw) -> None:
+        super().__init__(content, media_type="text/event-stream", **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
 
 
 def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: RoutingPolicy) -> FastAPI:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
-    pool = WorkerPool(worker_urls, policy, cfg.pool)
+    pool = WorkerPool(worker_urls, policy, cfg.pool, api_key=cfg.worker_api_key)
     metrics = RouterMetrics()
+    admission = Admission(cfg.max_inflight, cfg.max_inflight_tokens, cfg.retry_after_s)
     decisions: deque[dict] = deque(maxlen=cfg.recent_decisions)
 
     @contextlib.asynccontextmanager
@@ -81,6 +166,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
 
     app = FastAPI(title="Preble router", lifespan=lifespan)
     app.state.pool = pool
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
 
     install_error_handlers(app)
 
@@ -92,29 +178,32 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         return {**fields, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                 "stream_options": {"include_usage": True}}
 
-    async def open_stream(prompt: list[int], body, max_tokens: int, rid: str):
-        """Route and connect, retrying on other workers until one starts answering."""
-        request = RouteRequest(rid, prompt, max_tokens)
-        for _ in range(cfg.max_attempts):
+    def failed(up: Upstream, rid: str, prompt: list[int], err: BaseException) -> None:
+        """An attempt that did not finish: the policy takes its work back, the worker is suspect."""
+        policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
+        if not isinstance(err, WorkerRejected):
+            log.warning("request %s: worker %s failed (%s)", rid, up.worker, err)
+            pool.mark_failed(up.worker)
+
+    async def connect(prompt: list[int], body: dict, rid: str, first: int = 0) -> tuple[Upstream, int]:
+        """Route and open, on other workers (after a growing pause) until one starts answering;
+        attempts are numbered from `first`. Returns the upstream and its attempt's number."""
+        request = RouteRequest(rid, prompt, body["max_tokens"])
+        for attempt in range(first, cfg.max_attempts):
+            if attempt:
+                metrics.retries.inc()
+                await asyncio.sleep(cfg.retry_backoff_s * 2 ** (attempt - 1))
             if not pool.healthy():
                 raise oai.APIError(503, "no healthy worker", "unavailable")
-            decision = policy.route(request)
-            worker = pool.workers[decision.worker_id]
-            req = pool.client.build_request("POST", f"{worker.url}/v1/completions",
-                                            json=worker_body(prompt, body, max_tokens))
+            up = Upstream(pool, policy.route(request))
             try:
-                resp = await pool.client.send(req, stream=True)
-            except httpx.HTTPError as err:
-                log.warning("request %s: worker %s failed (%s); retrying", rid, decision.worker_id, err)
-                pool.mark_failed(decision.worker_id)
-                metrics.retries.inc()
-                continue
-            if resp.status_code != 200:
-                content = await resp.aread()
-                await resp.aclose()
-                policy.on_done(RequestDone(rid, decision.worker_id, len(prompt), 0, 0, 0.0, 0.0, ok=False))
-                raise WorkerRejected(resp.status_code, content)
-            return decision, resp
+                await up.open(body)
+                return up, attempt
+            except (httpx.HTTPError, WorkerDown, WorkerFailed, WorkerRejected, ValueError) as err:
+                await up.close()
+                failed(up, rid, prompt, err)
+                if isinstance(err, WorkerRejected):
+                    raise
         raise oai.APIError(503, f"no worker answered after {cfg.max_attempts} attempts", "unavailable")
 
     def record(decision: RouteDecision, rid: str) -> dict:
@@ -126,93 +215,143 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         log.info("route %s", json.dumps(entry, separators=(",", ":")))
         return entry
 
-    async def relay(resp: httpx.Response) -> AsyncIterator[dict]:
-        """Parsed chunks of a worker's completion stream."""
-        try:
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[len("data: "):]
-                if data == "[DONE]":
-                    return
-                yield json.loads(data)
-        finally:
-            await resp.aclose()
+    def route_header(decision: RouteDecision) -> dict[str, str]:
+        return {ROUTE_HEADER: json.dumps({"worker": decision.worker_id, "branch": decision.branch,
+                                          "matched_tokens": decision.matched_tokens}, separators=(",", ":"))}
+
+    class Outcome:
+        """What one request's answer was, reported once to the policy and the metrics."""
+
+        def __init__(self, rid: str, prompt: list[int], start: float) -> None:
+            self.rid, self.prompt, self.start = rid, prompt, start
+            self.first: float | None = None
+            self.usage: dict | None = None
+
+        def saw(self, data: dict) -> None:
+            if data.get("usage"):
+                self.usage = data["usage"]
+            if data.get("choices") and self.first is None:
+                self.first = time.monotonic()
+
+        def done(self, up: Upstream, status: str) -> None:
+            end = time.monotonic()
+            use = self.usage or oai.usage(len(self.prompt), 0, 0)
+            ttft = (self.first or end) - self.start
+            cached = use["prompt_tokens_details"]["cached_tokens"]
+            ok = status == "ok"
+            policy.on_done(RequestDone(self.rid, up.worker, len(self.prompt), cached,
+                                       use["completion_tokens"], ttft, end - self.start, ok=ok))
+            metrics.requests.labels(status).inc()
+            if ok:
+                metrics.ttft.observe(ttft)
+                metrics.e2e.observe(end - self.start)
+            metrics.prompt.labels(up.worker).inc(len(self.prompt))
+            metrics.cached.labels(up.worker).inc(cached)
+
+    async def answer_whole(prompt: list[int], body, fwd: dict, rid: str, chat: bool, start: float):
+        """A non-streamed answer: nothing reaches the client before the end, so any failure is
+        retried on another worker while attempts are left."""
+        attempt = 0
+        while True:
+            up, attempt = await connect(prompt, fwd, rid, attempt)
+            outcome = Outcome(rid, prompt, start)
+            texts: dict[int, str] = {}
+            reasons: dict[int, str | None] = {}
+            try:
+                async for data in up.chunks():
+                    outcome.saw(data)
+                    for c in data.get("choices", ()):
+                        texts[c["index"]] = texts.get(c["index"], "") + (c.get("text") or "")
+                        reasons[c["index"]] = c.get("finish_reason") or reasons.get(c["index"])
+            except asyncio.CancelledError:
+                policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
+                raise
+            except (httpx.HTTPError, WorkerDown, WorkerFailed, ValueError) as err:
+                failed(up, rid, prompt, err)
+                attempt += 1
+                if attempt >= cfg.max_attempts:
+                    metrics.requests.labels("worker_failed").inc()
+                    raise oai.APIError(502, f"the worker failed mid-request: {err}", "server_error") from None
+                continue
+            finally:
+                await up.close()
+            record(up.decision, rid)
+            outcome.done(up, "ok")
+            choices = [oai.choice(i, texts[i], reasons.get(i), chat) for i in sorted(texts)]
+            use = outcome.usage or oai.usage(len(prompt), 0, 0)
+            return JSONResponse(oai.completion_body(rid, cfg.served_model_name, choices, use, chat),
+                                headers=route_header(up.decision))
+
+    async def answer_stream(prompt: list[int], body, fwd: dict, rid: str, chat: bool, start: float,
+                            release) -> StreamingResponse:
+        """A streamed answer: retried until its first chunk is in hand; a worker failing after
+        that ends the stream with an error event. However the response ends (a client that
+        goes away before it starts included), the upstream is closed and the request released."""
+        up, _ = await connect(prompt, fwd, rid)
+        record(up.decision, rid)
+        outcome = Outcome(rid, prompt, start)
+        model = cfg.served_model_name
+        ended = False
+
+        async def end(status: str) -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                await up.close()
+                outcome.done(up, status)
+                release()
+
+        async def sse() -> AsyncIterator[bytes]:
+            started: set[int] = set()
+            try:
+                async for data in up.chunks():
+                    outcome.saw(data)
+                    for c in data.get("choices", ()):
+                        i = c["index"]
+                        yield oai.sse(oai.chunk(rid, model, i, c.get("text"), c.get("finish_reason"), chat,
+                                                first=i not in started))
+                        started.add(i)
+                if body.include_usage and outcome.usage:
+                    yield oai.sse(oai.usage_chunk(rid, model, outcome.usage, chat))
+                await end("ok")
+            except (httpx.HTTPError, WorkerDown, WorkerFailed, ValueError) as err:
+                metrics.cut.inc()
+                log.warning("request %s: worker %s failed mid-stream (%s)", rid, up.worker, err)
+                pool.mark_failed(up.worker)
+                await end("worker_failed")
+                yield oai.sse(oai.APIError(502, "the worker failed mid-stream", "server_error").body())
+            yield oai.sse("[DONE]")
+
+        return _Stream(sse(), lambda: end("client_gone"), headers=route_header(up.decision))
 
     async def handle(prompt: list[int], body, chat: bool):
         max_tokens = max_tokens_for(len(prompt), body.max_new_tokens() if chat else body.max_tokens,
                                     cfg.max_model_len, cfg.default_max_tokens)
         rid = oai.new_id("chatcmpl" if chat else "cmpl")
         start = time.monotonic()
+        fwd = worker_body(prompt, body, max_tokens)
+        admission.enter(len(prompt))
+        released = streaming = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                admission.leave(len(prompt))
+
         try:
-            decision, resp = await open_stream(prompt, body, max_tokens, rid)
+            if body.stream:
+                resp = await answer_stream(prompt, body, fwd, rid, chat, start, release)
+                streaming = True  # released when the stream ends
+                return resp
+            return await answer_whole(prompt, body, fwd, rid, chat, start)
         except WorkerRejected as err:
             metrics.requests.labels("rejected").inc()
-            return Response(err.body, status_code=err.status, media_type="application/json")
-        route = record(decision, rid)
-        headers = {ROUTE_HEADER: json.dumps({k: route[k] for k in ("worker", "branch", "matched_tokens")},
-                                            separators=(",", ":"))}
-        state = {"first": None, "usage": None, "ok": False}
-
-        def finish() -> None:
-            end = time.monotonic()
-            use = state["usage"] or oai.usage(len(prompt), 0, 0)
-            ttft = (state["first"] or end) - start
-            cached = use["prompt_tokens_details"]["cached_tokens"]
-            policy.on_done(RequestDone(rid, decision.worker_id, len(prompt), cached,
-                                       use["completion_tokens"], ttft, end - start, ok=state["ok"]))
-            metrics.requests.labels("ok" if state["ok"] else "error").inc()
-            metrics.ttft.observe(ttft)
-            metrics.e2e.observe(end - start)
-            metrics.prompt.labels(decision.worker_id).inc(len(prompt))
-            metrics.cached.labels(decision.worker_id).inc(cached)
-
-        async def chunks() -> AsyncIterator[dict]:
-            try:
-                async for data in relay(resp):
-                    if data.get("usage"):
-                        state["usage"] = data["usage"]
-                    if data.get("choices"):
-                        if state["first"] is None:
-                            state["first"] = time.monotonic()
-                        yield data
-                state["ok"] = True
-            finally:
-                finish()
-
-        model = cfg.served_model_name
-        if not body.stream:
-            texts: dict[int, str] = {}
-            reasons: dict[int, str | None] = {}
-            try:
-                async for data in chunks():
-                    for c in data["choices"]:
-                        texts[c["index"]] = texts.get(c["index"], "") + (c.get("text") or "")
-                        reasons[c["index"]] = c.get("finish_reason") or reasons.get(c["index"])
-            except httpx.HTTPError:
-                pool.mark_failed(decision.worker_id)
-                raise oai.APIError(502, "the worker failed mid-request", "server_error") from None
-            choices = [oai.choice(i, texts[i], reasons.get(i), chat) for i in sorted(texts)]
-            use = state["usage"] or oai.usage(len(prompt), 0, 0)
-            return JSONResponse(oai.completion_body(rid, model, choices, use, chat), headers=headers)
-
-        async def sse() -> AsyncIterator[bytes]:
-            started: set[int] = set()
-            try:
-                async for data in chunks():
-                    for c in data["choices"]:
-                        i = c["index"]
-                        yield oai.sse(oai.chunk(rid, model, i, c.get("text"), c.get("finish_reason"), chat,
-                                                first=i not in started))
-                        started.add(i)
-                if body.include_usage and state["usage"]:
-                    yield oai.sse(oai.usage_chunk(rid, model, state["usage"], chat))
-            except httpx.HTTPError:
-                pool.mark_failed(decision.worker_id)
-                yield oai.sse(oai.APIError(502, "the worker failed mid-stream", "server_error").body())
-            yield oai.sse("[DONE]")
-
-        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+            headers = {"Retry-After": err.retry_after} if err.retry_after else None
+            return Response(err.body, status_code=err.status, media_type="application/json", headers=headers)
+        finally:
+            if not streaming:
+                release()
 
     @app.post("/v1/completions")
     async def completions(body: oai.CompletionRequest):
@@ -245,9 +384,12 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         return JSONResponse({"status": "ok" if healthy else "unavailable", "healthy_workers": healthy,
                              "workers": len(pool.workers), "policy": policy.name}, status_code=status)
 
+    held_pages = getattr(getattr(policy, "tree", None), "held_pages", None)  # E2's global tree
+
     @app.get("/workers")
     async def workers():
         return [{"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy,
+                 "cached_pages": held_pages(w.worker_id) if held_pages is not None else None,
                  "load": None if w.load is None else {f: getattr(w.load, f) for f in w.load.__struct_fields__}}
                 for w in pool.workers.values()]
 

@@ -30,15 +30,20 @@ class RouterServerConfig:
     page_size: int | None = None  # the workers' KV page size; None: read from their load reports
     discovery_timeout_s: float = 10.0  # how long to wait for a worker to tell its page size
     seed: int = 0
+    max_inflight: int = 1024  # requests admitted at once; beyond, 429
+    api_key: str | None = None  # required from clients
+    worker_api_key: str | None = None  # presented to workers
+    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
 
 
-def discover_page_size(urls: list[str], timeout_s: float) -> int | None:
+def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
     """The KV page size the first answering worker reports (all workers must share it)."""
     deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     while time.monotonic() < deadline:
         for url in urls:
             try:
-                return int(httpx.get(f"{url.rstrip('/')}/load", timeout=1.0).json()["page_size"])
+                return int(httpx.get(f"{url.rstrip('/')}/load", timeout=1.0, headers=headers).json()["page_size"])
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 continue
         time.sleep(0.25)
@@ -50,13 +55,14 @@ def build_router_app(cfg: RouterServerConfig):
     max_len = model_cfg.context_window(cfg.max_model_len)
     config = None
     if cfg.policy == "e2":
-        page_size = cfg.page_size or discover_page_size(cfg.workers, cfg.discovery_timeout_s)
+        page_size = cfg.page_size or discover_page_size(cfg.workers, cfg.discovery_timeout_s, cfg.worker_api_key)
         if page_size is None:
             log.warning("no worker reported its page size; e2 assumes %d", E2Config.page_size)
         config = E2Config(page_size=page_size or E2Config.page_size)
     policy = make_policy(cfg.policy, clock=time.monotonic, config=config, seed=cfg.seed)
     rcfg = RouterConfig(model_path=cfg.model, served_model_name=cfg.served_model_name or Path(cfg.model).name,
-                        max_model_len=max_len)
+                        max_model_len=max_len, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
+                        worker_api_key=cfg.worker_api_key)
     return create_router_app(rcfg, cfg.workers, policy)
 
 
@@ -65,4 +71,7 @@ def run_router(cfg: RouterServerConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would drown the routing log
     app = build_router_app(cfg)
     tune_gc()
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for the drain timeout,
+    # cancels what is left, and returns (exit status 0).
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                timeout_graceful_shutdown=cfg.drain_timeout_s)

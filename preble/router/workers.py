@@ -3,7 +3,9 @@
 Each worker gets two background loops: one polls `/load` (its answer doubles as the health
 check), one follows `/kv_events`. Both feed the routing policy; a worker that stops answering
 is removed from the policy (and with it every tree entry it held) until it answers again, when
-it is re-added and its cache resynced.
+it is re-added and its cache resynced. Reads from a worker's request streams run under
+`guard`, which cuts them short the moment the worker is marked down, so a hung worker holds no
+request longer than the health check takes to notice it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class WorkerPoolConfig:
     reconnect_backoff_s: float = 0.5
 
 
+class WorkerDown(Exception):
+    """The worker was marked down while a request waited on it."""
+
+
 @dataclass
 class WorkerHandle:
     url: str
@@ -45,15 +51,17 @@ class WorkerHandle:
     load: LoadReport | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     events_task: asyncio.Task | None = None
+    watchers: set[asyncio.Timeout] = field(default_factory=set)  # reads cut short when it goes down
 
 
 class WorkerPool:
     def __init__(self, urls: list[str], policy: RoutingPolicy, config: WorkerPoolConfig,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, api_key: str | None = None) -> None:
         self.config = config
         self.policy = policy
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
-                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+                                        headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         self.workers: dict[str, WorkerHandle] = {}
         self._urls = [u.rstrip("/") for u in urls]
         self._on_change = on_change
@@ -83,6 +91,22 @@ class WorkerPool:
     def healthy(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.healthy]
 
+    @contextlib.asynccontextmanager
+    async def guard(self, worker_id: str):
+        """Run the awaited read; raise WorkerDown if the worker is (or is meanwhile) marked down."""
+        handle = self.workers[worker_id]
+        if not handle.healthy:
+            raise WorkerDown(worker_id)
+        try:
+            async with asyncio.timeout(None) as scope:
+                handle.watchers.add(scope)
+                try:
+                    yield
+                finally:
+                    handle.watchers.discard(scope)
+        except TimeoutError:
+            raise WorkerDown(worker_id) from None
+
     def mark_failed(self, worker_id: str) -> None:
         """Called by the request path when a worker fails a request outright."""
         handle = self.workers.get(worker_id)
@@ -100,6 +124,9 @@ class WorkerPool:
         else:
             log.warning("worker %s is unreachable; routing around it", handle.worker_id)
             self.policy.remove_worker(handle.worker_id)
+            now = asyncio.get_running_loop().time()
+            for scope in handle.watchers:
+                scope.reschedule(now)
         if self._on_change:
             self._on_change()
 

@@ -30,6 +30,9 @@ class WorkerConfig:
     served_model_name: str | None = None  # default: the model folder's name
     num_threads: int | None = None  # torch CPU threads of the engine
     default_max_tokens: int = 256
+    max_inflight: int = 512  # requests admitted at once; beyond, 429
+    api_key: str | None = None  # required on every endpoint but /health
+    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
 
 
 def run_worker(cfg: WorkerConfig) -> None:
@@ -47,9 +50,11 @@ def run_worker(cfg: WorkerConfig) -> None:
     client = EngineClient(proc_cfg.in_addr, proc_cfg.out_addr, FrontendConfig.subscriber_queue)
     frontend = FrontendConfig(worker_id=worker_id, model_path=cfg.engine.model,
                               served_model_name=cfg.served_model_name or Path(cfg.engine.model).name,
-                              max_model_len=max_len, default_max_tokens=cfg.default_max_tokens)
+                              max_model_len=max_len, default_max_tokens=cfg.default_max_tokens,
+                              max_inflight=cfg.max_inflight, api_key=cfg.api_key)
     app = create_worker_app(frontend, client)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                           timeout_graceful_shutdown=cfg.drain_timeout_s))
     try:
         server.run()
     finally:

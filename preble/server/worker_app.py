@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from . import openai_protocol as oai
 from .engine_client import EngineClient
-from .http_common import check_model, install_error_handlers, max_tokens_for
+from .http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
 from .protocol import SamplingSpec, TokenDelta
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
@@ -36,6 +36,11 @@ class FrontendConfig:
     default_max_tokens: int = 256  # for chat and /generate requests that give no limit
     health_timeout_s: float = 2.0  # the engine counts as dead after this long without a word
     subscriber_queue: int = 10_000  # KV event batches buffered per subscriber before cutting it off
+    max_inflight: int = 512  # requests (choices) admitted at once; beyond, 429
+    max_inflight_tokens: int = 2_000_000  # their prompt tokens; beyond, 429
+    retry_after_s: int = 1  # the Retry-After of a 429
+    max_body_bytes: int = 16 << 20
+    api_key: str | None = None  # every endpoint but /health needs it (a router presents it)
 
 
 @dataclass
@@ -102,6 +107,8 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         task.cancel()
 
     app = FastAPI(title="Preble worker", lifespan=lifespan)
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    admission = Admission(cfg.max_inflight, cfg.max_inflight_tokens, cfg.retry_after_s)
 
     install_error_handlers(app)
 
@@ -115,10 +122,19 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         except Exception as err:  # a template may reject a conversation (e.g. role order)
             raise oai.APIError(400, f"chat template failed: {err}", param="messages") from None
 
+    async def admitted(prompt: list[int], sampling: SamplingSpec) -> AsyncIterator[TokenDelta]:
+        """The engine's deltas for one request, counted against admission while it runs."""
+        admission.enter(len(prompt))
+        try:
+            async for delta in client.generate(oai.new_id("req"), prompt, sampling):
+                yield delta
+        finally:
+            admission.leave(len(prompt))
+
     async def start(prompt: list[int], sampling: SamplingSpec) -> Run:
         """Submit and wait for the first delta, so refusals become a 400 before any streaming."""
         begin = time.monotonic()
-        stream = client.generate(oai.new_id("req"), prompt, sampling)
+        stream = admitted(prompt, sampling)
         first = await anext(stream)
         if first.error is not None:
             metrics.finished("rejected", begin, None, None)
