@@ -39,14 +39,14 @@ class LocalCluster:
 
     def __init__(self, model: str, workers: int = 2, policy: str = "e2",
                  worker_args: Sequence[str] = (), device: str = "cpu",
-                 startup_timeout_s: float = 300.0) -> None:
+                 startup_timeout_s: float = 300.0, serve_args: Sequence[str] = ()) -> None:
         self.workers = workers
         self.port = free_port_block(workers + 1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="preble-serve-", suffix=".log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "preble.cli", "serve", "--model", model, "--workers", str(workers),
-             "--policy", policy, "--port", str(self.port), "--device", device, *worker_args],
+             "--policy", policy, "--port", str(self.port), "--device", device, *serve_args, *worker_args],
             stdout=self.log, stderr=subprocess.STDOUT, text=True)
         try:
             self._wait(startup_timeout_s)

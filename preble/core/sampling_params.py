@@ -9,6 +9,9 @@ class InvalidSamplingParams(ValueError):
     """A sampling parameter is out of range; the message names it."""
 
 
+_INT64 = 1 << 63  # seeds and token ids cross process boundaries as signed 64-bit integers
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 16
@@ -42,11 +45,11 @@ class SamplingParams:
             bad(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             bad(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int):
-            bad(f"top_k must be an integer, got {self.top_k!r}")
+        if not (isinstance(self.top_k, int) and -_INT64 <= self.top_k < _INT64):
+            bad(f"top_k must be a 64-bit integer, got {self.top_k!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop must be a list of non-empty strings")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
-            bad("stop_token_ids must be non-negative integers")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad(f"seed must be an integer, got {self.seed!r}")
+        if any(not isinstance(t, int) or not 0 <= t < _INT64 for t in self.stop_token_ids):
+            bad("stop_token_ids must be non-negative 64-bit integers")
+        if self.seed is not None and not (isinstance(self.seed, int) and -_INT64 <= self.seed < _INT64):
+            bad(f"seed must be a 64-bit integer, got {self.seed!r}")

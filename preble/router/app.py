@@ -84,7 +84,12 @@ class WorkerRejected(Exception):
 
 
 class WorkerFailed(Exception):
-    """The worker could not answer (down, an error status, a broken or unfinished stream)."""
+    """The worker could not answer (down, an error status, a broken or unfinished stream).
+    `suspect`: the worker itself may be broken (not just this request), so route around it."""
+
+    def __init__(self, why: str, suspect: bool = True) -> None:
+        super().__init__(why)
+        self.suspect = suspect
 
 
 class Upstream:
@@ -110,7 +115,8 @@ class Upstream:
             await self.close()
             if 400 <= self.resp.status_code < 500 and self.resp.status_code != 408:
                 raise WorkerRejected(self.resp.status_code, content, self.resp.headers.get("retry-after"))
-            raise WorkerFailed(f"status {self.resp.status_code}")
+            # A 5xx is this request's failure; the health check judges the worker.
+            raise WorkerFailed(f"status {self.resp.status_code}", suspect=False)
         self._lines = self.resp.aiter_lines()
         self.first = await self._next()
 
@@ -183,7 +189,8 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
         if not isinstance(err, WorkerRejected):
             log.warning("request %s: worker %s failed (%s)", rid, up.worker, err)
-            pool.mark_failed(up.worker)
+            if getattr(err, "suspect", True):
+                pool.mark_failed(up.worker)
 
     async def connect(prompt: list[int], body: dict, rid: str, first: int = 0) -> tuple[Upstream, int]:
         """Route and open, on other workers (after a growing pause) until one starts answering;

@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .openai_protocol import APIError
 
+log = logging.getLogger(__name__)
+
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every refusal in OpenAI's error shape: APIError as is, validation errors as 400."""
+    """Answer every refusal in OpenAI's error shape: APIError as is, validation errors as 400,
+    Starlette's own (unknown path, wrong method, unparsable body) with their status."""
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, err: APIError):
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException):
+        type_ = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(err.status_code, str(err.detail), type_).body(), status_code=err.status_code,
+                            headers=getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, err: Exception):
+        log.exception("unhandled error", exc_info=err)
+        return JSONResponse(APIError(500, f"internal error: {type(err).__name__}", "server_error").body(),
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, err: RequestValidationError):

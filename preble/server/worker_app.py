@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from transformers import AutoTokenizer
 
+from ..core.sampling_params import SamplingParams
 from . import openai_protocol as oai
 from .engine_client import EngineClient
 from .http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
@@ -132,8 +133,13 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
             admission.leave(len(prompt))
 
     async def start(prompt: list[int], sampling: SamplingSpec) -> Run:
-        """Submit and wait for the first delta, so refusals become a 400 before any streaming."""
+        """Submit and wait for the first delta, so refusals become a 400 before any streaming.
+        Sampling is checked here too: what cannot cross to the engine never leaves."""
         begin = time.monotonic()
+        try:
+            SamplingParams(**msgspec.structs.asdict(sampling))
+        except (TypeError, ValueError) as err:
+            raise oai.APIError(400, str(err)) from None
         stream = admitted(prompt, sampling)
         first = await anext(stream)
         if first.error is not None:
