@@ -139,6 +139,33 @@ def test_a_killed_worker_loses_no_request(tiny_models):
         assert routed[-1] == "worker-1", routed
 
 
+def test_a_hung_worker_is_routed_around_and_its_requests_end(tiny_models):
+    """SIGSTOP: the worker's connections stay open but nothing comes back. The health check
+    notices within 2 s, which cuts the requests waiting on it: whole answers are retried on the
+    other worker, streams end with an error event. SIGCONT: it is re-admitted."""
+    with LocalCluster(tiny_models("llama"), 2, "round_robin", ["--page-size", "4"],
+                      startup_timeout_s=STARTUP_TIMEOUT_S) as cluster:
+        hung = psutil.Process(worker_pid(cluster, 1))
+        body = {"prompt": [4, 5, 6, 7], "max_tokens": 60, "ignore_eos": True, "temperature": 0}
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(ask, cluster.url, {**body, "stream": i % 2 == 0}) for i in range(16)]
+            time.sleep(0.3)
+            hung.suspend()
+            stopped_at = time.monotonic()
+            try:
+                wait_for(lambda: not workers_view(cluster)["worker-1"]["healthy"], 5.0)
+                assert time.monotonic() - stopped_at <= 2.0 + 0.5
+                results = [f.result(timeout=60) for f in futures]
+            finally:
+                hung.resume()
+        assert all(finished(r) or errored(r) for r in results)
+        assert all(finished(r) for r in results if "body" in r)
+        assert any(finished(r) and json.loads(r["route"])["worker"] == "worker-0" for r in results)
+        wait_for(lambda: workers_view(cluster)["worker-1"]["healthy"], 30.0, 0.2)
+        routed = {json.loads(ask(cluster.url, {**body, "max_tokens": 2})["route"])["worker"] for _ in range(4)}
+        assert routed == {"worker-0", "worker-1"}
+
+
 # ---------------------------------------------------------------------------- guarded cluster
 
 
