@@ -84,12 +84,14 @@ def router(
                                        help="Require this key from clients (Authorization: Bearer)."),
     worker_api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
                                               help="The key the workers require."),
+    dashboard_full_text: bool = typer.Option(False, help="Show whole prefixes on /dashboard, not a preview."),
 ) -> None:
-    """Front workers that run elsewhere with the global scheduler."""
+    """Front workers that run elsewhere with the global scheduler (dashboard at /dashboard)."""
     from .router.server import RouterServerConfig, run_router
 
     run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port,
-                                  max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key))
+                                  max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key,
+                                  dashboard_full_text=dashboard_full_text))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -371,6 +371,39 @@ class GlobalTree:
             node = node.parent
         return 0
 
+    def hottest(self, limit: int, budget: int = 4096) -> list[tuple[Node, float]]:
+        """The prefixes most requests went through in the window, as (node, requests), most
+        first. A prefix whose requests all continue into one longer prefix gives way to it (the
+        longer one says more). Best first by requests; at most `budget` nodes are looked at."""
+        b = self.bucket()
+
+        def requests(node: Node) -> float:
+            return sum(s.totals(b)[REQUESTS] for s in node.stats.values()) if node.stats else 0.0
+
+        seq = itertools.count()
+        heap = [(-requests(c), next(seq), c) for c in self.root.children.values()]
+        heapq.heapify(heap)
+        out: list[tuple[Node, float]] = []
+        while heap and len(out) < limit and budget > 0:
+            neg, _, node = heapq.heappop(heap)
+            if -neg < 2:  # one request is no shared prefix; nothing after it has more
+                break
+            kids = [(requests(c), c) for c in node.children.values()]
+            budget -= 1 + len(kids)
+            for n, c in kids:
+                heapq.heappush(heap, (-n, next(seq), c))
+            if not any(n >= -neg for n, _ in kids):
+                out.append((node, -neg))
+        return out
+
+    def path_tokens(self, node: Node) -> list[int]:
+        """The token ids from the root to the end of `node`."""
+        parts = []
+        while node is not None and node is not self.root:
+            parts.append(node.tokens)
+            node = node.parent
+        return [t for part in reversed(parts) for t in part]
+
     def held_pages(self, worker_id: str) -> int:
         """Pages the tree believes the worker holds (by events or unexpired routed holdings)."""
         return sum(len(node.hashes) for node in self.lru(worker_id))

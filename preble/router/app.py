@@ -21,22 +21,26 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from transformers import AutoTokenizer
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
 from ..server import openai_protocol as oai
 from ..server.http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
+from . import dashboard as dash
+from .dashboard import DashboardConfig, Timeline
 from .workers import WorkerDown, WorkerPool, WorkerPoolConfig
 
 log = logging.getLogger("preble.router")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 ROUTE_HEADER = "x-preble-route"
+DASHBOARD_PAGE = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class RouterConfig:
     worker_api_key: str | None = None  # presented to the workers
     recent_decisions: int = 1000  # routing decisions kept for /routes
     pool: WorkerPoolConfig = WorkerPoolConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
 
 class RouterMetrics:
@@ -163,6 +168,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
     metrics = RouterMetrics()
     admission = Admission(cfg.max_inflight, cfg.max_inflight_tokens, cfg.retry_after_s)
     decisions: deque[dict] = deque(maxlen=cfg.recent_decisions)
+    timeline = Timeline(cfg.dashboard, time.time)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -172,7 +178,8 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
 
     app = FastAPI(title="Preble router", lifespan=lifespan)
     app.state.pool = pool
-    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
+                       open_paths=frozenset({"/health", "/dashboard"}))  # the page holds no data
 
     install_error_handlers(app)
 
@@ -248,6 +255,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
             ok = status == "ok"
             policy.on_done(RequestDone(self.rid, up.worker, len(self.prompt), cached,
                                        use["completion_tokens"], ttft, end - self.start, ok=ok))
+            timeline.record(ttft, len(self.prompt), cached, ok)
             metrics.requests.labels(status).inc()
             if ok:
                 metrics.ttft.observe(ttft)
@@ -403,6 +411,31 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
     @app.get("/routes")
     async def routes(limit: int = 100):
         return list(decisions)[-max(0, min(limit, cfg.recent_decisions)):]
+
+    def decode(tokens: list[int]) -> str:
+        return tokenizer.decode(tokens, skip_special_tokens=False)
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard_page():
+        return HTMLResponse(DASHBOARD_PAGE)
+
+    @app.get("/dashboard/api/replicas")
+    async def dashboard_replicas():
+        return {"policy": policy.name, "replicas": dash.replicas(pool, policy)}
+
+    @app.get("/dashboard/api/prefixes")
+    async def dashboard_prefixes(limit: int = 20):
+        tree = getattr(policy, "tree", None)
+        return {"window_s": tree.window.seconds if tree is not None else None, "full_text": cfg.dashboard.full_text,
+                "prefixes": dash.hot_prefixes(policy, decode, cfg.dashboard, max(0, limit))}
+
+    @app.get("/dashboard/api/decisions")
+    async def dashboard_decisions(limit: int = 50):
+        return {"decisions": list(decisions)[-max(0, min(limit, cfg.dashboard.max_decisions)):][::-1]}
+
+    @app.get("/dashboard/api/timeline")
+    async def dashboard_timeline():
+        return {"bucket_s": cfg.dashboard.bucket_s, "series": timeline.series()}
 
     @app.get("/metrics")
     async def prometheus():

@@ -13,6 +13,7 @@ import uvicorn
 from ..core.routing import E2Config, make_policy
 from ..engine.model.config import ModelConfig
 from .app import RouterConfig, create_router_app
+from .dashboard import DashboardConfig
 from .gc_tuning import tune_gc
 
 log = logging.getLogger("preble.router")
@@ -34,6 +35,7 @@ class RouterServerConfig:
     api_key: str | None = None  # required from clients
     worker_api_key: str | None = None  # presented to workers
     drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    dashboard_full_text: bool = False  # the dashboard shows whole prefixes, not just a preview
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
@@ -62,7 +64,8 @@ def build_router_app(cfg: RouterServerConfig):
     policy = make_policy(cfg.policy, clock=time.monotonic, config=config, seed=cfg.seed)
     rcfg = RouterConfig(model_path=cfg.model, served_model_name=cfg.served_model_name or Path(cfg.model).name,
                         max_model_len=max_len, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
-                        worker_api_key=cfg.worker_api_key)
+                        worker_api_key=cfg.worker_api_key,
+                        dashboard=DashboardConfig(full_text=cfg.dashboard_full_text))
     return create_router_app(rcfg, cfg.workers, policy)
 
 

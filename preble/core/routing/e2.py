@@ -259,6 +259,12 @@ class E2Policy:
         need = -(-(n - held) // ps) + -(-out // ps)
         return load + self._eviction_cost(w, need, path_nodes, b) + self.cost.prefill_time(n - held, held)
 
+    def load_of(self, worker_id: str) -> float:
+        """L of a worker now, in GPU seconds (for operators; 0 for unknown workers)."""
+        if worker_id not in self._workers:
+            return 0.0
+        return self._load(worker_id, self.tree.bucket())
+
     def _load(self, w: str, b: int) -> float:
         """L: windowed prefill seconds plus the seconds to decode what is outstanding."""
         return self.tree.load(w, b)[PREFILL_S] + self._decode_s(w)

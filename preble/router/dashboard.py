@@ -1,0 +1,139 @@
+"""The operator dashboard's data: replicas, the hottest prefixes, routing decisions, rates.
+
+Plain functions over the router's state and one recorder with an injected clock. The router
+serves them as JSON under `/dashboard/api/` (usable by scripts without the page) and the page
+`/dashboard` renders them. Prompt text shows only as a short preview of each prefix's two ends
+unless the operator turns full text on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    bucket_s: float = 5.0  # resolution of the rates over time
+    span_s: float = 300.0  # how far back they go
+    samples_per_bucket: int = 2000  # TTFTs kept per bucket for its percentiles (a uniform sample)
+    preview_tokens: int = 12  # tokens shown from each end of a prefix
+    full_text: bool = False  # show whole prefixes (the operator's choice: prompts may be private)
+    max_prefixes: int = 50
+    max_decisions: int = 200
+    prefix_scan_budget: int = 4096  # tree nodes a prefix query looks at
+
+
+@dataclass
+class _Bucket:
+    start: float
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    seen: int = 0  # TTFTs offered to the sample
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float | None:
+    if not sorted_vals:
+        return None
+    return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
+
+
+class Timeline:
+    """Finished requests in fixed buckets over the last `span_s`: rate, hit ratio, TTFT."""
+
+    def __init__(self, cfg: DashboardConfig, clock: Callable[[], float], seed: int = 0) -> None:
+        self.cfg, self.clock = cfg, clock
+        self._buckets: deque[_Bucket] = deque()
+        self._rng = random.Random(seed)
+
+    def record(self, ttft: float, prompt_tokens: int, cached_tokens: int, ok: bool) -> None:
+        b = self._bucket(self.clock())
+        b.requests += 1
+        if not ok:
+            b.errors += 1
+            return
+        b.prompt_tokens += prompt_tokens
+        b.cached_tokens += cached_tokens
+        b.seen += 1
+        if len(b.ttfts) < self.cfg.samples_per_bucket:
+            b.ttfts.append(ttft)
+        else:  # reservoir sampling keeps a uniform sample of the bucket's TTFTs
+            j = self._rng.randrange(b.seen)
+            if j < len(b.ttfts):
+                b.ttfts[j] = ttft
+
+    def series(self) -> list[dict]:
+        """Oldest first; the newest bucket is still filling (its rate counts its time so far)."""
+        now = self.clock()
+        self._expire(now)
+        out = []
+        for b in self._buckets:
+            elapsed = min(self.cfg.bucket_s, max(now - b.start, 1e-9))
+            ttfts = sorted(b.ttfts)
+            out.append({"t": b.start, "requests_per_s": b.requests / elapsed, "errors": b.errors,
+                        "hit_ratio": b.cached_tokens / b.prompt_tokens if b.prompt_tokens else None,
+                        "p50_ttft": _percentile(ttfts, 0.5), "p99_ttft": _percentile(ttfts, 0.99)})
+        return out
+
+    def _bucket(self, now: float) -> _Bucket:
+        self._expire(now)
+        start = math.floor(now / self.cfg.bucket_s) * self.cfg.bucket_s
+        if not self._buckets or self._buckets[-1].start < start:
+            self._buckets.append(_Bucket(start))
+        return self._buckets[-1]
+
+    def _expire(self, now: float) -> None:
+        while self._buckets and self._buckets[0].start <= now - self.cfg.span_s - self.cfg.bucket_s:
+            self._buckets.popleft()
+
+
+def preview(tokens: list[int], decode: Callable[[list[int]], str], cfg: DashboardConfig) -> str:
+    """A prefix as text: whole when the operator allows it, else its first and last few tokens."""
+    k = cfg.preview_tokens
+    if cfg.full_text or len(tokens) <= 2 * k:
+        return decode(tokens)
+    return f"{decode(tokens[:k])} … {decode(tokens[-k:])}"
+
+
+def hot_prefixes(policy, decode: Callable[[list[int]], str], cfg: DashboardConfig, limit: int) -> list[dict]:
+    """The global tree's most used prefixes in the window (E2 only: other policies keep no
+    per-prefix statistics), with which replicas hold them and which are assigned to serve them."""
+    tree = getattr(policy, "tree", None)
+    if tree is None or not hasattr(tree, "hottest"):
+        return []
+    now = tree.clock()
+    out = []
+    for node, requests in tree.hottest(min(limit, cfg.max_prefixes), cfg.prefix_scan_budget):
+        held = tree.holders(node)
+        a = node.assigned
+        assigned = list(a.workers) if a is not None and a.until > now else []
+        out.append({"tokens": node.end, "requests_in_window": requests,
+                    "requests_per_s": requests / tree.window.seconds,
+                    "held_by": held, "assigned_to": assigned, "assignment": a.reason if assigned else None,
+                    "replicas": len(set(held) | set(assigned)),
+                    "preview": preview(tree.path_tokens(node), decode, cfg)})
+    return out
+
+
+def replicas(pool, policy) -> list[dict]:
+    """Each worker: health, queue, KV usage, hit ratio, TPOT, and the policy's load L for it."""
+    load_of = getattr(policy, "load_of", None)
+    tree = getattr(policy, "tree", None)
+    out = []
+    for w in pool.workers.values():
+        rep = w.load
+        entry = {"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy,
+                 "running": None, "waiting": None, "kv_usage": None, "hit_ratio": None, "tpot": None,
+                 "load_s": load_of(w.worker_id) if load_of is not None and w.healthy else None,
+                 "cached_pages": tree.held_pages(w.worker_id) if hasattr(tree, "held_pages") else None}
+        if rep is not None:
+            entry.update(running=rep.running, waiting=rep.waiting, hit_ratio=rep.hit_ratio, tpot=rep.tpot,
+                         kv_usage=(rep.kv_used_pages - rep.kv_evictable_pages) / max(1, rep.kv_total_pages))
+        out.append(entry)
+    return out
