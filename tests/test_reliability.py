@@ -103,6 +103,8 @@ def test_a_killed_worker_loses_no_request(tiny_models):
         assert all(finished(r) for r in warm)
         assert workers_view(cluster)["worker-1"]["cached_pages"] > 0
         victim = worker_pid(cluster, 1)
+        engine = psutil.Process(victim).children()  # its engine process
+        assert engine
 
         with ThreadPoolExecutor(32) as pool:
             before = [pool.submit(ask, cluster.url, body(100 + i, i % 2 == 0)) for i in range(16)]
@@ -122,6 +124,9 @@ def test_a_killed_worker_loses_no_request(tiny_models):
         assert all(finished(r) or errored(r) for r in before + after)
         assert all(finished(r) for r in before if "body" in r)
         assert all(finished(r) for r in after)
+        # Its engine process notices and exits: no orphan holds the model's memory.
+        gone, alive = psutil.wait_procs(engine, timeout=10)
+        assert not alive
         metrics = httpx.get(f"{cluster.url}/metrics").text
         assert any(line.startswith("preble_router_retries_total") and float(line.split()[-1]) > 0
                    for line in metrics.splitlines())

@@ -6,6 +6,7 @@ KV event batches leave on a PUSH socket. When it has no work it waits on the soc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -36,7 +37,12 @@ class EngineProcConfig:
     num_threads: int | None = None  # torch CPU threads; None: torch's default
     load_interval_s: float = 0.2  # how often a load report goes out
     idle_poll_ms: int = 50  # socket wait when there is no work
+    send_timeout_ms: int = 500  # a send blocked this long (frontend gone?) checks the parent
     stats_window_s: float = 180.0  # window of the reported hit ratio and time per output token
+
+
+class FrontendGone(Exception):
+    """The process that started the engine exited."""
 
 
 class EngineLoop:
@@ -52,11 +58,22 @@ class EngineLoop:
         self.inbox = ctx.socket(zmq.PULL)
         self.inbox.bind(cfg.in_addr)
         self.outbox = ctx.socket(zmq.PUSH)
+        self.outbox.setsockopt(zmq.SNDTIMEO, cfg.send_timeout_ms)
+        self.outbox.setsockopt(zmq.LINGER, 0)
         self.outbox.bind(cfg.out_addr)
         self._parent = os.getppid()
 
     def send(self, msg: P.FromEngine) -> None:
-        self.outbox.send(P.from_engine_encoder.encode(msg))
+        """Send, waiting for the frontend as long as it lives: a PUSH socket with no reader
+        blocks, and an engine whose frontend was killed must not wait forever."""
+        data = P.from_engine_encoder.encode(msg)
+        while True:
+            try:
+                self.outbox.send(data)
+                return
+            except zmq.Again:
+                if os.getppid() != self._parent:
+                    raise FrontendGone from None
 
     def run(self) -> None:
         while os.getppid() == self._parent:  # exit with the frontend, never orphaned
@@ -137,4 +154,5 @@ def run_engine_process(cfg: EngineProcConfig) -> None:
         import torch
 
         torch.set_num_threads(cfg.num_threads)
-    EngineLoop(cfg).run()
+    with contextlib.suppress(FrontendGone):  # exit with the frontend, never orphaned
+        EngineLoop(cfg).run()
