@@ -4,8 +4,8 @@ Each worker gets two background loops: one polls `/load` (its answer doubles as 
 check), one follows `/kv_events`. Both feed the routing policy; a worker that stops answering
 is removed from the policy (and with it every tree entry it held) until it answers again, when
 it is re-added and its cache resynced. Reads from a worker's request streams run under
-`guard`, which cuts them short the moment the worker is marked down, so a hung worker holds no
-request longer than the health check takes to notice it.
+`guard`, which cuts those that have stalled the moment the worker is marked down, so a hung
+worker holds no request much longer than the health check takes to notice it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class WorkerPoolConfig:
     unhealthy_after_s: float = 1.5  # no answer for this long: routed around
     connect_timeout_s: float = 1.0
     reconnect_backoff_s: float = 0.5
+    stall_grace_s: float = 1.0  # a read from a worker marked down is cut once it has waited this long
 
 
 class WorkerDown(Exception):
@@ -51,7 +52,7 @@ class WorkerHandle:
     load: LoadReport | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     events_task: asyncio.Task | None = None
-    watchers: set[asyncio.Timeout] = field(default_factory=set)  # reads cut short when it goes down
+    watchers: dict[asyncio.Timeout, float] = field(default_factory=dict)  # reads waiting on it -> start
 
 
 class WorkerPool:
@@ -93,17 +94,18 @@ class WorkerPool:
 
     @contextlib.asynccontextmanager
     async def guard(self, worker_id: str):
-        """Run the awaited read; raise WorkerDown if the worker is (or is meanwhile) marked down."""
+        """Run the awaited read; raise WorkerDown if the worker is (or is meanwhile) marked down
+        and the read has waited `stall_grace_s`. A worker that misses health checks while its
+        streams still flow (a busy host) keeps them; a hung one loses them at once."""
         handle = self.workers[worker_id]
-        if not handle.healthy:
-            raise WorkerDown(worker_id)
+        start = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(None) as scope:
-                handle.watchers.add(scope)
+            async with asyncio.timeout(None if handle.healthy else start + self.config.stall_grace_s) as scope:
+                handle.watchers[scope] = start
                 try:
                     yield
                 finally:
-                    handle.watchers.discard(scope)
+                    del handle.watchers[scope]
         except TimeoutError:
             raise WorkerDown(worker_id) from None
 
@@ -125,8 +127,8 @@ class WorkerPool:
             log.warning("worker %s is unreachable; routing around it", handle.worker_id)
             self.policy.remove_worker(handle.worker_id)
             now = asyncio.get_running_loop().time()
-            for scope in handle.watchers:
-                scope.reschedule(now)
+            for scope, start in handle.watchers.items():
+                scope.reschedule(max(now, start + self.config.stall_grace_s))
         if self._on_change:
             self._on_change()
 
