@@ -62,6 +62,7 @@ def worker(
     max_inflight: int = typer.Option(512, help="Requests admitted at once; beyond, 429."),
     api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
                                        help="Require this key on every endpoint but /health."),
+    log_json: bool = typer.Option(False, help="Log JSON lines."),
 ) -> None:
     """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
     from .server.worker import WorkerConfig, run_worker
@@ -69,7 +70,7 @@ def worker(
     cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
                         max_num_batched_tokens, max_running_requests, max_model_len, local_policy)
     run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads,
-                            max_inflight=max_inflight, api_key=api_key))
+                            max_inflight=max_inflight, api_key=api_key, log_json=log_json))
 
 
 @app.command()
@@ -85,13 +86,14 @@ def router(
     worker_api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
                                               help="The key the workers require."),
     dashboard_full_text: bool = typer.Option(False, help="Show whole prefixes on /dashboard, not a preview."),
+    log_json: bool = typer.Option(False, help="Log JSON lines."),
 ) -> None:
     """Front workers that run elsewhere with the global scheduler (dashboard at /dashboard)."""
     from .router.server import RouterServerConfig, run_router
 
     run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port,
                                   max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key,
-                                  dashboard_full_text=dashboard_full_text))
+                                  dashboard_full_text=dashboard_full_text, log_json=log_json))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -106,6 +108,7 @@ def serve(
     max_inflight: int = typer.Option(1024, help="Requests the router admits at once; beyond, 429."),
     api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
                                        help="Require this key from clients (Authorization: Bearer)."),
+    log_json: bool = typer.Option(False, help="Router and workers log JSON lines."),
 ) -> None:
     """Start N workers and the router; Ctrl-C or SIGTERM stops them all, a crashed worker is
     restarted. Extra options go to each worker."""
@@ -115,7 +118,8 @@ def serve(
 
     path = model or ensure_demo_model()
     run_serve(ServeConfig(model=str(path), workers=workers, device=device, policy=policy, host=host,
-                          port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key))
+                          port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key,
+                          log_json=log_json))
 
 
 @app.command()

@@ -39,6 +39,7 @@ class ServeConfig:
     max_inflight: int = 1024  # requests the router admits at once
     api_key: str | None = None  # required from the router's clients
     supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
+    log_json: bool = False  # router and workers log JSON lines
 
 
 def _die_with_parent() -> None:
@@ -51,23 +52,23 @@ def _threads_per_worker(n: int) -> int:
 
 
 class LocalWorkers:
-    """The launcher's workers: child processes on consecutive loopback ports that share a
-    random API key (passed in the environment), so only the router can use them."""
+    """The launcher's workers: child processes on consecutive loopback ports that share an API
+    key (passed in the environment; PREBLE_WORKER_API_KEY's, else a random one), so only the
+    router, and whoever set it, can use them."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.api_key = secrets.token_urlsafe(24)
+        self.api_key = os.environ.get("PREBLE_WORKER_API_KEY") or secrets.token_urlsafe(24)
         base = cfg.worker_base_port or cfg.port + 1
         self.ports = [base + i for i in range(cfg.workers)]
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
         self.procs = [self._spawn(i) for i in range(cfg.workers)]
-        self.restarts = 0
 
     def _spawn(self, i: int) -> subprocess.Popen:
         cfg = self.cfg
         args = [sys.executable, "-m", "preble.cli", "worker", "--model", cfg.model, "--host", "127.0.0.1",
                 "--port", str(self.ports[i]), "--device", cfg.device, "--worker-id", f"worker-{i}",
-                *cfg.worker_args]
+                *(["--log-json"] if cfg.log_json else []), *cfg.worker_args]
         env = {**os.environ, "PREBLE_WORKER_API_KEY": self.api_key}
         if cfg.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(i)
@@ -80,7 +81,6 @@ class LocalWorkers:
             if proc.poll() is not None:
                 log.warning("worker-%d exited (code %s); restarting it", i, proc.returncode)
                 self.procs[i] = self._spawn(i)
-                self.restarts += 1
 
     def supervise(self, stop: threading.Event) -> None:
         """Restart crashed workers until `stop` is set (the router re-admits them once healthy)."""
@@ -136,7 +136,7 @@ def serve(cfg: ServeConfig) -> None:
               f"({cfg.workers} workers, policy {cfg.policy})", flush=True)
         run_router(RouterServerConfig(model=cfg.model, workers=workers.urls, policy=cfg.policy, host=cfg.host,
                                       port=cfg.port, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
-                                      worker_api_key=workers.api_key))
+                                      worker_api_key=workers.api_key, log_json=cfg.log_json))
     except KeyboardInterrupt:
         pass
     finally:

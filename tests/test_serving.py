@@ -117,6 +117,19 @@ def test_openai_sdk_works_against_the_router(e2_cluster):
     chunks = list(stream)
     assert chunks[-1].usage.completion_tokens == 3
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= 0
+    # n choices, a seed that makes sampling repeatable, a stop sequence, typed errors.
+    messages = [{"role": "user", "content": "count"}]
+    a, b = (client.chat.completions.create(model=model, messages=messages, max_tokens=6, n=2, seed=7,
+                                           temperature=1.0) for _ in range(2))
+    assert len(a.choices) == 2 and [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    full = client.completions.create(model=model, prompt="once upon", max_tokens=8, temperature=0).choices[0].text
+    stop = next(full[i:i + 2] for i in range(1, len(full) - 1) if not full[i:i + 2].isspace())
+    cut = client.completions.create(model=model, prompt="once upon", max_tokens=8, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=model, prompt="x", max_tokens=10 ** 9)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
 
 
 def test_serve_stops_cleanly_on_sigterm(tiny_models):

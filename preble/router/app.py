@@ -26,12 +26,13 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from transformers import AutoTokenizer
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
 from ..server import openai_protocol as oai
 from ..server.http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
+from ..server.logs import REQUEST_ID_HEADER
 from . import dashboard as dash
 from .dashboard import DashboardConfig, Timeline
 from .workers import WorkerDown, WorkerPool, WorkerPoolConfig
@@ -39,6 +40,7 @@ from .workers import WorkerDown, WorkerPool, WorkerPoolConfig
 log = logging.getLogger("preble.router")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 ROUTE_HEADER = "x-preble-route"
 DASHBOARD_PAGE = (Path(__file__).parent / "static" / "dashboard.html").read_text()
 
@@ -75,9 +77,33 @@ class RouterMetrics:
                               registry=r)
         self.e2e = Histogram("preble_router_e2e_seconds", "Request latency", buckets=LATENCY_BUCKETS,
                              registry=r)
+        self.tpot = Histogram("preble_router_tpot_seconds", "Time per output token after the first",
+                              buckets=TPOT_BUCKETS, registry=r)
         self.cached = Counter("preble_router_cached_tokens", "Prompt tokens served from worker caches",
                               ["worker"], registry=r)
         self.prompt = Counter("preble_router_prompt_tokens", "Prompt tokens routed", ["worker"], registry=r)
+        self.inflight = Gauge("preble_router_inflight_requests", "Requests admitted and not finished",
+                              registry=r)
+        self.inflight_tokens = Gauge("preble_router_inflight_prompt_tokens", "Prompt tokens of admitted requests",
+                                     registry=r)
+        self.worker = {name: Gauge(f"preble_router_worker_{name}", doc, ["worker"], registry=r) for name, doc in [
+            ("healthy", "1 if the worker passes its health checks"),
+            ("running", "Requests in the worker's running batch (its last load report)"),
+            ("waiting", "Requests waiting in the worker's queue"),
+            ("kv_usage", "Share of the worker's KV pages in use"),
+            ("hit_ratio", "The worker's windowed prefix-cache hit ratio"),
+            ("load_seconds", "The policy's load L of the worker (GPU seconds; e2)")]}
+
+    def refresh(self, pool: WorkerPool, policy: RoutingPolicy, admission: Admission) -> None:
+        """Gauges read at scrape time from the pool's latest load reports and the policy."""
+        self.inflight.set(admission.requests)
+        self.inflight_tokens.set(admission.tokens)
+        for rep in dash.replicas(pool, policy):
+            values = {"healthy": float(rep["healthy"]), "running": rep["running"], "waiting": rep["waiting"],
+                      "kv_usage": rep["kv_usage"], "hit_ratio": rep["hit_ratio"], "load_seconds": rep["load_s"]}
+            for name, value in values.items():
+                if value is not None:
+                    self.worker[name].labels(rep["worker_id"]).set(value)
 
 
 class WorkerRejected(Exception):
@@ -108,10 +134,11 @@ class Upstream:
         self.first: dict | None = None  # the first chunk, read before the answer starts
         self._lines: AsyncIterator[str] | None = None
 
-    async def open(self, body: dict) -> None:
+    async def open(self, body: dict, request_id: str) -> None:
         """Send the request and read up to its first chunk."""
         worker = self.pool.workers[self.worker]
-        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body)
+        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body,
+                                             headers={REQUEST_ID_HEADER: request_id})
         async with self.pool.guard(self.worker):
             self.resp = await self.pool.client.send(req, stream=True)
         if self.resp.status_code != 200:
@@ -195,7 +222,8 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         """An attempt that did not finish: the policy takes its work back, the worker is suspect."""
         policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
         if not isinstance(err, WorkerRejected):
-            log.warning("request %s: worker %s failed (%s)", rid, up.worker, err)
+            log.warning("attempt failed", extra={"fields": {"request_id": rid, "worker": up.worker,
+                                                            "error": str(err) or type(err).__name__}})
             if getattr(err, "suspect", True):
                 pool.mark_failed(up.worker)
 
@@ -211,7 +239,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
                 raise oai.APIError(503, "no healthy worker", "unavailable")
             up = Upstream(pool, policy.route(request))
             try:
-                await up.open(body)
+                await up.open(body, rid)
                 return up, attempt
             except (httpx.HTTPError, WorkerDown, WorkerFailed, WorkerRejected, ValueError) as err:
                 await up.close()
@@ -226,7 +254,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
                  "branch": decision.branch, "matched_tokens": decision.matched_tokens,
                  "costs": decision.costs}
         decisions.append(entry)
-        log.info("route %s", json.dumps(entry, separators=(",", ":")))
+        log.info("route", extra={"fields": entry})
         return entry
 
     def route_header(decision: RouteDecision) -> dict[str, str]:
@@ -257,9 +285,16 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
                                        use["completion_tokens"], ttft, end - self.start, ok=ok))
             timeline.record(ttft, len(self.prompt), cached, ok)
             metrics.requests.labels(status).inc()
+            out_tokens = use["completion_tokens"]
             if ok:
                 metrics.ttft.observe(ttft)
                 metrics.e2e.observe(end - self.start)
+                if out_tokens > 1:
+                    metrics.tpot.observe((end - self.start - ttft) / (out_tokens - 1))
+            log.info("request", extra={"fields": {
+                "request_id": self.rid, "worker": up.worker, "branch": up.decision.branch, "status": status,
+                "prompt_tokens": len(self.prompt), "cached_tokens": cached, "output_tokens": out_tokens,
+                "ttft": round(ttft, 6), "latency": round(end - self.start, 6)}})
             metrics.prompt.labels(up.worker).inc(len(self.prompt))
             metrics.cached.labels(up.worker).inc(cached)
 
@@ -331,7 +366,8 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
                 await end("ok")
             except (httpx.HTTPError, WorkerDown, WorkerFailed, ValueError) as err:
                 metrics.cut.inc()
-                log.warning("request %s: worker %s failed mid-stream (%s)", rid, up.worker, err)
+                log.warning("stream cut", extra={"fields": {"request_id": rid, "worker": up.worker,
+                                                            "error": str(err) or type(err).__name__}})
                 pool.mark_failed(up.worker)
                 await end("worker_failed")
                 yield oai.sse(oai.APIError(502, "the worker failed mid-stream", "server_error").body())
@@ -439,6 +475,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
 
     @app.get("/metrics")
     async def prometheus():
+        metrics.refresh(pool, policy, admission)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

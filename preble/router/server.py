@@ -12,6 +12,7 @@ import uvicorn
 
 from ..core.routing import E2Config, make_policy
 from ..engine.model.config import ModelConfig
+from ..server.logs import configure_logging
 from .app import RouterConfig, create_router_app
 from .dashboard import DashboardConfig
 from .gc_tuning import tune_gc
@@ -36,6 +37,7 @@ class RouterServerConfig:
     worker_api_key: str | None = None  # presented to workers
     drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
     dashboard_full_text: bool = False  # the dashboard shows whole prefixes, not just a preview
+    log_json: bool = False  # log lines as JSON objects
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
@@ -70,8 +72,7 @@ def build_router_app(cfg: RouterServerConfig):
 
 
 def run_router(cfg: RouterServerConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would drown the routing log
+    configure_logging(cfg.log_json)
     app = build_router_app(cfg)
     tune_gc()
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for the drain timeout,

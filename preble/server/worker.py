@@ -16,6 +16,7 @@ from ..engine.config import EngineConfig
 from ..engine.model.config import ModelConfig
 from .engine_client import EngineClient
 from .engine_proc import EngineProcConfig, run_engine_process
+from .logs import configure_logging
 from .worker_app import FrontendConfig, create_worker_app
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,11 @@ class WorkerConfig:
     max_inflight: int = 512  # requests admitted at once; beyond, 429
     api_key: str | None = None  # required on every endpoint but /health
     drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    log_json: bool = False  # log lines as JSON objects
 
 
 def run_worker(cfg: WorkerConfig) -> None:
+    configure_logging(cfg.log_json)
     worker_id = cfg.worker_id or f"{cfg.host}:{cfg.port}"
     model_cfg = ModelConfig.from_dir(cfg.engine.model)
     max_len = model_cfg.context_window(cfg.engine.scheduler.max_model_len)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from transformers import AutoTokenizer
@@ -23,9 +24,13 @@ from ..core.sampling_params import SamplingParams
 from . import openai_protocol as oai
 from .engine_client import EngineClient
 from .http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
+from .logs import REQUEST_ID_HEADER
 from .protocol import SamplingSpec, TokenDelta
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+log = logging.getLogger("preble.worker")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class FrontendConfig:
 class Run:
     """One engine request in flight: its delta stream, first delta, and timings."""
 
+    request_id: str
     stream: AsyncIterator[TokenDelta]
     first: TokenDelta
     begin: float
@@ -63,6 +69,8 @@ class WorkerMetrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("preble_worker_e2e_seconds", "Request latency", labels,
                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("preble_worker_tpot_seconds", "Time per output token after the first", labels,
+                              buckets=TPOT_BUCKETS, registry=r)
         self.prompt_tokens = Counter("preble_worker_prompt_tokens", "Prompt tokens", labels, registry=r)
         self.cached_tokens = Counter("preble_worker_cached_tokens", "Prompt tokens served from cache",
                                      labels, registry=r)
@@ -70,19 +78,29 @@ class WorkerMetrics:
         self.gauges = {name: Gauge(f"preble_worker_{name}", doc, labels, registry=r) for name, doc in [
             ("running", "Requests in the running batch"), ("waiting", "Requests waiting for admission"),
             ("kv_usage", "Share of KV pages in use"), ("hit_ratio", "Windowed prefix-cache hit ratio"),
-            ("tpot_seconds", "Windowed time per output token")]}
+            ("windowed_tpot_seconds", "Windowed time per output token")]}
         self.worker = worker_id
 
-    def finished(self, status: str, start: float, first: float | None, last: TokenDelta | None) -> None:
-        w = self.worker
+    def finished(self, request_id: str, status: str, start: float, first: float | None,
+                 last: TokenDelta | None) -> None:
+        """Count one finished engine request and log it (its id is the router's, when routed)."""
+        w, end = self.worker, time.monotonic()
         self.requests.labels(w, status).inc()
         if first is not None:
             self.ttft.labels(w).observe(first - start)
+        fields = {"request_id": request_id, "worker": w, "status": status}
         if last is not None:
-            self.e2e.labels(w).observe(time.monotonic() - start)
+            self.e2e.labels(w).observe(end - start)
             self.prompt_tokens.labels(w).inc(last.prompt_tokens)
             self.cached_tokens.labels(w).inc(last.cached_tokens)
             self.output_tokens.labels(w).inc(last.output_tokens)
+            if first is not None and last.output_tokens > 1:
+                self.tpot.labels(w).observe((end - first) / (last.output_tokens - 1))
+            fields.update(prompt_tokens=last.prompt_tokens, cached_tokens=last.cached_tokens,
+                          output_tokens=last.output_tokens, latency=round(end - start, 6))
+        if first is not None:
+            fields["ttft"] = round(first - start, 6)
+        log.info("request", extra={"fields": fields})
 
     def render(self, client: EngineClient) -> bytes:
         load = client.load
@@ -92,7 +110,7 @@ class WorkerMetrics:
             g["waiting"].labels(w).set(load.waiting)
             g["kv_usage"].labels(w).set((load.kv_used_pages - load.kv_evictable_pages) / load.kv_total_pages)
             g["hit_ratio"].labels(w).set(load.hit_ratio)
-            g["tpot_seconds"].labels(w).set(load.tpot)
+            g["windowed_tpot_seconds"].labels(w).set(load.tpot)
         return generate_latest(self.registry)
 
 
@@ -123,16 +141,16 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         except Exception as err:  # a template may reject a conversation (e.g. role order)
             raise oai.APIError(400, f"chat template failed: {err}", param="messages") from None
 
-    async def admitted(prompt: list[int], sampling: SamplingSpec) -> AsyncIterator[TokenDelta]:
+    async def admitted(request_id: str, prompt: list[int], sampling: SamplingSpec) -> AsyncIterator[TokenDelta]:
         """The engine's deltas for one request, counted against admission while it runs."""
         admission.enter(len(prompt))
         try:
-            async for delta in client.generate(oai.new_id("req"), prompt, sampling):
+            async for delta in client.generate(request_id, prompt, sampling):
                 yield delta
         finally:
             admission.leave(len(prompt))
 
-    async def start(prompt: list[int], sampling: SamplingSpec) -> Run:
+    async def start(request_id: str, prompt: list[int], sampling: SamplingSpec) -> Run:
         """Submit and wait for the first delta, so refusals become a 400 before any streaming.
         Sampling is checked here too: what cannot cross to the engine never leaves."""
         begin = time.monotonic()
@@ -140,18 +158,18 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
             SamplingParams(**msgspec.structs.asdict(sampling))
         except (TypeError, ValueError) as err:
             raise oai.APIError(400, str(err)) from None
-        stream = admitted(prompt, sampling)
+        stream = admitted(request_id, prompt, sampling)
         first = await anext(stream)
         if first.error is not None:
-            metrics.finished("rejected", begin, None, None)
+            metrics.finished(request_id, "rejected", begin, None, None)
             raise oai.APIError(400, first.error)
-        return Run(stream, first, begin, time.monotonic())
+        return Run(request_id, stream, first, begin, time.monotonic())
 
-    async def run_choices(prompt: list[int], body, max_tokens: int) -> list[Run]:
+    async def run_choices(rid: str, prompt: list[int], body, max_tokens: int) -> list[Run]:
         runs: list[Run] = []
         try:
             for i in range(body.n):
-                runs.append(await start(prompt, body.sampling(max_tokens, i)))
+                runs.append(await start(rid if body.n == 1 else f"{rid}.{i}", prompt, body.sampling(max_tokens, i)))
         except BaseException:
             for run in runs:
                 await run.stream.aclose()
@@ -168,11 +186,16 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
             status = "ok"
             return text, last
         finally:
-            metrics.finished(status, run.begin, run.first_at, last)
+            metrics.finished(run.request_id, status, run.begin, run.first_at, last)
 
-    async def respond(prompt: list[int], body, max_tokens: int, chat: bool):
-        runs = await run_choices(prompt, body, max_tokens)
-        rid, model = oai.new_id("chatcmpl" if chat else "cmpl"), cfg.served_model_name
+    def request_id(request: Request, prefix: str) -> str:
+        """The router's id for the request (so both logs name it alike), else a new one."""
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        return given if 0 < len(given) <= 128 and given.isprintable() else oai.new_id(prefix)
+
+    async def respond(request: Request, prompt: list[int], body, max_tokens: int, chat: bool):
+        rid, model = request_id(request, "chatcmpl" if chat else "cmpl"), cfg.served_model_name
+        runs = await run_choices(rid, prompt, body, max_tokens)
         if not body.stream:
             results = [await drain(run) for run in runs]
             last = [r[1] for r in results]
@@ -195,7 +218,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
                     await merged.put((index, delta))
                 status = "ok"
             finally:
-                metrics.finished(status, run.begin, run.first_at, last)
+                metrics.finished(run.request_id, status, run.begin, run.first_at, last)
                 await merged.put((index, None))
 
         tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
@@ -224,31 +247,32 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
                 task.cancel()
 
     @app.post("/v1/completions")
-    async def completions(body: oai.CompletionRequest):
+    async def completions(body: oai.CompletionRequest, request: Request):
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
-        return await respond(ids, body, max_tokens_for(len(ids), body.max_tokens, cfg.max_model_len, cfg.default_max_tokens), chat=False)
+        return await respond(request, ids, body, max_tokens_for(len(ids), body.max_tokens, cfg.max_model_len,
+                                                                cfg.default_max_tokens), chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: oai.ChatCompletionRequest):
+    async def chat_completions(body: oai.ChatCompletionRequest, request: Request):
         check_model(body.model, cfg.served_model_name)
         try:
             messages = body.chat()
         except ValueError as err:
             raise oai.APIError(400, str(err), param="messages") from None
         ids = encode_chat(messages)
-        return await respond(ids, body, max_tokens_for(len(ids), body.max_new_tokens(), cfg.max_model_len,
-                                                       cfg.default_max_tokens), chat=True)
+        return await respond(request, ids, body, max_tokens_for(len(ids), body.max_new_tokens(),
+                                                                cfg.max_model_len, cfg.default_max_tokens), chat=True)
 
     @app.post("/generate")
     async def generate(body: oai.GenerateRequest):
         ids = encode_text(body.text) if body.text is not None else list(body.input_ids)
         sampling = body.sampling(cfg.default_max_tokens)
         max_tokens_for(len(ids), sampling.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
-        run = await start(ids, sampling)
-        stream, first = run.stream, run.first
         rid = body.rid or oai.new_id("gen")
+        run = await start(rid, ids, sampling)
+        stream, first = run.stream, run.first
 
         def payload(text: str, d: TokenDelta, ids_out: list[int]) -> dict:
             reason = None if d.finish_reason is None else {"type": d.finish_reason}
@@ -261,7 +285,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
             async for d in stream:
                 text, last = text + d.text, d
                 out_ids += d.token_ids
-            metrics.finished("ok", run.begin, run.first_at, last)
+            metrics.finished(run.request_id, "ok", run.begin, run.first_at, last)
             return JSONResponse(payload(text, last, out_ids))
 
         async def sse_stream() -> AsyncIterator[bytes]:
@@ -271,7 +295,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
                 text, last = text + d.text, d
                 out_ids += d.token_ids
                 yield oai.sse(payload(text, d, out_ids))
-            metrics.finished("ok", run.begin, run.first_at, last)
+            metrics.finished(run.request_id, "ok", run.begin, run.first_at, last)
             yield oai.sse("[DONE]")
 
         return StreamingResponse(sse_stream(), media_type="text/event-stream")

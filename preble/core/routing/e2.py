@@ -473,12 +473,12 @@ class E2Policy:
         A move takes the largest subtree that lives on `w` alone (no other worker served it in
         the window) with 2x + c <= gap; replicated prefixes stay where they are. Subtrees are
         visited by decreasing load on `w`, so the first movable one is the largest, and a part
-        is never worth more than its whole: the scan is short, and bounded by the check's
-        budget of `rebalance_scan_nodes` subtrees weighed. If no move can close
-        the gap within the moves allowed, the hottest prefix pinning `w` gets replicated: too
+        is never worth more than its whole. If no move can close the gap within the moves
+        allowed, the hottest prefix pinning `w` gets replicated (when replication is on): too
         large to move or shared, `light` neither holds it nor is assigned it, no too-large part
-        below it, and x/2 + c <= gap. The search starts from the top-level subtrees `w` was
-        most recently sent work in, not from every prefix in the tree."""
+        below it, and x/2 + c <= gap. The search starts from the top-level subtrees `w` was most
+        recently sent work in, not from every prefix in the tree, and weighs at most the check's
+        budget of `rebalance_scan_nodes` subtrees."""
         cfg = self.config
         decode_s = self._decode_s(w)
         window_output = self.tree.load(w, b)[OUTPUT_TOKENS]
@@ -527,7 +527,7 @@ class E2Policy:
                 break
             if 2 * x + c > gap:
                 big.add(node)
-            if (light not in live.workers if live else held < node.end) and \
+            if cfg.replicate and (light not in live.workers if live else held < node.end) and \
                     x / 2 >= cfg.rebalance_min_gain * c and x / 2 + c <= gap:
                 pinned.append(_Shift(node, True, x / 2, c))
             if not replicated:
