@@ -87,13 +87,18 @@ def router(
                                               help="The key the workers require."),
     dashboard_full_text: bool = typer.Option(False, help="Show whole prefixes on /dashboard, not a preview."),
     log_json: bool = typer.Option(False, help="Log JSON lines."),
+    worker_kind: str = typer.Option("preble", help="preble | openai | vllm | sglang: the workers are Preble "
+                                    "workers, or OpenAI-compatible engines (tracked by what is routed to them)."),
 ) -> None:
     """Front workers that run elsewhere with the global scheduler (dashboard at /dashboard)."""
     from .router.server import RouterServerConfig, run_router
 
+    if worker_kind not in ("preble", "openai", "vllm", "sglang"):
+        raise typer.BadParameter(f"unknown worker kind {worker_kind!r}", param_hint="--worker-kind")
     run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port,
                                   max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key,
-                                  dashboard_full_text=dashboard_full_text, log_json=log_json))
+                                  dashboard_full_text=dashboard_full_text, log_json=log_json,
+                                  worker_kind=worker_kind))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -137,6 +137,8 @@ class Upstream:
     async def open(self, body: dict, request_id: str) -> None:
         """Send the request and read up to its first chunk."""
         worker = self.pool.workers[self.worker]
+        if worker.model is not None:  # an external engine wants its model named
+            body = {**body, "model": worker.model}
         req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body,
                                              headers={REQUEST_ID_HEADER: request_id})
         async with self.pool.guard(self.worker):
@@ -211,8 +213,10 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
     install_error_handlers(app)
 
     def worker_body(prompt: list[int], body, max_tokens: int) -> dict:
-        """The forwarded request: token ids, every sampling field, always streamed with usage."""
-        fields = body.model_dump(exclude_none=True, exclude={"model", "messages", "prompt", "max_tokens",
+        """The forwarded request: token ids, the sampling fields the client set (defaults are
+        the same everywhere, and external engines may not know Preble's extensions), always
+        streamed with usage."""
+        fields = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"model", "messages", "prompt", "max_tokens",
                                                               "max_completion_tokens", "stream", "stream_options",
                                                               "user", "logprobs", "echo"})
         return {**fields, "prompt": prompt, "max_tokens": max_tokens, "stream": True,

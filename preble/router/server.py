@@ -16,6 +16,7 @@ from ..server.logs import configure_logging
 from .app import RouterConfig, create_router_app
 from .dashboard import DashboardConfig
 from .gc_tuning import tune_gc
+from .workers import WorkerPoolConfig
 
 log = logging.getLogger("preble.router")
 
@@ -38,6 +39,7 @@ class RouterServerConfig:
     drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
     dashboard_full_text: bool = False  # the dashboard shows whole prefixes, not just a preview
     log_json: bool = False  # log lines as JSON objects
+    worker_kind: str = "preble"  # preble | openai (vllm, sglang: OpenAI-compatible engines)
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
@@ -58,8 +60,11 @@ def build_router_app(cfg: RouterServerConfig):
     model_cfg = ModelConfig.from_dir(cfg.model)
     max_len = model_cfg.context_window(cfg.max_model_len)
     config = None
+    external = cfg.worker_kind != "preble"
     if cfg.policy == "e2":
-        page_size = cfg.page_size or discover_page_size(cfg.workers, cfg.discovery_timeout_s, cfg.worker_api_key)
+        # External engines send no KV events: the tree's pages are the router's own granularity.
+        page_size = cfg.page_size or (E2Config.page_size if external else
+                                      discover_page_size(cfg.workers, cfg.discovery_timeout_s, cfg.worker_api_key))
         if page_size is None:
             log.warning("no worker reported its page size; e2 assumes %d", E2Config.page_size)
         config = E2Config(page_size=page_size or E2Config.page_size)
@@ -67,7 +72,8 @@ def build_router_app(cfg: RouterServerConfig):
     rcfg = RouterConfig(model_path=cfg.model, served_model_name=cfg.served_model_name or Path(cfg.model).name,
                         max_model_len=max_len, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
                         worker_api_key=cfg.worker_api_key,
-                        dashboard=DashboardConfig(full_text=cfg.dashboard_full_text))
+                        dashboard=DashboardConfig(full_text=cfg.dashboard_full_text),
+                        pool=WorkerPoolConfig(worker_kind="openai" if external else "preble"))
     return create_router_app(rcfg, cfg.workers, policy)
 
 

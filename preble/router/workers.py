@@ -1,7 +1,8 @@
 """The router's view of its workers: health, load reports and KV event streams.
 
-Each worker gets two background loops: one polls `/load` (its answer doubles as the health
-check), one follows `/kv_events`. Both feed the routing policy; a worker that stops answering
+Each Preble worker gets two background loops: one polls `/load` (its answer doubles as the
+health check), one follows `/kv_events`; an external OpenAI-compatible engine gets one that polls
+`/v1/models`. Both feed the routing policy; a worker that stops answering
 is removed from the policy (and with it every tree entry it held) until it answers again, when
 it is re-added and its cache resynced. Reads from a worker's request streams run under
 `guard`, which cuts those that have stalled the moment the worker is marked down, so a hung
@@ -37,6 +38,7 @@ class WorkerPoolConfig:
     connect_timeout_s: float = 1.0
     reconnect_backoff_s: float = 0.5
     stall_grace_s: float = 1.0  # a read from a worker marked down is cut once it has waited this long
+    worker_kind: str = "preble"  # preble | openai: any OpenAI-compatible engine (vLLM, SGLang, ...)
 
 
 class WorkerDown(Exception):
@@ -53,6 +55,7 @@ class WorkerHandle:
     tasks: list[asyncio.Task] = field(default_factory=list)
     events_task: asyncio.Task | None = None
     watchers: dict[asyncio.Timeout, float] = field(default_factory=dict)  # reads waiting on it -> start
+    model: str | None = None  # an external engine's model name, sent with each request
 
 
 class WorkerPool:
@@ -67,12 +70,21 @@ class WorkerPool:
         self._urls = [u.rstrip("/") for u in urls]
         self._on_change = on_change
 
+    @property
+    def external(self) -> bool:
+        """Workers are OpenAI-compatible engines: no load reports, no KV events; the policy
+        tracks their caches by what it routed, corrected by the cached tokens they report."""
+        return self.config.worker_kind != "preble"
+
     async def start(self) -> None:
         for url in self._urls:
-            worker_id = await self._identify(url)
-            handle = WorkerHandle(url, worker_id)
-            self.workers[worker_id] = handle
-            handle.tasks = [asyncio.create_task(self._poll_load(handle))]
+            if self.external:
+                handle = WorkerHandle(url, url)
+                handle.tasks = [asyncio.create_task(self._poll_models(handle))]
+            else:
+                handle = WorkerHandle(url, await self._identify(url))
+                handle.tasks = [asyncio.create_task(self._poll_load(handle))]
+            self.workers[handle.worker_id] = handle
 
     async def _identify(self, url: str) -> str:
         """A worker's self-reported id, or its URL when it does not report one (yet)."""
@@ -122,7 +134,8 @@ class WorkerPool:
         if healthy:
             log.info("worker %s is healthy", handle.worker_id)
             self.policy.add_worker(handle.worker_id)
-            self._restart_events(handle)  # start over from a full resync of its cache
+            if not self.external:
+                self._restart_events(handle)  # start over from a full resync of its cache
         else:
             log.warning("worker %s is unreachable; routing around it", handle.worker_id)
             self.policy.remove_worker(handle.worker_id)
@@ -148,6 +161,21 @@ class WorkerPool:
                 self._set_health(handle, True)
                 self.policy.on_load(msgspec.structs.replace(report, worker_id=handle.worker_id))
             except (httpx.HTTPError, msgspec.DecodeError):
+                if time.monotonic() - handle.last_ok > cfg.unhealthy_after_s:
+                    self._set_health(handle, False)
+            await asyncio.sleep(cfg.load_interval_s)
+
+    async def _poll_models(self, handle: WorkerHandle) -> None:
+        """An external engine's health check: `/v1/models` answers, and names its model."""
+        cfg = self.config
+        while True:
+            try:
+                resp = await self.client.get(f"{handle.url}/v1/models", timeout=cfg.unhealthy_after_s)
+                resp.raise_for_status()
+                handle.model = resp.json()["data"][0]["id"]
+                handle.last_ok = time.monotonic()
+                self._set_health(handle, True)
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
                 if time.monotonic() - handle.last_ok > cfg.unhealthy_after_s:
                     self._set_health(handle, False)
             await asyncio.sleep(cfg.load_interval_s)
