@@ -88,6 +88,8 @@ def test_replayed_events_mirror_every_worker_cache(ops, queries):
                 for node in m.path:  # the part of the node's path the worker holds
                     assert tree.held_prefix(node, name) == min(node.end, c.match_len(q))
             assert m.cached_tokens == max(c.match_len(q) for c in caches.values())
+        for name in caches:  # the maintained page count agrees with the worker's LRU
+            assert tree.held_pages(name) == sum(len(n.hashes) for n in tree.lru(name))
 
 
 # ---------------------------------------------------------------------------- examples

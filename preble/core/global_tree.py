@@ -100,6 +100,7 @@ class GlobalTree:
         self._slots: dict[str, int] = {}
         self._slot_ids: list[str | None] = []
         self._lru: list[OrderedDict[Node, None]] = []  # per slot: nodes it holds, least recent first
+        self._lru_pages: list[int] = []  # per slot: pages of the nodes in its LRU
         self._lru_version: list[int] = []
         self._gc_heap: list[tuple[float, int, Node]] = []
         self._gc_seq = itertools.count()
@@ -118,6 +119,7 @@ class GlobalTree:
                 slot = len(self._slot_ids)
                 self._slot_ids.append(worker_id)
                 self._lru.append(OrderedDict())
+                self._lru_pages.append(0)
                 self._lru_version.append(0)
             self._slots[worker_id] = slot
         return slot
@@ -307,13 +309,11 @@ class GlobalTree:
             n.last_used = now
         if worker_id is not None and expires_at is not None:
             slot = self._slot(worker_id)
-            lru = self._lru[slot]
             for n in reversed(path):  # deepest first: ancestors end up more recent, as in a radix LRU
                 routed = n.routed if n.routed is not None else {}
                 routed[slot] = max(expires_at, routed.get(slot, expires_at))
                 n.routed = routed
-                lru[n] = None
-                lru.move_to_end(n)
+                self._touch(slot, n)
                 self._schedule(n, expires_at)
             self._lru_version[slot] += 1
         elif match.depth < limit:
@@ -405,8 +405,9 @@ class GlobalTree:
         return [t for part in reversed(parts) for t in part]
 
     def held_pages(self, worker_id: str) -> int:
-        """Pages the tree believes the worker holds (by events or unexpired routed holdings)."""
-        return sum(len(node.hashes) for node in self.lru(worker_id))
+        """Pages the tree believes the worker holds (by events or routed holdings not yet collected)."""
+        slot = self._slots.get(worker_id)
+        return 0 if slot is None else self._lru_pages[slot]
 
     def lru(self, worker_id: str) -> Iterator[Node]:
         """Nodes the worker holds, least recently used first (do not change the tree meanwhile)."""
@@ -548,15 +549,22 @@ class GlobalTree:
 
     def _hold(self, node: Node, bit: int, slot: int) -> None:
         node.held |= bit
+        self._touch(slot, node)
+        self._lru_version[slot] += 1
+
+    def _touch(self, slot: int, node: Node) -> None:
+        """Put the node in the slot's LRU, as its most recent entry."""
         lru = self._lru[slot]
+        if node not in lru:
+            self._lru_pages[slot] += len(node.hashes)
         lru[node] = None
         lru.move_to_end(node)
-        self._lru_version[slot] += 1
 
     def _release(self, node: Node, slot: int) -> None:
         """The slot may no longer hold the node: update its LRU and maybe schedule the node."""
         if not node.held & (1 << slot) and not (node.routed and slot in node.routed):
             if self._lru[slot].pop(node, 0) is None:
+                self._lru_pages[slot] -= len(node.hashes)
                 self._lru_version[slot] += 1
         if not node.held and not node.routed:
             self._schedule(node, max(self.clock(), node.last_used + self.window.seconds))
@@ -592,7 +600,8 @@ class GlobalTree:
             for slot in upper.routed:
                 mask |= 1 << slot
         for slot in _bits(mask):
-            self._lru[slot][upper] = None  # an ancestor: counts as at least as recent
+            self._lru[slot][upper] = None  # an ancestor: counts as at least as recent (the node's
+            # pages are shared between it and `upper`: the slot's page count stays)
             self._lru_version[slot] += 1
         self.num_nodes += 1
         return upper

@@ -78,12 +78,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         for url in self._urls:
-            if self.external:
-                handle = WorkerHandle(url, url)
-                handle.tasks = [asyncio.create_task(self._poll_models(handle))]
-            else:
-                handle = WorkerHandle(url, await self._identify(url))
-                handle.tasks = [asyncio.create_task(self._poll_load(handle))]
+            handle = WorkerHandle(url, url if self.external else await self._identify(url))
+            handle.tasks = [asyncio.create_task(self._poll(handle))]
             self.workers[handle.worker_id] = handle
 
     async def _identify(self, url: str) -> str:
@@ -150,35 +146,32 @@ class WorkerPool:
             handle.events_task.cancel()
         handle.events_task = asyncio.create_task(self._follow_events(handle))
 
-    async def _poll_load(self, handle: WorkerHandle) -> None:
+    async def _poll(self, handle: WorkerHandle) -> None:
+        """The health check: a worker is healthy while its probe answers (a Preble worker's
+        `/load`, whose report also goes to the policy; an external engine's `/v1/models`)."""
         cfg = self.config
+        probe = self._probe_models if self.external else self._probe_load
         while True:
             try:
-                resp = await self.client.get(f"{handle.url}/load", timeout=cfg.unhealthy_after_s)
-                resp.raise_for_status()
-                report = _load_decoder.decode(resp.content)
-                handle.load, handle.last_ok = report, time.monotonic()
+                await probe(handle)
+                handle.last_ok = time.monotonic()
                 self._set_health(handle, True)
-                self.policy.on_load(msgspec.structs.replace(report, worker_id=handle.worker_id))
-            except (httpx.HTTPError, msgspec.DecodeError):
+                if handle.load is not None:
+                    self.policy.on_load(msgspec.structs.replace(handle.load, worker_id=handle.worker_id))
+            except (httpx.HTTPError, msgspec.DecodeError, ValueError, KeyError, IndexError, TypeError):
                 if time.monotonic() - handle.last_ok > cfg.unhealthy_after_s:
                     self._set_health(handle, False)
             await asyncio.sleep(cfg.load_interval_s)
 
-    async def _poll_models(self, handle: WorkerHandle) -> None:
-        """An external engine's health check: `/v1/models` answers, and names its model."""
-        cfg = self.config
-        while True:
-            try:
-                resp = await self.client.get(f"{handle.url}/v1/models", timeout=cfg.unhealthy_after_s)
-                resp.raise_for_status()
-                handle.model = resp.json()["data"][0]["id"]
-                handle.last_ok = time.monotonic()
-                self._set_health(handle, True)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-                if time.monotonic() - handle.last_ok > cfg.unhealthy_after_s:
-                    self._set_health(handle, False)
-            await asyncio.sleep(cfg.load_interval_s)
+    async def _probe_load(self, handle: WorkerHandle) -> None:
+        resp = await self.client.get(f"{handle.url}/load", timeout=self.config.unhealthy_after_s)
+        resp.raise_for_status()
+        handle.load = _load_decoder.decode(resp.content)
+
+    async def _probe_models(self, handle: WorkerHandle) -> None:
+        resp = await self.client.get(f"{handle.url}/v1/models", timeout=self.config.unhealthy_after_s)
+        resp.raise_for_status()
+        handle.model = resp.json()["data"][0]["id"]
 
     async def _follow_events(self, handle: WorkerHandle) -> None:
         """Apply the worker's KV events in order; any gap or break means reconnect and resync."""
