@@ -114,6 +114,10 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
                                        help="Require this key from clients (Authorization: Bearer)."),
     log_json: bool = typer.Option(False, help="Router and workers log JSON lines."),
+    ray: bool = typer.Option(False, "--ray", help="Place workers as Ray actors (one per GPU, or per share of "
+                                                  "CPUs) across a Ray cluster."),
+    ray_address: str | None = typer.Option(None, help="With --ray: the cluster's address (host:port); "
+                                                      "default: start a Ray instance here, on loopback."),
 ) -> None:
     """Start N workers and the router; Ctrl-C or SIGTERM stops them all, a crashed worker is
     restarted. Extra options go to each worker."""
@@ -124,7 +128,7 @@ def serve(
     path = model or ensure_demo_model()
     run_serve(ServeConfig(model=str(path), workers=workers, device=device, policy=policy, host=host,
                           port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key,
-                          log_json=log_json))
+                          log_json=log_json, ray=ray or ray_address is not None, ray_address=ray_address))
 
 
 @app.command()

@@ -1,6 +1,6 @@
-"""`preble serve`: N local workers and a router, started and stopped as one.
+"""`preble serve`: N workers and a router, started and stopped as one.
 
-Workers run as child processes (`preble worker`) that die with this process (Linux parent-death
+Workers run as local child processes (or as Ray actors' children: preble/ray_workers.py) (`preble worker`) that die with this process (Linux parent-death
 signal), so neither Ctrl-C, SIGTERM nor a crash of the launcher leaves orphans behind. A worker
 that crashes is started again on its port; the router re-admits it when its health check passes.
 """
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -40,6 +41,8 @@ class ServeConfig:
     api_key: str | None = None  # required from the router's clients
     supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
     log_json: bool = False  # router and workers log JSON lines
+    ray: bool = False  # place workers as Ray actors (one per GPU, or per CPU share) instead of local children
+    ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
 
 
 def _die_with_parent() -> None:
@@ -47,8 +50,33 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _threads_per_worker(n: int) -> int:
+def threads_per_worker(n: int) -> int:
     return max(1, (os.cpu_count() or 1) // n)
+
+
+def worker_command(cfg: ServeConfig, index: int, host: str, port: int, threads: int | None) -> list[str]:
+    """The `preble worker` command line of worker `index` (threads: torch CPU threads, None on GPUs)."""
+    return [sys.executable, "-m", "preble.cli", "worker", "--model", cfg.model, "--host", host,
+            "--port", str(port), "--device", cfg.device, "--worker-id", f"worker-{index}",
+            *(["--threads", str(threads)] if threads is not None else []),
+            *(["--log-json"] if cfg.log_json else []), *cfg.worker_args]
+
+
+class WorkerProcess:
+    """One `preble worker` child that dies with its parent (Linux parent-death signal) and is
+    started again, on the same port, if it exits."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name, self.args, self.env = name, args, env
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.args, env=self.env, preexec_fn=_die_with_parent)
+
+    def restart_if_exited(self) -> None:
+        if self.proc.poll() is not None:
+            log.warning("%s exited (code %s); restarting it", self.name, self.proc.returncode)
+            self.proc = self._spawn()
 
 
 class LocalWorkers:
@@ -58,43 +86,52 @@ class LocalWorkers:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.api_key = os.environ.get("PREBLE_WORKER_API_KEY") or secrets.token_urlsafe(24)
+        self.api_key = worker_api_key()
         base = cfg.worker_base_port or cfg.port + 1
-        self.ports = [base + i for i in range(cfg.workers)]
-        self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
-        self.procs = [self._spawn(i) for i in range(cfg.workers)]
+        ports = [base + i for i in range(cfg.workers)]
+        self.urls = [f"http://127.0.0.1:{p}" for p in ports]
+        self.workers = [self._worker(i, port) for i, port in enumerate(ports)]
+        self._stop = threading.Event()
 
-    def _spawn(self, i: int) -> subprocess.Popen:
+    def _worker(self, i: int, port: int) -> WorkerProcess:
         cfg = self.cfg
-        args = [sys.executable, "-m", "preble.cli", "worker", "--model", cfg.model, "--host", "127.0.0.1",
-                "--port", str(self.ports[i]), "--device", cfg.device, "--worker-id", f"worker-{i}",
-                *(["--log-json"] if cfg.log_json else []), *cfg.worker_args]
         env = {**os.environ, "PREBLE_WORKER_API_KEY": self.api_key}
+        threads = None
         if cfg.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(i)
         else:
-            args += ["--threads", str(_threads_per_worker(cfg.workers))]
-        return subprocess.Popen(args, env=env, preexec_fn=_die_with_parent)
+            threads = threads_per_worker(cfg.workers)
+        return WorkerProcess(f"worker-{i}", worker_command(cfg, i, "127.0.0.1", port, threads), env)
 
-    def restart_crashed(self) -> None:
-        for i, proc in enumerate(self.procs):
-            if proc.poll() is not None:
-                log.warning("worker-%d exited (code %s); restarting it", i, proc.returncode)
-                self.procs[i] = self._spawn(i)
+    def ready(self, timeout_s: float) -> None:
+        """Wait until every worker answers, then restart any that crashes (the router re-admits
+        it once healthy) until `stop`."""
+        wait_healthy(self.urls, timeout_s, exited_check([w.proc for w in self.workers]))
+        threading.Thread(target=supervise, args=(self.workers, self._stop, self.cfg.supervise_interval_s),
+                         name="preble-supervisor", daemon=True).start()
 
-    def supervise(self, stop: threading.Event) -> None:
-        """Restart crashed workers until `stop` is set (the router re-admits them once healthy)."""
-        while not stop.wait(self.cfg.supervise_interval_s):
-            self.restart_crashed()
+    def stop(self) -> None:
+        self._stop.set()
+        stop_workers([w.proc for w in self.workers])
 
 
-def wait_healthy(urls: list[str], procs: list[subprocess.Popen], timeout_s: float) -> None:
+def supervise(workers: list[WorkerProcess], stop: threading.Event, interval_s: float) -> None:
+    while not stop.wait(interval_s):
+        for w in workers:
+            w.restart_if_exited()
+
+
+def worker_api_key() -> str:
+    """The key the router presents to its workers: PREBLE_WORKER_API_KEY's, else a random one."""
+    return os.environ.get("PREBLE_WORKER_API_KEY") or secrets.token_urlsafe(24)
+
+
+def wait_healthy(urls: list[str], timeout_s: float, check_alive: Callable[[], None] = lambda: None) -> None:
+    """Wait until every URL's /health answers 200; `check_alive` raises if a worker died meanwhile."""
     deadline = time.monotonic() + timeout_s
     pending = set(urls)
     while pending:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"a worker exited during start-up (code {proc.returncode})")
+        check_alive()
         for url in list(pending):
             try:
                 if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
@@ -104,6 +141,14 @@ def wait_healthy(urls: list[str], procs: list[subprocess.Popen], timeout_s: floa
         if time.monotonic() > deadline:
             raise TimeoutError(f"workers not healthy after {timeout_s:.0f} s: {sorted(pending)}")
         time.sleep(0.25)
+
+
+def exited_check(procs: list[subprocess.Popen]) -> Callable[[], None]:
+    def check() -> None:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a worker exited during start-up (code {proc.returncode})")
+    return check
 
 
 def stop_workers(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
@@ -126,19 +171,21 @@ def _interrupt(signum, frame) -> None:
 def serve(cfg: ServeConfig) -> None:
     from .router.server import RouterServerConfig, run_router
 
-    workers = LocalWorkers(cfg)
-    stop = threading.Event()
+    if cfg.ray:
+        from .ray_workers import RayWorkers
+        workers = RayWorkers(cfg)
+    else:
+        workers = LocalWorkers(cfg)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        wait_healthy(workers.urls, workers.procs, cfg.startup_timeout_s)
-        threading.Thread(target=workers.supervise, args=(stop,), name="preble-supervisor", daemon=True).start()
+        workers.ready(cfg.startup_timeout_s)
+        where = f" on Ray at {workers.address}" if cfg.ray else ""
         print(f"Preble is serving {cfg.model} on http://{cfg.host}:{cfg.port}/v1 "
-              f"({cfg.workers} workers, policy {cfg.policy})", flush=True)
+              f"({cfg.workers} workers{where}, policy {cfg.policy})", flush=True)
         run_router(RouterServerConfig(model=cfg.model, workers=workers.urls, policy=cfg.policy, host=cfg.host,
                                       port=cfg.port, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
                                       worker_api_key=workers.api_key, log_json=cfg.log_json))
     except KeyboardInterrupt:
         pass
     finally:
-        stop.set()
-        stop_workers(workers.procs)
+        workers.stop()
