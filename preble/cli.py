@@ -89,16 +89,20 @@ def router(
     log_json: bool = typer.Option(False, help="Log JSON lines."),
     worker_kind: str = typer.Option("preble", help="preble | openai | vllm | sglang: the workers are Preble "
                                     "workers, or OpenAI-compatible engines (tracked by what is routed to them)."),
+    kv_events: list[str] = typer.Option([], "--kv-events", help="With --worker-kind vllm: a worker's KV event "
+                                        "endpoint (ZMQ, e.g. tcp://127.0.0.1:5557); one per --worker, in order."),
 ) -> None:
     """Front workers that run elsewhere with the global scheduler (dashboard at /dashboard)."""
     from .router.server import RouterServerConfig, run_router
 
     if worker_kind not in ("preble", "openai", "vllm", "sglang"):
         raise typer.BadParameter(f"unknown worker kind {worker_kind!r}", param_hint="--worker-kind")
+    if kv_events and (worker_kind != "vllm" or len(kv_events) != len(worker)):
+        raise typer.BadParameter("needs --worker-kind vllm and one endpoint per --worker", param_hint="--kv-events")
     run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port,
                                   max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key,
                                   dashboard_full_text=dashboard_full_text, log_json=log_json,
-                                  worker_kind=worker_kind))
+                                  worker_kind=worker_kind, kv_events=kv_events))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from preble.core.cost_model import CostModel
-from preble.core.kv_events import ROOT_HASH, PagesStored, chain_hashes
+from preble.core.kv_events import ROOT_HASH, CacheCleared, PagesRemoved, PagesStored, chain_hashes
 from preble.core.messages import LoadReport
 from preble.core.routing import make_policy
 from preble.core.routing.base import RequestDone, RouteRequest
@@ -322,6 +322,21 @@ def test_event_gap_falls_back_to_routed_tracking_until_resync():
     policy.on_resync("w1", [PagesStored(ROOT_HASH, chain_hashes(b, PS), b)])
     assert policy.tree.match(b).held == {"w1": 16}
     assert policy.tree.match(a).held == {"w0": 16}
+
+
+def test_cache_cleared_ends_an_event_gap():
+    """An engine that cannot send a resync (vLLM) starts its stream over with CacheCleared."""
+    policy, _ = make(**NO_REBALANCE)
+    a, b = fresh(16), fresh(16)
+    hold(policy, "w1", a)
+    policy.on_kv_event("w1", PagesRemoved(chain_hashes(fresh(4), PS)))  # pages never seen: a gap
+    assert policy.events_state("w1")[0] == "gap"
+    hold(policy, "w1", b)  # ignored
+    assert policy.tree.match(a).held == {} and policy.tree.match(b).held == {}
+    policy.on_kv_event("w1", CacheCleared())
+    hold(policy, "w1", b)
+    assert policy.events_state("w1") == ("live", None)
+    assert policy.tree.match(b).held == {"w1": 16}
 
 
 def test_routed_holdings_are_corrected_by_reported_cached_tokens():

@@ -440,11 +440,17 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
                              "workers": len(pool.workers), "policy": policy.name}, status_code=status)
 
     held_pages = getattr(getattr(policy, "tree", None), "held_pages", None)  # E2's global tree
+    events_state = getattr(policy, "events_state", None)  # E2: how it follows each worker's KV events
+
+    def kv_events(worker_id: str) -> dict | None:
+        state = events_state(worker_id) if events_state is not None else None
+        return None if state is None else {"state": state[0], "note": state[1]}
 
     @app.get("/workers")
     async def workers():
         return [{"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy,
                  "cached_pages": held_pages(w.worker_id) if held_pages is not None else None,
+                 "kv_events": kv_events(w.worker_id),
                  "load": None if w.load is None else {f: getattr(w.load, f) for f in w.load.__struct_fields__}}
                 for w in pool.workers.values()]
 

@@ -40,6 +40,7 @@ class RouterServerConfig:
     dashboard_full_text: bool = False  # the dashboard shows whole prefixes, not just a preview
     log_json: bool = False  # log lines as JSON objects
     worker_kind: str = "preble"  # preble | openai (vllm, sglang: OpenAI-compatible engines)
+    kv_events: list[str] = field(default_factory=list)  # vLLM workers' KV event endpoints (ZMQ), one per worker
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
@@ -62,7 +63,8 @@ def build_router_app(cfg: RouterServerConfig):
     config = None
     external = cfg.worker_kind != "preble"
     if cfg.policy == "e2":
-        # External engines send no KV events: the tree's pages are the router's own granularity.
+        # External engines send no KV events, or (vLLM) blocks split into pages: the tree's pages
+        # are the router's own granularity.
         page_size = cfg.page_size or (E2Config.page_size if external else
                                       discover_page_size(cfg.workers, cfg.discovery_timeout_s, cfg.worker_api_key))
         if page_size is None:
@@ -73,7 +75,9 @@ def build_router_app(cfg: RouterServerConfig):
                         max_model_len=max_len, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
                         worker_api_key=cfg.worker_api_key,
                         dashboard=DashboardConfig(full_text=cfg.dashboard_full_text),
-                        pool=WorkerPoolConfig(worker_kind="openai" if external else "preble"))
+                        pool=WorkerPoolConfig(worker_kind="openai" if external else "preble",
+                                              kv_events=tuple(cfg.kv_events),
+                                              page_size=config.page_size if config else E2Config.page_size))
     return create_router_app(rcfg, cfg.workers, policy)
 
 

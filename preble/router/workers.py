@@ -2,7 +2,8 @@
 
 Each Preble worker gets two background loops: one polls `/load` (its answer doubles as the
 health check), one follows `/kv_events`; an external OpenAI-compatible engine gets one that polls
-`/v1/models`. Both feed the routing policy; a worker that stops answering
+`/v1/models`, and a vLLM engine with a KV event endpoint a second one that subscribes to it. All
+feed the routing policy; a worker that stops answering
 is removed from the policy (and with it every tree entry it held) until it answers again, when
 it is re-added and its cache resynced. Reads from a worker's request streams run under
 `guard`, which cuts those that have stalled the moment the worker is marked down, so a hung
@@ -20,10 +21,13 @@ from dataclasses import dataclass, field
 
 import httpx
 import msgspec
+import zmq
 
 from ..core.kv_events import PagesStored
 from ..core.messages import KVEventBatch, LoadReport
+from ..core.routing import E2Config
 from ..core.routing.base import RoutingPolicy
+from .vllm_events import VllmEventTranslator, follow_vllm_events
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ class WorkerPoolConfig:
     reconnect_backoff_s: float = 0.5
     stall_grace_s: float = 1.0  # a read from a worker marked down is cut once it has waited this long
     worker_kind: str = "preble"  # preble | openai: any OpenAI-compatible engine (vLLM, SGLang, ...)
+    kv_events: tuple[str, ...] = ()  # vLLM engines' KV event publishers (ZMQ), one per worker URL, in order
+    page_size: int = E2Config.page_size  # the router's KV page size: vLLM blocks are split into such pages
 
 
 class WorkerDown(Exception):
@@ -56,6 +62,7 @@ class WorkerHandle:
     events_task: asyncio.Task | None = None
     watchers: dict[asyncio.Timeout, float] = field(default_factory=dict)  # reads waiting on it -> start
     model: str | None = None  # an external engine's model name, sent with each request
+    kv_events: str | None = None  # a vLLM engine's KV event endpoint
 
 
 class WorkerPool:
@@ -68,17 +75,22 @@ class WorkerPool:
                                         headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         self.workers: dict[str, WorkerHandle] = {}
         self._urls = [u.rstrip("/") for u in urls]
+        if config.kv_events and len(config.kv_events) != len(urls):
+            raise ValueError(f"{len(config.kv_events)} KV event endpoints for {len(urls)} workers")
         self._on_change = on_change
 
     @property
     def external(self) -> bool:
-        """Workers are OpenAI-compatible engines: no load reports, no KV events; the policy
-        tracks their caches by what it routed, corrected by the cached tokens they report."""
+        """Workers are OpenAI-compatible engines: no load reports, and KV events only from vLLM
+        engines given an endpoint; the policy tracks the others' caches by what it routed,
+        corrected by the cached tokens they report."""
         return self.config.worker_kind != "preble"
 
     async def start(self) -> None:
-        for url in self._urls:
+        for i, url in enumerate(self._urls):
             handle = WorkerHandle(url, url if self.external else await self._identify(url))
+            if self.config.kv_events:
+                handle.kv_events = self.config.kv_events[i]
             handle.tasks = [asyncio.create_task(self._poll(handle))]
             self.workers[handle.worker_id] = handle
 
@@ -130,11 +142,14 @@ class WorkerPool:
         if healthy:
             log.info("worker %s is healthy", handle.worker_id)
             self.policy.add_worker(handle.worker_id)
-            if not self.external:
-                self._restart_events(handle)  # start over from a full resync of its cache
+            if not self.external or handle.kv_events is not None:
+                self._restart_events(handle)  # start over from a full resync of its cache, or a clear one
         else:
             log.warning("worker %s is unreachable; routing around it", handle.worker_id)
             self.policy.remove_worker(handle.worker_id)
+            if handle.events_task is not None:
+                handle.events_task.cancel()
+                handle.events_task = None
             now = asyncio.get_running_loop().time()
             for scope, start in handle.watchers.items():
                 scope.reschedule(max(now, start + self.config.stall_grace_s))
@@ -144,7 +159,8 @@ class WorkerPool:
     def _restart_events(self, handle: WorkerHandle) -> None:
         if handle.events_task is not None:
             handle.events_task.cancel()
-        handle.events_task = asyncio.create_task(self._follow_events(handle))
+        follow = self._follow_events if handle.kv_events is None else self._follow_vllm_events
+        handle.events_task = asyncio.create_task(follow(handle))
 
     async def _poll(self, handle: WorkerHandle) -> None:
         """The health check: a worker is healthy while its probe answers (a Preble worker's
@@ -201,3 +217,14 @@ class WorkerPool:
             except (httpx.HTTPError, msgspec.DecodeError) as err:
                 log.debug("worker %s: event stream: %s", handle.worker_id, err)
             await asyncio.sleep(self.config.reconnect_backoff_s)
+
+    async def _follow_vllm_events(self, handle: WorkerHandle) -> None:
+        """Mirror a vLLM engine's cache from its KV events; it starts out empty, as vLLM cannot
+        send its whole cache: what it held before is learnt as it is stored again."""
+        translator = VllmEventTranslator(self.config.page_size, name=handle.worker_id)
+        try:
+            await follow_vllm_events(handle.kv_events, translator,
+                                     lambda event: self.policy.on_kv_event(handle.worker_id, event))
+        except zmq.ZMQError as err:
+            log.error("worker %s: cannot follow KV events at %s (%s); tracking it by routed prompts",
+                      handle.worker_id, handle.kv_events, err)

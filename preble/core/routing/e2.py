@@ -172,9 +172,10 @@ class E2Policy:
     def on_kv_event(self, worker_id: str, event: KVEvent) -> None:
         """Apply a worker's event. Events of unknown or removed workers are dropped. After a gap
         (an event naming a page never seen) the worker is tracked by routed prompts until its
-        next resync; with another page size, for good."""
+        next resync, or a CacheCleared (the stream then starts over from an empty cache: how
+        engines that cannot send a resync recover); with another page size, for good."""
         ws = self._workers.get(worker_id)
-        if ws is None or ws.events in ("gap", "incompatible"):
+        if ws is None or ws.events == "incompatible" or (ws.events == "gap" and not isinstance(event, CacheCleared)):
             return
         try:
             self.tree.apply(worker_id, event)
@@ -184,7 +185,7 @@ class E2Policy:
         except EventGap as e:
             self._stop_following(ws, worker_id, "gap", str(e))
             return
-        ws.events = "live"
+        ws.events, ws.events_note = "live", None
 
     def on_resync(self, worker_id: str, stored: list[PagesStored]) -> None:
         ws = self._workers.get(worker_id)
@@ -199,6 +200,12 @@ class E2Policy:
             self._stop_following(ws, worker_id, "gap", str(e))
             return
         ws.events, ws.events_note = "live", None
+
+    def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
+        """How a worker's KV events are followed (none | live | gap | incompatible) and why not,
+        for operators; None for unknown workers."""
+        ws = self._workers.get(worker_id)
+        return None if ws is None else (ws.events, ws.events_note)
 
     def on_load(self, report: LoadReport) -> None:
         ws = self._workers.get(report.worker_id)
