@@ -31,13 +31,13 @@ DEMO_QUESTIONS = (
 
 def engine_config(model: Path, device: str, dtype: str | None, page_size: int,
                   num_pages: int | None, kv_cache_gib: float | None, max_num_batched_tokens: int,
-                  max_running_requests: int, max_model_len: int | None, local_policy: str):
+                  max_running_requests: int, max_model_len: int | None, local_policy: str, tp: int = 1):
     from .core.scheduler import SchedulerConfig
     from .engine.config import EngineConfig
 
     return EngineConfig(
         model=str(model), device=device, dtype=dtype, page_size=page_size, num_pages=num_pages,
-        kv_cache_gib=kv_cache_gib,
+        kv_cache_gib=kv_cache_gib, tensor_parallel_size=tp,
         scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                                   max_running_requests=max_running_requests,
                                   max_model_len=max_model_len, local_policy=local_policy))
@@ -58,7 +58,9 @@ def worker(
     max_running_requests: int = typer.Option(256),
     max_model_len: int | None = typer.Option(None),
     local_policy: str = typer.Option("preble", help="fcfs | lpm | preble"),
-    threads: int | None = typer.Option(None, help="torch CPU threads for the engine."),
+    threads: int | None = typer.Option(None, help="torch CPU threads for the engine (each rank's, with --tp)."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: ranks the model is split over (GPUs "
+                                                   "from --device's on, or CPU processes)."),
     max_inflight: int = typer.Option(512, help="Requests admitted at once; beyond, 429."),
     api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
                                        help="Require this key on every endpoint but /health."),
@@ -68,7 +70,7 @@ def worker(
     from .server.worker import WorkerConfig, run_worker
 
     cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
-                        max_num_batched_tokens, max_running_requests, max_model_len, local_policy)
+                        max_num_batched_tokens, max_running_requests, max_model_len, local_policy, tp)
     run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads,
                             max_inflight=max_inflight, api_key=api_key, log_json=log_json))
 
@@ -109,7 +111,8 @@ def router(
 def serve(
     ctx: typer.Context,
     model: Path | None = typer.Option(None, help="HF model folder; default: the embedded demo model."),
-    workers: int = typer.Option(2, help="Local workers (one per GPU on CUDA)."),
+    workers: int = typer.Option(2, help="Workers: model replicas, each on --tp GPUs with --device cuda."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: GPUs (or CPU processes) per replica."),
     device: str = typer.Option("cpu"),
     policy: str = typer.Option("e2"),
     host: str = typer.Option("127.0.0.1", help="Router interface; loopback by default."),
@@ -118,7 +121,7 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
                                        help="Require this key from clients (Authorization: Bearer)."),
     log_json: bool = typer.Option(False, help="Router and workers log JSON lines."),
-    ray: bool = typer.Option(False, "--ray", help="Place workers as Ray actors (one per GPU, or per share of "
+    ray: bool = typer.Option(False, "--ray", help="Place workers as Ray actors (each on --tp GPUs, or a share of "
                                                   "CPUs) across a Ray cluster."),
     ray_address: str | None = typer.Option(None, help="With --ray: the cluster's address (host:port); "
                                                       "default: start a Ray instance here, on loopback."),
@@ -130,7 +133,7 @@ def serve(
     from .models.demo import ensure_demo_model
 
     path = model or ensure_demo_model()
-    run_serve(ServeConfig(model=str(path), workers=workers, device=device, policy=policy, host=host,
+    run_serve(ServeConfig(model=str(path), workers=workers, tp=tp, device=device, policy=policy, host=host,
                           port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key,
                           log_json=log_json, ray=ray or ray_address is not None, ray_address=ray_address))
 
@@ -170,7 +173,9 @@ def sim(
     num_requests: int = typer.Option(1000),
     cost_model: Path | None = typer.Option(None, help="A cost model JSON from `preble profile`; default: built-in."),
     tokenizer: Path | None = typer.Option(None, help="HF folder whose tokenizer turns text workloads into tokens."),
-    num_pages: int = typer.Option(16384, help="KV pages per replica."),
+    num_pages: int = typer.Option(16384, help="KV pages per GPU."),
+    tp: int = typer.Option(1, "--tp", min=1, help="GPUs per replica (tensor parallelism): the cost model is "
+                                                   "split over them and the KV capacity multiplied."),
     page_size: int = typer.Option(16),
     param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable."),
     seed: int = typer.Option(0),
@@ -207,7 +212,7 @@ def sim(
             t += rng.expovariate(rate)
     model = CostModel.load(cost_model) if cost_model else CostModel()
     records = simulate(reqs, SimConfig(replicas=replicas, policy=policy, page_size=page_size, num_pages=num_pages,
-                                       seed=seed), model)
+                                       tensor_parallel=tp, seed=seed), model)
     if jsonl is not None:
         write_jsonl(records, jsonl)
     summary = {**summarize(records), "workload": workload, "policy": policy, "replicas": replicas, "rate": rate}

@@ -1,8 +1,9 @@
 """`preble serve`: N workers and a router, started and stopped as one.
 
-Workers run as local child processes (or as Ray actors' children: preble/ray_workers.py) (`preble worker`) that die with this process (Linux parent-death
-signal), so neither Ctrl-C, SIGTERM nor a crash of the launcher leaves orphans behind. A worker
-that crashes is started again on its port; the router re-admits it when its health check passes.
+Workers run as child processes (`preble worker`; or as Ray actors' children, see
+preble/ray_workers.py) that die with this process (Linux parent-death signal), so neither
+Ctrl-C, SIGTERM nor a crash of the launcher leaves orphans behind. A worker that crashes is
+started again on its port; the router re-admits it when its health check passes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ PR_SET_PDEATHSIG = 1
 class ServeConfig:
     model: str
     workers: int = 2
+    tp: int = 1  # tensor-parallel ranks per worker: GPUs i*tp .. i*tp+tp-1 serve worker i
     device: str = "cpu"
     policy: str = "e2"
     host: str = "127.0.0.1"
@@ -41,7 +43,7 @@ class ServeConfig:
     api_key: str | None = None  # required from the router's clients
     supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
     log_json: bool = False  # router and workers log JSON lines
-    ray: bool = False  # place workers as Ray actors (one per GPU, or per CPU share) instead of local children
+    ray: bool = False  # place workers as Ray actors (each on --tp GPUs, or a share of CPUs) instead of local children
     ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
 
 
@@ -58,6 +60,7 @@ def worker_command(cfg: ServeConfig, index: int, host: str, port: int, threads: 
     """The `preble worker` command line of worker `index` (threads: torch CPU threads, None on GPUs)."""
     return [sys.executable, "-m", "preble.cli", "worker", "--model", cfg.model, "--host", host,
             "--port", str(port), "--device", cfg.device, "--worker-id", f"worker-{index}",
+            *(["--tp", str(cfg.tp)] if cfg.tp > 1 else []),
             *(["--threads", str(threads)] if threads is not None else []),
             *(["--log-json"] if cfg.log_json else []), *cfg.worker_args]
 
@@ -98,9 +101,9 @@ class LocalWorkers:
         env = {**os.environ, "PREBLE_WORKER_API_KEY": self.api_key}
         threads = None
         if cfg.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * cfg.tp + r) for r in range(cfg.tp))
         else:
-            threads = threads_per_worker(cfg.workers)
+            threads = threads_per_worker(cfg.workers * cfg.tp)
         return WorkerProcess(f"worker-{i}", worker_command(cfg, i, "127.0.0.1", port, threads), env)
 
     def ready(self, timeout_s: float) -> None:

@@ -68,8 +68,8 @@ def _free_port(host: str) -> int:
 
 class RayWorkers:
     """The launcher's workers as Ray actors: in the cluster at `cfg.ray_address`, or in one started
-    here on loopback. Each reserves one GPU (`--device cuda`) or an equal share of the cluster's
-    CPUs, which is also its torch thread count."""
+    here on loopback. Each reserves its tensor-parallel degree of GPUs (`--device cuda`) on one
+    node, or an equal share of the cluster's CPUs, split between its ranks as torch threads."""
 
     def __init__(self, cfg: ServeConfig, ray_cfg: RayConfig = RayConfig()) -> None:
         if cfg.ray_address is None:
@@ -87,10 +87,10 @@ class RayWorkers:
         self.address = ray.get_runtime_context().gcs_address
         self.api_key = worker_api_key()
         if cfg.device == "cuda":
-            resources, threads = {"num_gpus": 1}, None
+            resources, threads = {"num_gpus": cfg.tp}, None
         else:
-            share = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.workers)
-            resources, threads = {"num_cpus": share}, share
+            share = max(cfg.tp, int(ray.cluster_resources().get("CPU", 1)) // cfg.workers)
+            resources, threads = {"num_cpus": share}, max(1, share // cfg.tp)
         actor = ray.remote(WorkerActor).options(**resources)
         self.actors = [actor.remote(cfg, i, threads, self.api_key) for i in range(cfg.workers)]
         self.urls: list[str] = []
@@ -102,7 +102,7 @@ class RayWorkers:
         try:
             self.urls = ray.get([a.url.remote() for a in self.actors], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
-            need = "a GPU" if self.cfg.device == "cuda" else "a share of CPUs"
+            need = f"{self.cfg.tp} GPU(s)" if self.cfg.device == "cuda" else "a share of CPUs"
             raise TimeoutError(f"Ray placed fewer than {self.cfg.workers} workers, each needing {need}, "
                                f"in {timeout_s:.0f} s; cluster: {ray.cluster_resources()}") from None
         wait_healthy(self.urls, timeout_s, self._check_started)

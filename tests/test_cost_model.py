@@ -29,3 +29,39 @@ def test_json_round_trip_and_version_check(tmp_path):
     doc["version"] = 2
     with pytest.raises(ValueError, match="v1"):
         CostModel.from_dict(doc)
+
+
+def test_tensor_parallel_split_against_first_principles():
+    """Compute and memory terms divide by the degree; each pass pays 2 all-reduces per layer."""
+    from preble.core.cost_model import Interconnect
+
+    base, link = CostModel(), Interconnect(latency_s=1e-5, bytes_per_s=1e11, hidden_size=1000, num_layers=10,
+                                           dtype_bytes=2)
+    assert base.tensor_parallel(1, link) is base
+    split = base.tensor_parallel(4, link)
+    ring_bytes_per_token = 20 * 2 * 3 / 4 * 1000 * 2  # 20 all-reduces of 2000 bytes per token, ring factor 2(n-1)/n
+    assert split.b == pytest.approx(base.b / 4 + ring_bytes_per_token / 1e11)
+    assert split.a == pytest.approx(base.a + 20 * 1e-5)
+    assert (split.c, split.f) == pytest.approx((base.c / 4, base.f / 4))
+    assert split.d == pytest.approx(base.d / 4 + 20 * 1e-5)
+    # Big prefills gain nearly the degree; a lone decode step gains less (fixed host costs stay).
+    assert 3.5 < base.prefill_time(8000) / split.prefill_time(8000) < 4
+    assert 1 < base.decode_step_time(1, 100) / split.decode_step_time(1, 100) < 4
+    with pytest.raises(ValueError):
+        base.tensor_parallel(0)
+
+
+def test_simulated_replica_on_more_gpus_holds_more_and_runs_faster():
+    from preble.sim.cluster import SimCluster, SimConfig, SimRequest
+
+    reqs = [SimRequest(f"r{i}", 0.05 * i, list(range(i, i + 2000)), 8) for i in range(40)]
+    one = SimCluster(SimConfig(replicas=1, num_pages=200))
+    four = SimCluster(SimConfig(replicas=1, num_pages=200, tensor_parallel=4))
+    assert four.replicas[0].allocator.num_pages == 4 * one.replicas[0].allocator.num_pages
+    assert four.cost == CostModel().tensor_parallel(4)
+
+    def mean_latency(cluster: SimCluster) -> float:
+        records = cluster.run(reqs)
+        return sum(r.latency for r in records) / len(records)
+
+    assert mean_latency(four) < mean_latency(one) / 2

@@ -107,10 +107,10 @@ def test_half_precision_logits_close_to_fp32_reference(tiny_models, dtype, tol):
     llm = LLM(path, dtype=dtype, page_size=4)
     engine = llm.engine
     engine.add_request(prompt, GREEDY)
-    batch = engine.runner.build_batch(engine.scheduler.schedule())
-    batch.logit_indices = torch.arange(len(prompt))
+    step = engine.runner.prepare(engine.scheduler.schedule())
+    step.logit_rows = list(range(len(prompt)))
     with torch.inference_mode():
-        logits = engine.model(batch, engine.runner.backend)
+        logits = engine.runner.forward(step)
     ref = hf_logits(path, prompt)
     assert engine.model.lm_head.weight.dtype == getattr(torch, dtype)
     assert (logits - ref).abs().max().item() < tol * ref.abs().max().item()

@@ -10,13 +10,14 @@ fixed cost of a pass (weights read once), `e` the per-sequence cost of a decode 
 cost of reading one cached token's KV. The defaults are first-principles numbers for a
 Llama-3-8B-shaped model (8.03e9 parameters, bf16, 32 layers, GQA 32/8, head dim 128) on the
 H100 80GB (766 TFLOP/s bf16 matmul, 2.95 TB/s copy); `preble profile` fits the real ones and saves them as
-JSON (schema below), which the router and the simulator load.
+JSON (schema below), which the router and the simulator load. `tensor_parallel` derives the cost
+of the same model split over several GPUs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 SCHEMA = "preble.cost_model"
@@ -27,6 +28,18 @@ _MATMUL_FLOPS = 766e12 * 0.6  # measured bf16 matmul peak at the ~60% MFU a real
 _ATTN_FLOPS_PER_PAIR = 4 * 4096 * 32  # QK^T and AV over 32 layers of 32 heads x 128 dims
 _KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2  # K and V, 32 layers, 8 KV heads, 128 dims, bf16
 _HBM_BYTES_PER_S = 3.0e12  # effective read bandwidth (copy measured 2.95 TB/s read + write)
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """What the all-reduces of a tensor-parallel replica cost: defaults for H100 SXM GPUs on NVLink 4
+    and the Llama-3-8B shape (two all-reduces of the hidden state per layer)."""
+
+    latency_s: float = 10e-6  # one small all-reduce
+    bytes_per_s: float = 150e9  # bus bandwidth a ring all-reduce sustains
+    hidden_size: int = 4096
+    num_layers: int = 32
+    dtype_bytes: int = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,21 @@ class CostModel:
     def tpot(self, batch_size: int = 1, total_context_tokens: int = 0) -> float:
         """Estimated seconds per output token of one request in such a batch (one step each)."""
         return self.decode_step_time(max(1, batch_size), total_context_tokens)
+
+    def tensor_parallel(self, degree: int, link: Interconnect = Interconnect()) -> CostModel:
+        """This model split over `degree` GPUs: matmuls, attention and weight and KV reads divide
+        by the degree; fixed and per-sequence host work (`a`, `e`) does not; every pass adds two
+        all-reduces per layer, a latency each plus a ring's traffic per token."""
+        if degree < 1:
+            raise ValueError("degree must be at least 1")
+        if degree == 1:
+            return self
+        per_pass = 2 * link.num_layers * link.latency_s
+        per_token = (2 * link.num_layers * 2 * (degree - 1) / degree * link.hidden_size * link.dtype_bytes
+                     / link.bytes_per_s)
+        return replace(self, a=self.a + per_pass, b=self.b / degree + per_token, c=self.c / degree,
+                       d=self.d / degree + per_pass, e=self.e + per_token, f=self.f / degree,
+                       description=f"{self.description}; split over {degree} GPUs (modelled)")
 
     @staticmethod
     def decode_time(output_tokens: float, tpot: float) -> float:

@@ -21,6 +21,8 @@ class EngineConfig:
     cuda_graph: bool = True  # capture decode steps as CUDA graphs (triton backend on CUDA only)
     cuda_graph_max_batch: int = 256  # largest decode batch run as a graph
     seed: int = 0  # seeds the RNG of requests that bring no seed of their own
+    tensor_parallel_size: int = 1  # ranks (GPUs, or CPU processes) one replica's model is split over
+    tensor_parallel_timeout_s: float = 300.0  # a collective waiting this long (a rank died) fails the engine
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     @classmethod

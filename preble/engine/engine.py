@@ -20,30 +20,19 @@ from ..core.radix_cache import RadixCache
 from ..core.request import Request
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler import Scheduler
-from .attention import make_backend
 from .config import EngineConfig
-from .kv_pool import KVPool, page_bytes
-from .model.config import DTYPES, ModelConfig
-from .model.loader import build_model, load_model
-from .model.presets import init_random_, is_random, preset
-from .model_runner import ModelRunner
+from .executor import build_runner, model_config_of, resolve_dtype
+from .kv_pool import page_bytes
+from .model.presets import is_random
+from .parallel import TensorParallel, local_config
 from .sampler import Sampler
+from .tp_ranks import TPRanks, rank_device
 
 GIB = 1 << 30
 
 
 class InvalidPrompt(ValueError):
     """The prompt holds token ids outside the vocabulary, or is empty."""
-
-
-def _resolve_dtype(config: EngineConfig, model_config: ModelConfig) -> torch.dtype:
-    if config.dtype is not None:
-        if config.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-        return getattr(torch, config.dtype)
-    if torch.device(config.device).type == "cpu":
-        return torch.float32
-    return model_config.torch_dtype if model_config.dtype != "float32" else torch.bfloat16
 
 
 def _num_pages(config: EngineConfig, bytes_per_page: int, device: torch.device) -> int:
@@ -67,54 +56,41 @@ class LLMEngine:
                  on_kv_event: Callable[[KVEvent], None] | None = None) -> None:
         self.config = config
         self.clock = clock
-        self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
-        if is_random(config.model):  # a real architecture with random weights: no files, no tokenizer
-            self.model_config = mc = preset(config.model)
-            self.dtype = _resolve_dtype(config, mc)
-            self.tokenizer = None
-            self.model = build_model(mc, self.device, self.dtype)
-            init_random_(self.model, config.seed)
-        else:
-            self.model_config = mc = ModelConfig.from_dir(config.model)
-            self.dtype = _resolve_dtype(config, mc)
-            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-            self.model = load_model(config.model, mc, self.device, self.dtype)
+        self.model_config = mc = model_config_of(config)
+        self.dtype = resolve_dtype(config, mc)
+        # A random-weight preset is a real architecture without files: no tokenizer.
+        self.tokenizer = None if is_random(config.model) else AutoTokenizer.from_pretrained(config.model)
         tokenizer_eos = getattr(self.tokenizer, "eos_token_id", None)
         self.eos_token_ids = frozenset(mc.eos_token_ids) or frozenset(
             [tokenizer_eos] if tokenizer_eos is not None else [])
-        num_pages = _num_pages(config, page_bytes(mc.num_layers, config.page_size, mc.num_kv_heads,
-                                                  mc.head_dim, self.dtype), self.device)
-        # One page more than the allocator hands out: CUDA graphs park their padding rows there.
-        self.kv_pool = KVPool(mc.num_layers, num_pages + 1, config.page_size, mc.num_kv_heads,
-                              mc.head_dim, self.dtype, self.device)
+        torch.manual_seed(config.seed)
+        # The other ranks of a tensor-parallel replica start loading while this one joins them.
+        self.ranks = TPRanks(config) if config.tensor_parallel_size > 1 else None
+        tp = self.ranks.tp if self.ranks else TensorParallel()
+        self.device = rank_device(config, 0)
+        local = local_config(mc, tp)
+        num_pages = _num_pages(config, page_bytes(local.num_layers, config.page_size, local.num_kv_heads,
+                                                  local.head_dim, self.dtype), self.device)
+        if self.ranks:
+            self.ranks.start(num_pages)
         self.allocator = PageAllocator(num_pages, config.page_size)
         self.cache = RadixCache(self.allocator, clock, on_kv_event)
         sched_config = dataclasses.replace(config.scheduler,
                                            max_model_len=mc.context_window(config.scheduler.max_model_len))
         self.scheduler = Scheduler(sched_config, self.allocator, self.cache, clock)
-        on_cuda = self.device.type == "cuda"
-        if on_cuda and config.fused_ops:
-            self.model.use_fused_ops()
-        backend = make_backend(config.attention_backend or ("triton" if on_cuda else "torch_sdpa"), self.kv_pool)
-        graphs = self._capture_graphs(backend, spare_page=num_pages) if on_cuda and config.cuda_graph else None
-        self.runner = ModelRunner(self.model, backend, Sampler(self.device), config.page_size, self.device, graphs)
+        self.runner = build_runner(config, tp, num_pages, self.device, Sampler(self.device))
+        if self.ranks:
+            self.runner.broadcast = self.ranks.broadcast
+        self.model = self.runner.model
+        self.kv_pool = self.runner.backend.pool
         self._ids = itertools.count()
         self._requests: dict[str, Request] = {}
 
-    def _capture_graphs(self, backend, spare_page: int):
-        """Decode CUDA graphs, for the Triton backend (whose plans can live in static buffers)."""
-        from .attention.triton_backend import TritonBackend
-        from .cuda_graph import CudaGraphConfig, DecodeGraphs
-
-        if not isinstance(backend, TritonBackend):
-            return None
-        cfg = self.config
-        graphs = DecodeGraphs(self.model, backend, CudaGraphConfig(),
-                              min(cfg.cuda_graph_max_batch, cfg.scheduler.max_running_requests),
-                              -(-self.scheduler.max_model_len // cfg.page_size), spare_page)
-        graphs.capture()
-        return graphs
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel replica (a no-op for one rank)."""
+        if self.ranks is not None:
+            self.ranks.stop()
+            self.ranks = None
 
     # ------------------------------------------------------------------ requests
 

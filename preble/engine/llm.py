@@ -17,6 +17,16 @@ class LLM:
         self.engine = LLMEngine(EngineConfig.from_options(model, device=device, **engine_options))
         self.tokenizer = self.engine.tokenizer
 
+    def close(self) -> None:
+        """Release the other ranks of a tensor-parallel model."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  ) -> list[RequestOutput]:

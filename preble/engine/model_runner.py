@@ -1,9 +1,16 @@
-"""Turns a scheduler step into tensors, runs the model and samples: the engine's executor."""
+"""Turns a scheduler step into tensors, runs the model and samples: the engine's executor.
+
+A step is first laid out as a `StepInput` (plain arrays), which is all any rank needs to run it:
+under tensor parallelism rank 0 sends it to the other ranks (`tp_ranks.py`), and every rank runs
+the same forward pass on it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 import torch
 
@@ -18,19 +25,59 @@ if TYPE_CHECKING:  # CUDA graphs need Triton, which CPU installs lack
     from .cuda_graph import DecodeGraphs
 
 
+class _WireStep(msgspec.Struct, array_like=True):
+    ids: bytes
+    positions: bytes
+    slots: bytes
+    starts: list[int]
+    lens: list[int]
+    page_tables: list[list[int]]
+    logit_rows: list[int]
+    graph: bool
+
+
+_step_decoder = msgspec.msgpack.Decoder(_WireStep)
+
+
+@dataclass
+class StepInput:
+    """One step's packed tokens: sequence i adds `lens[i]` tokens from position `starts[i]`."""
+
+    ids: np.ndarray  # int64 [T]
+    positions: np.ndarray  # int64 [T]
+    slots: np.ndarray  # int64 [T]: pool slot of each new token's K/V
+    starts: list[int]
+    lens: list[int]
+    page_tables: list[list[int]]  # pages covering positions [0, start + len) of each sequence
+    logit_rows: list[int]  # rows whose logits are sampled
+    graph: bool  # a decode step replayed as a CUDA graph
+
+    def encode(self) -> bytes:
+        return msgspec.msgpack.encode(_WireStep(self.ids.tobytes(), self.positions.tobytes(), self.slots.tobytes(),
+                                                self.starts, self.lens, self.page_tables, self.logit_rows,
+                                                self.graph))
+
+    @classmethod
+    def decode(cls, data: bytes) -> StepInput:
+        w = _step_decoder.decode(data)
+        return cls(*(np.frombuffer(b, dtype=np.int64).copy() for b in (w.ids, w.positions, w.slots)),
+                   w.starts, w.lens, w.page_tables, w.logit_rows, w.graph)
+
+
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, backend: AttentionBackend, sampler: Sampler,
+    def __init__(self, model: LlamaForCausalLM, backend: AttentionBackend, sampler: Sampler | None,
                  page_size: int, device: torch.device, graphs: DecodeGraphs | None = None) -> None:
         self.model = model
         self.backend = backend
-        self.sampler = sampler
+        self.sampler = sampler  # rank 0's; the other ranks of a replica only run forward passes
         self.page_size = page_size
         self.device = device
         self.graphs = graphs
+        self.broadcast = None  # under tensor parallelism: sends each step to the other ranks
 
-    def build_batch(self, out: SchedulerOutput) -> ForwardBatch:
+    def prepare(self, out: SchedulerOutput) -> StepInput:
         ps = self.page_size
-        ids, positions, slots, logit_rows = [], [], [], []
+        ids, positions, slots, tables, logit_rows = [], [], [], [], []
         row = 0
         for chunk in out.chunks:
             req = chunk.request
@@ -38,44 +85,37 @@ class ModelRunner:
             pos = np.arange(chunk.start, chunk.end)
             positions.append(pos)
             slots.append(np.asarray(req.pages)[pos // ps] * ps + pos % ps)
+            tables.append(req.pages[: -(-chunk.end // ps)])
             row += chunk.num_tokens
             if chunk.samples:
                 logit_rows.append(row - 1)
+        lens = [c.num_tokens for c in out.chunks]
+        graph = self.graphs is not None and all(n == 1 for n in lens) and self.graphs.fits(len(lens))
+        return StepInput(np.asarray(ids, dtype=np.int64), np.concatenate(positions).astype(np.int64),
+                         np.concatenate(slots).astype(np.int64), [c.start for c in out.chunks], lens,
+                         tables, logit_rows, graph)
+
+    def forward(self, step: StepInput) -> torch.Tensor:
+        """Logits of the step's sampled rows (every rank runs this on the same input)."""
+        if step.graph:
+            return self.graphs.run(step.ids, step.positions, step.slots, step.page_tables)
 
         def tensor(x) -> torch.Tensor:
             return torch.as_tensor(np.asarray(x, dtype=np.int64)).to(self.device, non_blocking=True)
 
-        return ForwardBatch(
-            input_ids=tensor(ids),
-            positions=tensor(np.concatenate(positions)),
-            out_slots=tensor(np.concatenate(slots)),
-            starts=[c.start for c in out.chunks],
-            lens=[c.num_tokens for c in out.chunks],
-            page_tables=[c.request.pages[: -(-c.end // ps)] for c in out.chunks],
-            logit_indices=tensor(logit_rows),
-            page_size=ps,
-        )
-
-    def _graph_decode(self, out: SchedulerOutput) -> torch.Tensor:
-        ps = self.page_size
-        ids, positions, tables = [], [], []
-        for chunk in out.chunks:
-            req = chunk.request
-            ids.append(req.token_ids(chunk.start, chunk.start + 1)[0])
-            positions.append(chunk.start)
-            tables.append(req.pages[: chunk.start // ps + 1])
-        pos = np.asarray(positions)
-        slots = np.asarray([t[-1] for t in tables]) * ps + pos % ps
-        return self.graphs.run(ids, positions, slots, tables)
+        batch = ForwardBatch(input_ids=tensor(step.ids), positions=tensor(step.positions),
+                             out_slots=tensor(step.slots), starts=step.starts, lens=step.lens,
+                             page_tables=step.page_tables, logit_indices=tensor(step.logit_rows),
+                             page_size=self.page_size)
+        return self.model(batch, self.backend)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> dict[Request, int]:
         """Run one step; return the token sampled for each request whose chunk samples."""
-        decode_only = all(c.num_tokens == 1 for c in out.chunks)
-        if self.graphs is not None and decode_only and self.graphs.fits(len(out.chunks)):
-            logits = self._graph_decode(out)
-        else:
-            logits = self.model(self.build_batch(out), self.backend)
+        step = self.prepare(out)
+        if self.broadcast is not None:
+            self.broadcast(step)
+        logits = self.forward(step)
         sampling = [c.request for c in out.chunks if c.samples]
         if not sampling:
             return {}

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from ..core.cost_model import CostModel
+from ..core.cost_model import CostModel, Interconnect
 from ..core.messages import LoadReport
 from ..core.pages import PageAllocator
 from ..core.radix_cache import RadixCache
@@ -66,7 +66,9 @@ class SimConfig:
     policy: str = "e2"  # a name of preble.core.routing.POLICIES
     policy_config: object | None = None  # that policy's config; None: defaults (e2: this page size)
     page_size: int = 16  # tokens per KV page
-    num_pages: int = 16384  # KV capacity of one replica, in pages
+    num_pages: int = 16384  # KV capacity of one GPU, in pages
+    tensor_parallel: int = 1  # GPUs per replica: the replica's KV capacity and compute grow with them
+    interconnect: Interconnect = Interconnect()  # what the replica's all-reduces cost
     scheduler: SchedulerConfig = SchedulerConfig()  # every replica's local scheduler
     load_report_interval_s: float = 0.5  # how often each replica sends the policy a LoadReport
     stats_window_s: float = 60.0  # window of the hit ratio and TPOT in load reports
@@ -76,8 +78,8 @@ class SimConfig:
     cost_model: CostModel | None = None  # None: CostModel() defaults
 
     def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ValueError("replicas must be at least 1")
+        if self.replicas < 1 or self.tensor_parallel < 1:
+            raise ValueError("replicas and tensor_parallel must be at least 1")
         if self.load_report_interval_s <= 0 or self.stats_window_s <= 0:
             raise ValueError("load_report_interval_s and stats_window_s must be positive")
         if self.mixed_step not in ("sum", "max"):
@@ -152,7 +154,7 @@ class SimReplica:
                  policy: RoutingPolicy) -> None:
         self.index = index
         self.id = worker_id = f"w{index}"
-        self.allocator = PageAllocator(config.num_pages, config.page_size)
+        self.allocator = PageAllocator(config.num_pages * config.tensor_parallel, config.page_size)
         self.cache = RadixCache(self.allocator, clock, partial(policy.on_kv_event, worker_id))
         self.scheduler = Scheduler(config.scheduler, self.allocator, self.cache, clock)
         self.stats = _WindowStats(config.stats_window_s)
@@ -191,7 +193,9 @@ class SimCluster:
 
     def __init__(self, config: SimConfig, cost_model: CostModel | None = None) -> None:
         self.config = config
-        self.cost = cost_model or config.cost_model or CostModel()
+        # The policy and the replicas both see the cost of a whole (possibly multi-GPU) replica.
+        self.cost = (cost_model or config.cost_model or CostModel()).tensor_parallel(config.tensor_parallel,
+                                                                                     config.interconnect)
         self.now = 0.0
         clock = self.clock
         policy_config = config.policy_config

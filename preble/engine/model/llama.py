@@ -2,7 +2,9 @@
 
 One class covers the family: Qwen2 adds a bias to q/k/v, Qwen3 normalises each head of q and
 k, Llama 3 rescales RoPE frequencies. q/k/v and gate/up are fused into one matrix each (the
-loader fills the slices), so a layer runs four matmuls instead of seven.
+loader fills the slices), so a layer runs four matmuls instead of seven. Under tensor
+parallelism the model is built in its rank's local shape (see `parallel.py`); the attention and
+MLP blocks then end in an all-reduce, and the vocabulary is split over the ranks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from ..attention import AttentionBackend
 from ..batch import ForwardBatch
+from ..parallel import TensorParallel, local_config
 from .config import ModelConfig
 
 fused_ops = None  # the Triton module, imported by `use_fused_ops` on CUDA machines
@@ -84,10 +87,41 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
-class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+class VocabEmbedding(nn.Module):
+    """Token embedding; each rank holds its slice of the vocabulary's rows."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel) -> None:
         super().__init__()
-        self.layer = layer
+        self.tp = tp
+        self.start, end = tp.vocab_rows(vocab_size)
+        self.weight = nn.Parameter(torch.empty(end - self.start, hidden_size))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - self.start
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return self.tp.all_reduce(out.masked_fill_(outside[:, None], 0))
+
+
+class LMHead(nn.Module):
+    """Output projection; each rank computes the logits of its vocabulary slice, then all gather."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel) -> None:
+        super().__init__()
+        self.tp, self.vocab_size = tp, vocab_size
+        start, end = tp.vocab_rows(vocab_size)
+        self.weight = nn.Parameter(torch.empty(end - start, hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tp.all_gather_last(F.linear(x, self.weight))[..., : self.vocab_size]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, tp: TensorParallel) -> None:
+        super().__init__()
+        self.layer, self.tp = layer, tp
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
@@ -113,12 +147,13 @@ class Attention(nn.Module):
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = backend.forward(self.layer, q, k, v, plan, self.scale)
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
+        self.tp = tp
         self.intermediate = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate, bias=False)
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=False)
@@ -127,16 +162,18 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
         if self.fused:
-            return self.down_proj(fused_ops.silu_mul(gate_up))
-        gate, up = gate_up.split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+            h = fused_ops.silu_mul(gate_up)
+        else:
+            gate, up = gate_up.split(self.intermediate, dim=-1)
+            h = F.silu(gate) * up
+        return self.tp.all_reduce(self.down_proj(h))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    def __init__(self, config: ModelConfig, layer: int, tp: TensorParallel) -> None:
         super().__init__()
-        self.self_attn = Attention(config, layer)
-        self.mlp = MLP(config)
+        self.self_attn = Attention(config, layer, tp)
+        self.mlp = MLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -153,22 +190,24 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, tp) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class LlamaForCausalLM(nn.Module):
-    """Parameter names follow Hugging Face's (after fusing), so checkpoints load by name."""
+    """Parameter names follow Hugging Face's (after fusing), so checkpoints load by name.
+    `config` is the whole model's; `self.config` this rank's share of it."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel = TensorParallel()) -> None:
         super().__init__()
-        self.config = config
-        self.model = DecoderModel(config)
+        self.config = config = local_config(config, tp)
+        self.tp = tp
+        self.model = DecoderModel(config, tp)
         self.rotary = RotaryEmbedding(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -2,7 +2,8 @@
 
 The model is built on the meta device, materialised on the target device with no init work, and
 filled tensor by tensor, so loading costs one read of the weights. Separate q/k/v and gate/up
-checkpoint tensors land in slices of the fused parameters.
+checkpoint tensors land in slices of the fused parameters. A tensor-parallel rank reads only its
+shard of each tensor.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..parallel import TensorParallel, shard_of
 from .config import ModelConfig, UnsupportedModel
 from .llama import LlamaForCausalLM, rope_inv_freq
 
@@ -38,10 +40,12 @@ def _fused_target(name: str, config: ModelConfig) -> tuple[str, slice] | None:
     return None
 
 
-def build_model(config: ModelConfig, device: torch.device | str, dtype: torch.dtype) -> LlamaForCausalLM:
-    """An uninitialised model on `device` (weights are garbage until loaded or initialised)."""
+def build_model(config: ModelConfig, device: torch.device | str, dtype: torch.dtype,
+                tp: TensorParallel = TensorParallel()) -> LlamaForCausalLM:
+    """An uninitialised model (this rank's share of it) on `device`; weights are garbage until
+    loaded or initialised."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config, tp)
     model = model.to_empty(device=device).to(dtype)
     # Buffers built on meta carry no values, and RoPE frequencies stay float32 in any dtype.
     model.rotary.inv_freq = rope_inv_freq(config).to(device)
@@ -50,13 +54,29 @@ def build_model(config: ModelConfig, device: torch.device | str, dtype: torch.dt
     return model.eval()
 
 
+def _read(f, name: str, config: ModelConfig, tp: TensorParallel) -> torch.Tensor:
+    """This rank's shard of a checkpoint tensor (rows past its end, vocabulary padding, are zeros)."""
+    sl = f.get_slice(name)
+    shape = tuple(sl.get_shape())
+    shard = shard_of(name, shape, config, tp)
+    if shard is None:
+        return sl[:]
+    dim, start, end = shard
+    part = sl[start:min(end, shape[0])] if dim == 0 else sl[:, start:end]
+    if part.shape[dim] < end - start:
+        pad = list(part.shape)
+        pad[dim] = end - start - part.shape[dim]
+        part = torch.cat([part, part.new_zeros(pad)], dim=dim)
+    return part
+
+
 def load_model(path: str | Path, config: ModelConfig, device: torch.device | str,
-               dtype: torch.dtype) -> LlamaForCausalLM:
+               dtype: torch.dtype, tp: TensorParallel = TensorParallel()) -> LlamaForCausalLM:
     path = Path(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise UnsupportedModel(f"{path} holds no *.safetensors weights")
-    model = build_model(config, device, dtype)
+    model = build_model(config, device, dtype, tp)
     params = dict(model.named_parameters())
     filled = dict.fromkeys(params, 0)
     with torch.no_grad():
@@ -65,8 +85,8 @@ def load_model(path: str | Path, config: ModelConfig, device: torch.device | str
                 for name in f.keys():
                     if name.endswith(_IGNORED) or (config.tie_word_embeddings and name == "lm_head.weight"):
                         continue
-                    tensor = f.get_tensor(name)
-                    target, rows = _fused_target(name, config) or (name, slice(None))
+                    tensor = _read(f, name, config, tp)
+                    target, rows = _fused_target(name, model.config) or (name, slice(None))
                     if target not in params:
                         raise UnsupportedModel(f"unexpected tensor {name} in {file.name}")
                     dest = params[target][rows]
