@@ -77,9 +77,20 @@ class ModelRunner:
 
     def prepare(self, out: SchedulerOutput) -> StepInput:
         ps = self.page_size
+        chunks = out.chunks
+        lens = [c.num_tokens for c in chunks]
+        starts = [c.start for c in chunks]
+        if all(n == 1 for n in lens):  # decode: one token each, built without per-request arrays
+            tables = [c.request.pages[: c.start // ps + 1] for c in chunks]
+            ids = [c.request.token_ids(c.start, c.start + 1)[0] for c in chunks]
+            slots = [t[-1] * ps + s % ps for t, s in zip(tables, starts)]
+            graph = self.graphs is not None and self.graphs.fits(len(chunks))
+            return StepInput(np.asarray(ids, dtype=np.int64), np.asarray(starts, dtype=np.int64),
+                             np.asarray(slots, dtype=np.int64), starts, lens, tables,
+                             [i for i, c in enumerate(chunks) if c.samples], graph)
         ids, positions, slots, tables, logit_rows = [], [], [], [], []
         row = 0
-        for chunk in out.chunks:
+        for chunk in chunks:
             req = chunk.request
             ids.extend(req.token_ids(chunk.start, chunk.end))
             pos = np.arange(chunk.start, chunk.end)
@@ -89,11 +100,8 @@ class ModelRunner:
             row += chunk.num_tokens
             if chunk.samples:
                 logit_rows.append(row - 1)
-        lens = [c.num_tokens for c in out.chunks]
-        graph = self.graphs is not None and all(n == 1 for n in lens) and self.graphs.fits(len(lens))
         return StepInput(np.asarray(ids, dtype=np.int64), np.concatenate(positions).astype(np.int64),
-                         np.concatenate(slots).astype(np.int64), [c.start for c in out.chunks], lens,
-                         tables, logit_rows, graph)
+                         np.concatenate(slots).astype(np.int64), starts, lens, tables, logit_rows, False)
 
     def forward(self, step: StepInput) -> torch.Tensor:
         """Logits of the step's sampled rows (every rank runs this on the same input)."""
