@@ -21,10 +21,10 @@ from ..core.request import Request
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler import Scheduler
 from .config import EngineConfig
-from .executor import build_runner, model_config_of, resolve_dtype
+from .executor import build_runner, load_rank_model, model_config_of, resolve_dtype
 from .kv_pool import page_bytes
 from .model.presets import is_random
-from .parallel import TensorParallel, local_config
+from .parallel import TensorParallel
 from .sampler import Sampler
 from .tp_ranks import TPRanks, rank_device
 
@@ -64,11 +64,12 @@ class LLMEngine:
         self.eos_token_ids = frozenset(mc.eos_token_ids) or frozenset(
             [tokenizer_eos] if tokenizer_eos is not None else [])
         torch.manual_seed(config.seed)
-        # The other ranks of a tensor-parallel replica start loading while this one joins them.
+        # The other ranks of a tensor-parallel replica: started, joined, then each loads its shard.
         self.ranks = TPRanks(config) if config.tensor_parallel_size > 1 else None
         tp = self.ranks.tp if self.ranks else TensorParallel()
         self.device = rank_device(config, 0)
-        local = local_config(mc, tp)
+        model = load_rank_model(config, tp, self.device)
+        local = model.config
         num_pages = _num_pages(config, page_bytes(local.num_layers, config.page_size, local.num_kv_heads,
                                                   local.head_dim, self.dtype), self.device)
         if self.ranks:
@@ -78,7 +79,7 @@ class LLMEngine:
         sched_config = dataclasses.replace(config.scheduler,
                                            max_model_len=mc.context_window(config.scheduler.max_model_len))
         self.scheduler = Scheduler(sched_config, self.allocator, self.cache, clock)
-        self.runner = build_runner(config, tp, num_pages, self.device, Sampler(self.device))
+        self.runner = build_runner(config, model, num_pages, self.device, Sampler(self.device))
         if self.ranks:
             self.runner.broadcast = self.ranks.broadcast
         self.model = self.runner.model

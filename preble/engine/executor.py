@@ -13,6 +13,7 @@ from .attention import make_backend
 from .config import EngineConfig
 from .kv_pool import KVPool
 from .model.config import DTYPES, ModelConfig
+from .model.llama import LlamaForCausalLM
 from .model.loader import build_model, load_model
 from .model.presets import init_random_, is_random, preset
 from .model_runner import ModelRunner
@@ -34,17 +35,23 @@ def resolve_dtype(config: EngineConfig, model_config: ModelConfig) -> torch.dtyp
     return model_config.torch_dtype if model_config.dtype != "float32" else torch.bfloat16
 
 
-def build_runner(config: EngineConfig, tp: TensorParallel, num_pages: int, device: torch.device,
-                 sampler: Sampler | None) -> ModelRunner:
-    """This rank's runner over a pool of `num_pages` pages (plus a spare one, where CUDA graphs
-    park their padding rows)."""
+def load_rank_model(config: EngineConfig, tp: TensorParallel, device: torch.device) -> LlamaForCausalLM:
+    """This rank's share of the model, loaded first: the KV pool gets the memory it leaves."""
     mc = model_config_of(config)
     dtype = resolve_dtype(config, mc)
     if is_random(config.model):  # a real architecture with random weights: no files
         model = build_model(mc, device, dtype, tp)
         init_random_(model, config.seed + tp.rank)
-    else:
-        model = load_model(config.model, mc, device, dtype, tp)
+        return model
+    return load_model(config.model, mc, device, dtype, tp)
+
+
+def build_runner(config: EngineConfig, model: LlamaForCausalLM, num_pages: int, device: torch.device,
+                 sampler: Sampler | None) -> ModelRunner:
+    """This rank's runner over a pool of `num_pages` pages (plus a spare one, where CUDA graphs
+    park their padding rows)."""
+    mc = model_config_of(config)
+    dtype = next(model.parameters()).dtype
     local = model.config
     pool = KVPool(local.num_layers, num_pages + 1, config.page_size, local.num_kv_heads, local.head_dim, dtype,
                   device)

@@ -121,13 +121,15 @@ class TPRanks:
 
 def run_rank(spec: RankSpec) -> None:
     """A non-zero rank: join, build this rank's shard, then run every step rank 0 sends."""
-    from .executor import build_runner
+    from .executor import build_runner, load_rank_model
 
     torch.set_num_threads(spec.num_threads)
     torch.manual_seed(spec.config.seed)
+    device = rank_device(spec.config, spec.rank)
     tp, channel = _join(spec.config, spec.rank, spec.init_method)
+    model = load_rank_model(spec.config, tp, device)
     num_pages = msgspec.msgpack.decode(channel.recv(), type=int)
-    runner = build_runner(spec.config, tp, num_pages, rank_device(spec.config, spec.rank), sampler=None)
+    runner = build_runner(spec.config, model, num_pages, device, sampler=None)
     with torch.inference_mode():
         while data := channel.recv():
             runner.forward(StepInput.decode(data))
