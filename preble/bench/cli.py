@@ -240,3 +240,77 @@ def validate(
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(text)
     print(text)
+
+
+@bench_app.command("routers")
+def routers(
+    routers_: str | None = typer.Option(None, "--routers", help="Comma-separated KIND:POLICY, KIND one of "
+                                        "preble, sglang, vllm; default: preble:e2, preble:round_robin, "
+                                        "sglang:cache_aware, vllm:cache_aware."),
+    workloads: str = typer.Option(",".join(PREBLE_WORKLOADS), help="Comma-separated workloads (each with "
+                                  "its CPU preset: requests, rate, parameters)."),
+    rate: float | None = typer.Option(None, help="Poisson arrivals per second for every workload "
+                                                 "(default: each workload's preset rate)."),
+    num_requests: int | None = typer.Option(None, help="Requests per run (default: the preset's)."),
+    rate_scale: float = typer.Option(1.0, help="Multiply every rate, and the preset's request counts (runs "
+                                               "last as long), e.g. to meet a faster machine's saturation."),
+    param: list[str] = typer.Option([], help="Workload parameter WORKLOAD:key=value, or key=value for "
+                                             "every workload; repeatable."),
+    model: Path | None = typer.Option(None, help="HF model folder; default: the demo model."),
+    workers: int | None = typer.Option(None, help="Preble workers (default: 3)."),
+    num_pages: int | None = typer.Option(None, help="KV pages per worker (default: 384)."),
+    max_num_batched_tokens: int | None = typer.Option(None, help="Token budget of a worker's step (default: 512)."),
+    prefix_cap: int | None = typer.Option(None, help="Shared-prefix tokens kept per prompt (default: 1024; "
+                                                     "0: all)."),
+    max_output_tokens: int | None = typer.Option(None, help="Output tokens per request at most (default: 32; "
+                                                            "0: the workload's)."),
+    sglang_router: Path | None = typer.Option(None, envvar="PREBLE_SGLANG_ROUTER",
+                                              help="sglang-router executable (default: on PATH)."),
+    vllm_router: Path | None = typer.Option(None, envvar="PREBLE_VLLM_ROUTER",
+                                            help="vllm-router executable (default: on PATH)."),
+    cost_model: Path | None = typer.Option(None, help="Cost model for Preble's e2 (a `preble profile` JSON for "
+                                                     "the workers' device); default: built-in."),
+    seed: int = typer.Option(0),
+    log_dir: Path | None = typer.Option(None, help="Keep the workers' and routers' logs here."),
+    out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it."),
+) -> None:
+    """Preble's router, sglang-router and vllm-router in front of the same Preble workers: the
+    same workload at the same arrivals through each, every router starting on cold caches."""
+    from rich.progress import Progress
+
+    from .peer_routers import PeerBenchConfig, markdown, run, select_workloads, write
+
+    overrides = []
+    for p in param:
+        head, sep, value = p.partition("=")
+        target, _, key = head.rpartition(":")
+        overrides.append((target or None, *parse_param(f"{key}{sep}{value}")))
+    try:
+        chosen = select_workloads([x.strip() for x in workloads.split(",") if x.strip()], overrides, rate,
+                                  num_requests, rate_scale)
+    except KeyError as err:
+        raise typer.BadParameter(str(err), param_hint="--workloads") from None
+    given = {k: v for k, v in dict(
+        workers=workers, num_pages=num_pages, max_num_batched_tokens=max_num_batched_tokens,
+        routers=tuple(r.strip() for r in routers_.split(",") if r.strip()) if routers_ else None,
+        model=str(model) if model else None, sglang_router=str(sglang_router) if sglang_router else None,
+        vllm_router=str(vllm_router) if vllm_router else None, log_dir=str(log_dir) if log_dir else None,
+        cost_model=str(cost_model) if cost_model else None).items()
+        if v is not None}
+    for key, value in (("prefix_cap", prefix_cap), ("max_output_tokens", max_output_tokens)):
+        if value is not None:
+            given[key] = value or None  # 0: no cap
+    cfg = PeerBenchConfig(workloads=chosen, seed=seed, **given)
+    with Progress() as progress:
+        task = None
+
+        def start(workload: str, router: str, n: int) -> None:
+            nonlocal task
+            if task is not None:
+                progress.remove_task(task)
+            task = progress.add_task(f"{workload} via {router}", total=n)
+
+        doc = run(cfg, on_start=start, on_done=lambda _: progress.advance(task), log=progress.console.print)
+    if out is not None:
+        print(f"wrote {out} and {write(doc, out)}")
+    print(markdown(doc))

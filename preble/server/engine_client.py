@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -27,6 +28,7 @@ class EngineClient:
         self._queues: dict[str, asyncio.Queue[P.TokenDelta]] = {}
         self._subscribers: set[asyncio.Queue[KVEventBatch | None]] = set()
         self._subscriber_queue = subscriber_queue
+        self._flushes: collections.deque[asyncio.Future[str | None]] = collections.deque()
         self.load: LoadReport | None = None
         self.last_heard = 0.0  # monotonic time of the engine's last message
 
@@ -44,6 +46,11 @@ class EngineClient:
                     self.load = msg.report
                 case P.Events():
                     self._publish(msg.batch)
+                case P.Flushed():
+                    if self._flushes:  # answers come in the order of the asks
+                        done = self._flushes.popleft()
+                        if not done.done():  # its asker may have given up waiting
+                            done.set_result(msg.error)
 
     def _publish(self, batch: KVEventBatch) -> None:
         for queue in list(self._subscribers):
@@ -94,6 +101,13 @@ class EngineClient:
                     yield batch
         finally:
             self._subscribers.discard(queue)
+
+    async def flush_cache(self) -> str | None:
+        """Ask the engine to drop its prefix cache; None when done, else why not."""
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._flushes.append(done)
+        self._send(P.FlushCache())
+        return await done
 
     def shutdown(self) -> None:
         self._send(P.Shutdown())

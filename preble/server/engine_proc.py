@@ -105,9 +105,21 @@ class EngineLoop:
                 self.flush_events()
                 self.send(P.Events(KVEventBatch(self.cfg.worker_id, self.seq,
                                                 list(self.engine.cache.dump_events()), resync=True)))
+            case P.FlushCache():
+                self.send(P.Flushed(self.flush_cache()))
             case P.Shutdown():
                 return False
         return True
+
+    def flush_cache(self) -> str | None:
+        """Start cold again: an empty prefix cache (subscribers see CacheCleared) and fresh
+        windowed statistics; refused while requests are queued or running."""
+        if self.engine.has_work:
+            return "requests are in flight"
+        self.engine.cache.clear()
+        self.flush_events()
+        self.stats = WindowedStats(self.cfg.stats_window_s, time.monotonic)
+        return None
 
     def add(self, msg: P.Generate) -> None:
         try:

@@ -70,7 +70,7 @@ def _error_response(status: int, message: str, type_: str, headers: dict[str, st
 class Guard:
     """ASGI middleware in front of every endpoint: an optional API key (`Authorization: Bearer`,
     compared in constant time; `open_paths` need none) and a cap on request bodies, read from
-    Content-Length before any of the body is (a body of unknown length is refused)."""
+    Content-Length before any of the body is (a chunked body, of unknown length, is refused)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int,
                  open_paths: frozenset[str] = frozenset({"/health"})) -> None:
@@ -93,6 +93,8 @@ class Guard:
                                    "authentication_error")
         if scope["method"] in ("POST", "PUT", "PATCH"):
             length = headers.get(b"content-length")
+            if length is None and b"transfer-encoding" not in headers:
+                return None  # neither header: an empty body (RFC 9112 6.3), e.g. POST /flush_cache
             if length is None:
                 return _error_response(411, "a request body needs a Content-Length", "invalid_request_error")
             if not length.isdigit() or int(length) > self.max_body_bytes:

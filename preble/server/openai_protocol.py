@@ -53,6 +53,10 @@ class _SamplingFields(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=0.0, le=0.0)] = 0.0
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
     user: str | None = None
+    # SGLang-style fields that routers (sglang-router, vllm-router) add to every request they
+    # forward; accepted at the values that change nothing here.
+    no_stop_trim: Literal[False] = False
+    return_hidden_states: Literal[False] = False
 
     @model_validator(mode="after")
     def _check_stop(self):
@@ -111,6 +115,11 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: Literal[False] | None = None
+    # Added by the same routers; no-ops here (no reasoning parser: the answer is never split).
+    continue_final_message: Literal[False] = False
+    separate_reasoning: bool = True
+    stream_reasoning: bool = True
+    include_reasoning: bool = True
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -33,11 +33,15 @@ class DumpCache(msgspec.Struct, tag="dump", frozen=True):
     """Ask for the whole cache as a resync batch (for a new or lagging event subscriber)."""
 
 
+class FlushCache(msgspec.Struct, tag="flush", frozen=True):
+    """Drop the prefix cache and the windowed statistics (refused while requests run)."""
+
+
 class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
     pass
 
 
-ToEngine = Generate | Abort | DumpCache | Shutdown
+ToEngine = Generate | Abort | DumpCache | FlushCache | Shutdown
 
 
 class TokenDelta(msgspec.Struct, tag="delta", frozen=True):
@@ -61,7 +65,13 @@ class Events(msgspec.Struct, tag="events", frozen=True):
     batch: KVEventBatch
 
 
-FromEngine = TokenDelta | Load | Events
+class Flushed(msgspec.Struct, tag="flushed", frozen=True):
+    """The answer to FlushCache: None, or why the cache was not flushed."""
+
+    error: str | None = None
+
+
+FromEngine = TokenDelta | Load | Events | Flushed
 
 to_engine_encoder = msgspec.msgpack.Encoder()
 to_engine_decoder = msgspec.msgpack.Decoder(ToEngine)

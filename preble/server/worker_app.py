@@ -316,8 +316,9 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
 
     @app.get("/load")
     async def load():
-        if client.load is None:
-            raise oai.APIError(503, "engine not ready", "unavailable")
+        """The engine's last report; 503 while it is not running, so a router routes around it."""
+        if not engine_alive():
+            raise oai.APIError(503, "engine not running", "unavailable")
         return Response(msgspec.json.encode(client.load), media_type="application/json")
 
     @app.get("/kv_events")
@@ -332,14 +333,32 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
     async def prometheus():
         return Response(metrics.render(client), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/model_info")
     @app.get("/get_model_info")
     async def model_info():
         return {"model_path": cfg.model_path, "served_model_name": cfg.served_model_name,
                 "is_generation": True}
 
+    @app.get("/server_info")
     @app.get("/get_server_info")
     async def server_info():
-        return {"worker_id": cfg.worker_id, "max_model_len": cfg.max_model_len,
+        """SGLang's names; routers in front of SGLang workers learn the model from these."""
+        return {"worker_id": cfg.worker_id, "model_path": cfg.model_path,
+                "served_model_name": cfg.served_model_name, "max_model_len": cfg.max_model_len,
                 "load": json.loads(msgspec.json.encode(client.load)) if client.load else None}
+
+    @app.post("/flush_cache")
+    async def flush_cache():
+        """Drop the prefix cache and windowed statistics, so the next run starts cold (SGLang's
+        endpoint of the same name; sglang-router's /flush_cache calls it on every worker)."""
+        if not engine_alive():
+            raise oai.APIError(503, "engine not ready", "unavailable")
+        try:
+            error = await asyncio.wait_for(client.flush_cache(), cfg.health_timeout_s)
+        except TimeoutError:
+            raise oai.APIError(503, "the engine did not answer", "unavailable") from None
+        if error is not None:
+            raise oai.APIError(400, f"cache not flushed: {error}")
+        return {"status": "ok", "worker_id": cfg.worker_id}
 
     return app

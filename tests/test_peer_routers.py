@@ -1,0 +1,214 @@
+"""`preble bench routers`: the pure parts, the worker endpoints peer routers rely on, and (slow,
+when sglang-router / vllm-router are installed) a comparison run end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+
+import httpx
+import pytest
+
+from preble.bench.peer_routers import (
+    DEFAULT_ROUTERS,
+    PeerBenchConfig,
+    RouterSpec,
+    WorkerPool,
+    WorkloadRun,
+    markdown,
+    prepare_requests,
+    router_command,
+    run,
+    select_workloads,
+)
+from preble.bench.workloads.report import PREBLE_WORKLOADS
+
+WORKERS = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+
+
+def test_router_specs_parse_and_reject_unknown_kinds():
+    assert RouterSpec.parse(" sglang:cache_aware ") == RouterSpec("sglang", "cache_aware")
+    assert RouterSpec.parse("preble:e2").name == "preble:e2"
+    assert all(RouterSpec.parse(r) for r in DEFAULT_ROUTERS)
+    for bad in ("e2", "nginx:round_robin", "vllm:"):
+        with pytest.raises(ValueError):
+            RouterSpec.parse(bad)
+
+
+def test_the_preset_covers_the_five_workloads_and_takes_overrides():
+    assert tuple(w.name for w in select_workloads(PREBLE_WORKLOADS)) == PREBLE_WORKLOADS
+    chosen = select_workloads(["loogle", "toolbench"], [(None, "max_tokens", 4), ("loogle", "max_tokens_cap", 8)],
+                              rate=2.0, num_requests=10)
+    assert [w.name for w in chosen] == ["loogle", "toolbench"]
+    assert all(w.rate == 2.0 and w.num_requests == 10 for w in chosen)
+    assert chosen[0].params["max_tokens_cap"] == 8 and "max_tokens_cap" not in chosen[1].params
+    assert chosen[1].params["max_tokens"] == 4
+    scaled = select_workloads(["agent"], rate_scale=1.5)[0]
+    preset = select_workloads(["agent"])[0]
+    assert scaled.rate == pytest.approx(1.5 * preset.rate) and scaled.num_requests == round(1.5 * preset.num_requests)
+    with pytest.raises(KeyError, match="nope"):
+        select_workloads(["nope"])
+
+
+def test_router_commands_bind_loopback_and_name_every_worker():
+    preble = router_command(RouterSpec("preble", "e2"), None, "/m", WORKERS, 8000, 8001)
+    assert preble[1:4] == ["-m", "preble.cli", "router"] and preble.count("--worker") == 2
+    assert preble[preble.index("--policy") + 1] == "e2" and preble[preble.index("--host") + 1] == "127.0.0.1"
+    sglang = router_command(RouterSpec("sglang", "cache_aware"), "/bin/sglang-router", "/m", WORKERS, 8000, 8001)
+    assert sglang[:2] == ["/bin/sglang-router", "launch"]
+    i = sglang.index("--worker-urls")
+    assert sglang[i + 1:i + 3] == WORKERS and sglang[sglang.index("--prometheus-port") + 1] == "8001"
+    vllm = router_command(RouterSpec("vllm", "round_robin"), "/bin/vllm-router", "/m", WORKERS, 8000, 8001)
+    assert vllm[1] == "--host" and vllm[vllm.index("--policy") + 1] == "round_robin"
+    with pytest.raises(ValueError):
+        router_command(RouterSpec("vllm", "round_robin"), None, "/m", WORKERS, 8000, 8001)
+
+
+def test_router_executables_come_from_the_option_the_environment_or_path(tmp_path, monkeypatch):
+    exe = tmp_path / "my-router"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("PREBLE_VLLM_ROUTER", raising=False)
+    assert PeerBenchConfig().executable("vllm") is None
+    assert PeerBenchConfig(vllm_router=str(exe)).executable("vllm") == str(exe)
+    monkeypatch.setenv("PREBLE_VLLM_ROUTER", str(exe))
+    assert PeerBenchConfig().executable("vllm") == str(exe)
+    assert PeerBenchConfig(vllm_router=str(tmp_path / "missing")).executable("vllm") is None
+
+
+def test_the_command_builds_its_config_from_the_options(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import preble.bench.peer_routers as peer_routers
+    from preble.cli import app
+
+    seen = {}
+
+    def fake_run(cfg, **_):
+        seen["cfg"] = cfg
+        return {"date": "d", "commit": "c", "device": {"kind": "cpu", "cpu": "x", "cores": 1, "torch": "t"},
+                "model": {"path": "/m", "served_name": "m"}, "config": asdict(cfg), "routers": {}, "runs": []}
+
+    monkeypatch.setattr(peer_routers, "run", fake_run)
+    result = CliRunner().invoke(app, ["bench", "routers", "--workloads", "agent,loogle", "--routers",
+                                      "preble:e2,vllm:round_robin", "--param", "loogle:max_tokens_cap=4",
+                                      "--param", "agent:max_tokens_cap=2", "--rate-scale", "2", "--prefix-cap", "0",
+                                      "--workers", "2", "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert cfg.routers == ("preble:e2", "vllm:round_robin") and cfg.workers == 2 and cfg.prefix_cap is None
+    assert cfg.max_output_tokens == PeerBenchConfig.max_output_tokens
+    agent, loogle = cfg.workloads
+    assert agent.params["max_tokens_cap"] == 2 and loogle.params["max_tokens_cap"] == 4
+    assert loogle.rate == pytest.approx(2 * select_workloads(["loogle"])[0].rate)
+    assert (tmp_path / "r.md").read_text().startswith("# Routers in front of the same Preble workers")
+
+
+class WordTokenizer:
+    """Token i is the word `wi`."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [int(w[1:]) for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"w{i}" for i in ids)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self.encode(text)}
+
+
+def test_prompts_keep_the_capped_shared_prefix_and_their_own_suffix():
+    wl = WorkloadRun("shared_prefix", 1.0, 6, dict(groups=2, system_len=40, question_len=5, output_len=50,
+                                                   vocab_size=1000))
+    reqs = prepare_requests(wl, WordTokenizer(), PeerBenchConfig(prefix_cap=16, max_output_tokens=32))
+    ids = [WordTokenizer().encode(r.prompt) for r in reqs]
+    assert all(len(x) == 16 + 5 for x in ids) and all(r.max_tokens == 32 for r in reqs)
+    assert len({tuple(x[:16]) for x in ids}) == 2 and len({tuple(x[16:]) for x in ids}) == 6
+    full = prepare_requests(wl, WordTokenizer(), PeerBenchConfig(prefix_cap=None, max_output_tokens=None))
+    assert all(len(WordTokenizer().encode(r.prompt)) == 45 and r.max_tokens == 50 for r in full)
+
+
+def _summary(latency: float, hit: float) -> dict:
+    return {"requests": 4, "mean_latency": latency, "p50_latency": latency, "p99_latency": 2 * latency,
+            "mean_ttft": latency / 4, "p99_ttft": latency / 2, "mean_tpot": math.nan, "throughput": 0.5,
+            "hit_ratio": hit, "errors": 0}
+
+
+def test_markdown_has_a_table_per_workload_and_a_row_per_router():
+    doc = {"date": "2026-01-01T00:00:00+00:00", "commit": "abc",
+           "device": {"kind": "cpu", "cpu": "Test CPU", "cores": 2, "torch": "2.x"},
+           "model": {"path": "/models/tiny", "served_name": "tiny"},
+           "config": {"workers": 2, "num_pages": 64, "page_size": 16, "max_num_batched_tokens": 512,
+                      "prefix_cap": 1024, "max_output_tokens": 32, "seed": 0},
+           "routers": {"preble:e2": {"version": "preble 0.1.0"}, "vllm:cache_aware": {"skipped": "not found"},
+                       "sglang:cache_aware": {"version": "sglang-router 0.3.2"}},
+           "runs": [
+               {"workload": "loogle", "router": "preble:e2", "rate": 0.5, "num_requests": 4, "params": {"a": 1},
+                "summary": _summary(1.5, 0.9), "worker_requests": {"worker-0": 3, "worker-1": 1}},
+               {"workload": "loogle", "router": "sglang:cache_aware", "rate": 0.5, "num_requests": 4, "params": {"a": 1},
+                "failed": "router did not start"},
+               {"workload": "agent", "router": "preble:e2", "rate": 1.0, "num_requests": 4, "params": {},
+                "summary": _summary(3.0, 0.25), "worker_requests": {"worker-0": 2, "worker-1": 2}}]}
+    text = markdown(doc)
+    assert "Test CPU, 2 cores" in text and "commit abc" in text and "vllm:cache_aware: skipped (not found)" in text
+    assert "## loogle: 4 requests, Poisson 0.5/s (a=1)" in text and "## agent: 4 requests, Poisson 1/s" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| preble:e2")]
+    assert rows[0].split(" | ")[1:5] == ["4/4", "1.50", "1.50", "3.00"]
+    assert "| 90.0% | 0 | 3/1 |" in rows[0] and "| - |" in rows[0]
+    assert "| sglang:cache_aware | failed: router did not start |" in text
+    header = next(ln for ln in text.splitlines() if ln.startswith("| router"))
+    assert all(ln.count("|") == header.count("|") for ln in text.splitlines() if ln.startswith("| "))
+
+
+def test_a_worker_takes_routers_extra_fields_and_flushes_its_cache(tiny_models, tmp_path):
+    pool = WorkerPool(tiny_models("llama"), PeerBenchConfig(workers=1, page_size=4, num_pages=256), tmp_path)
+    try:
+        url = pool.urls[0]
+        info = httpx.get(f"{url}/server_info").json()
+        assert info["served_model_name"] == pool.model_name and info["model_path"]
+        assert httpx.get(f"{url}/model_info").status_code == 200
+        body = {"model": pool.model_name, "prompt": list(range(5, 37)), "max_tokens": 2, "temperature": 0,
+                "no_stop_trim": False, "return_hidden_states": False, "echo": False}
+
+        def cached() -> int:
+            resp = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+            assert resp.status_code == 200, resp.text
+            return resp.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+        cached()
+        assert cached() > 0
+        assert httpx.post(f"{url}/flush_cache").json()["status"] == "ok"  # no body, no Content-Length
+        assert cached() == 0
+        assert httpx.post(f"{url}/v1/completions", json={**body, "no_stop_trim": True}).status_code == 400
+        assert pool.requests_served() == {"worker-0": 3}
+    finally:
+        pool.stop()
+
+
+def _peer_executables() -> dict[str, str]:
+    cfg = PeerBenchConfig()
+    return {k: exe for k in ("sglang", "vllm") if (exe := cfg.executable(k))}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _peer_executables(), reason="neither sglang-router nor vllm-router is installed "
+                    "(PATH, $PREBLE_SGLANG_ROUTER, $PREBLE_VLLM_ROUTER)")
+def test_peer_routers_and_preble_serve_the_same_workload(tiny_models, tmp_path):
+    peers = [f"{kind}:{policy}" for kind in _peer_executables() for policy in ("cache_aware", "round_robin")]
+    wl = WorkloadRun("shared_prefix", 4.0, 12, dict(groups=2, system_len=96, question_len=8, output_len=4))
+    cfg = PeerBenchConfig(model=tiny_models("llama"), workers=2, routers=("preble:e2", *peers), workloads=(wl,),
+                          page_size=4, num_pages=256, worker_threads=1)
+    doc = run(cfg, log=lambda _: None)
+    json.dumps(doc)
+    assert [r["router"] for r in doc["runs"]] == ["preble:e2", *peers]
+    for r in doc["runs"]:
+        assert "failed" not in r, r
+        s = r["summary"]
+        assert s["requests"] == 12 and s["errors"] == 0 and s["output_tokens"] == 12 * 4
+        assert sum(r["worker_requests"].values()) == 12
+        assert s["hit_ratio"] > 0.3  # every run starts cold, and the two prefixes are reused
+    assert all(doc["routers"][p]["version"] != "unknown" for p in peers)
+    assert os.path.basename(doc["model"]["path"]) == doc["model"]["served_name"]
