@@ -91,6 +91,8 @@ def router(
     log_json: bool = typer.Option(False, help="Log JSON lines."),
     worker_kind: str = typer.Option("preble", help="preble | openai | vllm | sglang: the workers are Preble "
                                     "workers, or OpenAI-compatible engines (tracked by what is routed to them)."),
+    cost_model: Path | None = typer.Option(None, help="e2's cost model: a JSON from `preble profile` for the "
+                                                     "workers' device; default: built-in (Llama-3-8B on H100)."),
     kv_events: list[str] = typer.Option([], "--kv-events", help="With --worker-kind vllm: a worker's KV event "
                                         "endpoint (ZMQ, e.g. tcp://127.0.0.1:5557); one per --worker, in order."),
 ) -> None:
@@ -104,7 +106,8 @@ def router(
     run_router(RouterServerConfig(model=str(model), workers=worker, policy=policy, host=host, port=port,
                                   max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key,
                                   dashboard_full_text=dashboard_full_text, log_json=log_json,
-                                  worker_kind=worker_kind, kv_events=kv_events))
+                                  worker_kind=worker_kind, kv_events=kv_events,
+                                  cost_model=str(cost_model) if cost_model else None))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -121,6 +124,8 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
                                        help="Require this key from clients (Authorization: Bearer)."),
     log_json: bool = typer.Option(False, help="Router and workers log JSON lines."),
+    cost_model: Path | None = typer.Option(None, help="e2's cost model: a JSON from `preble profile` for the "
+                                                     "workers' device; default: built-in (Llama-3-8B on H100)."),
     ray: bool = typer.Option(False, "--ray", help="Place workers as Ray actors (each on --tp GPUs, or a share of "
                                                   "CPUs) across a Ray cluster."),
     ray_address: str | None = typer.Option(None, help="With --ray: the cluster's address (host:port); "
@@ -135,7 +140,8 @@ def serve(
     path = model or ensure_demo_model()
     run_serve(ServeConfig(model=str(path), workers=workers, tp=tp, device=device, policy=policy, host=host,
                           port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key,
-                          log_json=log_json, ray=ray or ray_address is not None, ray_address=ray_address))
+                          log_json=log_json, cost_model=str(cost_model) if cost_model else None,
+                          ray=ray or ray_address is not None, ray_address=ray_address))
 
 
 @app.command()

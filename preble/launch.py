@@ -43,6 +43,7 @@ class ServeConfig:
     api_key: str | None = None  # required from the router's clients
     supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
     log_json: bool = False  # router and workers log JSON lines
+    cost_model: str | None = None  # e2's cost model (`preble profile` JSON); None: built-in
     ray: bool = False  # place workers as Ray actors (each on --tp GPUs, or a share of CPUs) instead of local children
     ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
 
@@ -187,7 +188,8 @@ def serve(cfg: ServeConfig) -> None:
               f"({cfg.workers} workers{where}, policy {cfg.policy})", flush=True)
         run_router(RouterServerConfig(model=cfg.model, workers=workers.urls, policy=cfg.policy, host=cfg.host,
                                       port=cfg.port, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
-                                      worker_api_key=workers.api_key, log_json=cfg.log_json))
+                                      worker_api_key=workers.api_key, log_json=cfg.log_json,
+                                      cost_model=cfg.cost_model))
     except KeyboardInterrupt:
         pass
     finally:

@@ -171,6 +171,24 @@ def test_a_hung_worker_is_routed_around_and_its_requests_end(tiny_models):
         assert routed == {"worker-0", "worker-1"}
 
 
+def test_a_worker_whose_engine_dies_is_routed_around_and_restarted(tiny_models):
+    """The engine process dies under a live frontend: the worker stops answering /load (routed
+    around), exits, and `preble serve` starts it again; requests meanwhile go to the other worker."""
+    with LocalCluster(tiny_models("llama"), 2, "round_robin", ["--page-size", "4"],
+                      startup_timeout_s=STARTUP_TIMEOUT_S) as cluster:
+        frontend = psutil.Process(worker_pid(cluster, 1))
+        engine = next(c for c in frontend.children() if "spawn_main" in " ".join(c.cmdline()))
+        engine.kill()
+        wait_for(lambda: not workers_view(cluster)["worker-1"]["healthy"], 5.0)
+        body = {"prompt": [4, 5, 6, 7], "max_tokens": 2}
+        assert {json.loads(ask(cluster.url, body)["route"])["worker"] for _ in range(4)} == {"worker-0"}
+        wait_for(lambda: not frontend.is_running() or frontend.status() == psutil.STATUS_ZOMBIE, 60.0, 0.2)
+        wait_for(lambda: workers_view(cluster)["worker-1"]["healthy"], 120.0, 0.5)
+        assert worker_pid(cluster, 1) != frontend.pid
+        routed = {json.loads(ask(cluster.url, body)["route"])["worker"] for _ in range(4)}
+        assert routed == {"worker-0", "worker-1"}
+
+
 # ---------------------------------------------------------------------------- guarded cluster
 
 

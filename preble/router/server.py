@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from ..core.cost_model import CostModel
 from ..core.routing import E2Config, make_policy
 from ..engine.model.config import ModelConfig
 from ..server.logs import configure_logging
@@ -41,6 +42,7 @@ class RouterServerConfig:
     log_json: bool = False  # log lines as JSON objects
     worker_kind: str = "preble"  # preble | openai (vllm, sglang: OpenAI-compatible engines)
     kv_events: list[str] = field(default_factory=list)  # vLLM workers' KV event endpoints (ZMQ), one per worker
+    cost_model: str | None = None  # e2's cost model, a `preble profile` JSON; None: built-in (8B on H100)
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
@@ -70,7 +72,8 @@ def build_router_app(cfg: RouterServerConfig):
         if page_size is None:
             log.warning("no worker reported its page size; e2 assumes %d", E2Config.page_size)
         config = E2Config(page_size=page_size or E2Config.page_size)
-    policy = make_policy(cfg.policy, clock=time.monotonic, config=config, seed=cfg.seed)
+    cost = CostModel.load(cfg.cost_model) if cfg.cost_model else None
+    policy = make_policy(cfg.policy, clock=time.monotonic, cost_model=cost, config=config, seed=cfg.seed)
     rcfg = RouterConfig(model_path=cfg.model, served_model_name=cfg.served_model_name or Path(cfg.model).name,
                         max_model_len=max_len, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
                         worker_api_key=cfg.worker_api_key,

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,6 +59,17 @@ def run_worker(cfg: WorkerConfig) -> None:
     app = create_worker_app(frontend, client)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                            timeout_graceful_shutdown=cfg.drain_timeout_s))
+    engine_lost = threading.Event()
+
+    def watch_engine() -> None:
+        """An engine that dies takes the worker down with it, so a supervisor restarts both."""
+        engine.join()
+        if not server.should_exit:
+            log.error("engine process exited (code %s); stopping the worker", engine.exitcode)
+            engine_lost.set()
+            server.should_exit = True
+
+    threading.Thread(target=watch_engine, name="engine-watch", daemon=True).start()
     try:
         server.run()
     finally:
@@ -68,3 +80,5 @@ def run_worker(cfg: WorkerConfig) -> None:
         for name in ("in", "out"):
             (ipc_dir / name).unlink(missing_ok=True)
         ipc_dir.rmdir()
+    if engine_lost.is_set():
+        raise SystemExit(1)
