@@ -8,7 +8,6 @@ started again on its port; the router re-admits it when its health check passes.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import secrets
@@ -22,10 +21,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .child_process import spawn_tied
+
 log = logging.getLogger("preble.serve")
-
-PR_SET_PDEATHSIG = 1
-
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -46,11 +44,6 @@ class ServeConfig:
     cost_model: str | None = None  # e2's cost model (`preble profile` JSON); None: built-in
     ray: bool = False  # place workers as Ray actors (each on --tp GPUs, or a share of CPUs) instead of local children
     ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def threads_per_worker(n: int) -> int:
@@ -75,7 +68,7 @@ class WorkerProcess:
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen(self.args, env=self.env, preexec_fn=_die_with_parent)
+        return spawn_tied(self.args, self.env)
 
     def restart_if_exited(self) -> None:
         if self.proc.poll() is not None:

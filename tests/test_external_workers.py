@@ -12,30 +12,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import httpx
-import pytest
 
 from preble.bench.local_cluster import free_port_block
+
+from .polling import wait_for
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
     log = tempfile.TemporaryFile("w+")
     return subprocess.Popen([sys.executable, "-m", "preble.cli", *args], stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout_s: float) -> float:
-    start = time.monotonic()
-    while True:
-        try:
-            if predicate():
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(0.1)
 
 
 def test_router_fronts_openai_compatible_engines(tiny_models):

@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
 import pytest
 
 from preble.bench.local_cluster import LocalCluster, free_port_block
+
+from .polling import wait_for
 
 pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
@@ -32,14 +33,6 @@ def worker_processes(model: str) -> list[psutil.Process]:
         if "preble.cli" in cmd and "worker" in cmd and model in cmd:
             found.append(proc)
     return found
-
-
-def wait_for(predicate, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(0.2)
 
 
 def listening_ips(procs: list[psutil.Process]) -> set[str]:

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,8 @@ import pytest
 
 from preble.bench.local_cluster import free_port_block
 from preble.core.routing import E2Config
+
+from .polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,23 +71,6 @@ def stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def wait_for(predicate, timeout_s: float, procs: list[subprocess.Popen]) -> float:
-    """Seconds until `predicate()` held; fails (with the dead process's log) if one exits first."""
-    start = time.monotonic()
-    while True:
-        try:
-            if predicate():
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        for proc in procs:
-            if proc.poll() is not None:
-                pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log_tail(proc)}")
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(0.2)
-
-
 def vllm_command(model: str, port: int, events_port: int) -> list[str]:
     events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{events_port}"}
     return [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -119,7 +103,7 @@ def cluster(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         took = wait_for(lambda: len(httpx.get(f"{base}/health", timeout=2).json()["healthy_workers"]) == 2,
-                        STARTUP_TIMEOUT_S, procs)
+                        STARTUP_TIMEOUT_S, procs, log_tail)
         print(f"engines and router up in {took:.0f} s")
         yield base, engines, model
     finally:
@@ -151,7 +135,7 @@ def test_routes_by_prefix_and_mirrors_engine_caches_from_kv_events(cluster):
     assert first.json()["usage"]["completion_tokens"] == 4
 
     # The engine's KV events arrive: the router now follows it live.
-    wait_for(lambda: (workers(base)[went["worker"]]["kv_events"] or {}).get("state") == "live", 30, [])
+    wait_for(lambda: (workers(base)[went["worker"]]["kv_events"] or {}).get("state") == "live", 30)
 
     # A second request sharing the prefix goes to the same engine, which serves it from its cache.
     second = complete(base, {"prompt": shared + [9, 10], "max_tokens": 4})
@@ -174,7 +158,7 @@ def test_routes_by_prefix_and_mirrors_engine_caches_from_kv_events(cluster):
     other = engines[1 - engines.index(went["worker"])]
     direct = tokens(2, 6 * BLOCK_SIZE)
     complete(other, {"model": model, "prompt": direct + [5], "max_tokens": 2})
-    wait_for(lambda: workers(base)[other]["cached_pages"] >= len(direct) // PAGE_SIZE, 30, [])
+    wait_for(lambda: workers(base)[other]["cached_pages"] >= len(direct) // PAGE_SIZE, 30)
     via_events = complete(base, {"prompt": direct + [6], "max_tokens": 2})
     route = json.loads(via_events.headers["x-preble-route"])
     assert (route["worker"], route["branch"], route["matched_tokens"]) == (other, "exploit", len(direct))

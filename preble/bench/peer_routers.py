@@ -16,7 +16,6 @@ needed, because sglang-router takes no token-id prompts on `/v1/completions`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import datetime
 import json
 import math
@@ -24,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,11 +34,10 @@ from typing import Any
 
 import httpx
 
+from ..child_process import spawn_tied
 from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import free_port_block
-
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -161,18 +158,13 @@ class PeerBenchConfig:
         return path if path and os.access(path, os.X_OK) else None
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class Process:
     """A child process logging to a file, ended with SIGTERM (then SIGKILL) and with its parent."""
 
     def __init__(self, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
         self.args, self.log_path = list(args), log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(env) if env is not None else None, preexec_fn=_die_with_parent)
+        self.proc = spawn_tied(self.args, env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -10,7 +10,6 @@ dies makes the next collective fail after the configured timeout, which stops th
 
 from __future__ import annotations
 
-import ctypes
 import json
 import signal
 import socket
@@ -22,11 +21,10 @@ import msgspec
 import torch
 import torch.distributed as dist
 
+from ..child_process import spawn_tied
 from .config import EngineConfig
 from .model_runner import StepInput
 from .parallel import TensorParallel, init_group
-
-PR_SET_PDEATHSIG = 1
 
 
 class RankSpec(msgspec.Struct):
@@ -50,10 +48,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -92,8 +86,8 @@ class TPRanks:
                 "num_threads": torch.get_num_threads()}
         self.procs = []
         for rank in range(1, config.tensor_parallel_size):
-            proc = subprocess.Popen([sys.executable, "-m", "preble.engine.tp_ranks"], stdin=subprocess.PIPE,
-                                    preexec_fn=_die_with_parent)
+            proc = spawn_tied([sys.executable, "-m", "preble.engine.tp_ranks"], signum=signal.SIGKILL,
+                              stdin=subprocess.PIPE)
             proc.stdin.write(json.dumps({**spec, "rank": rank}).encode())
             proc.stdin.close()
             self.procs.append(proc)
