@@ -243,7 +243,9 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
                 raise oai.APIError(503, "no healthy worker", "unavailable")
             up = Upstream(pool, policy.route(request))
             try:
-                await up.open(body, rid)
+                # A retry may land on a worker still running an earlier attempt (one that was
+                # only slow): each attempt has its own id there, logged under the router's id.
+                await up.open(body, f"{rid}.{attempt}" if attempt else rid)
                 return up, attempt
             except (httpx.HTTPError, WorkerDown, WorkerFailed, WorkerRejected, ValueError) as err:
                 await up.close()
