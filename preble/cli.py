@@ -93,6 +93,10 @@ def router(
                                     "workers, or OpenAI-compatible engines (tracked by what is routed to them)."),
     cost_model: Path | None = typer.Option(None, help="e2's cost model: a JSON from `preble profile` for the "
                                                      "workers' device; default: built-in (Llama-3-8B on H100)."),
+    health_timeout: float | None = typer.Option(None, min=0.1, help="Seconds without an answer to the health "
+                                                "check before a worker is routed around and requests stalled on it "
+                                                "retried (default 1.5); raise it on hosts so loaded that live "
+                                                "workers answer late."),
     kv_events: list[str] = typer.Option([], "--kv-events", help="With --worker-kind vllm: a worker's KV event "
                                         "endpoint (ZMQ, e.g. tcp://127.0.0.1:5557); one per --worker, in order."),
 ) -> None:
@@ -107,7 +111,8 @@ def router(
                                   max_inflight=max_inflight, api_key=api_key, worker_api_key=worker_api_key,
                                   dashboard_full_text=dashboard_full_text, log_json=log_json,
                                   worker_kind=worker_kind, kv_events=kv_events,
-                                  cost_model=str(cost_model) if cost_model else None))
+                                  cost_model=str(cost_model) if cost_model else None,
+                                  **({"health_timeout_s": health_timeout} if health_timeout else {})))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -56,6 +56,9 @@ def test_router_commands_bind_loopback_and_name_every_worker():
     preble = router_command(RouterSpec("preble", "e2"), None, "/m", WORKERS, 8000, 8001)
     assert preble[1:4] == ["-m", "preble.cli", "router"] and preble.count("--worker") == 2
     assert preble[preble.index("--policy") + 1] == "e2" and preble[preble.index("--host") + 1] == "127.0.0.1"
+    assert "--health-timeout" not in preble
+    tuned = router_command(RouterSpec("preble", "e2"), None, "/m", WORKERS, 8000, 8001, "cm.json", 5.0)
+    assert tuned[-4:] == ["--cost-model", "cm.json", "--health-timeout", "5.0"]
     sglang = router_command(RouterSpec("sglang", "cache_aware"), "/bin/sglang-router", "/m", WORKERS, 8000, 8001)
     assert sglang[:2] == ["/bin/sglang-router", "launch"]
     i = sglang.index("--worker-urls")

@@ -270,6 +270,7 @@ def routers(
                                             help="vllm-router executable (default: on PATH)."),
     cost_model: Path | None = typer.Option(None, help="Cost model for Preble's e2 (a `preble profile` JSON for "
                                                      "the workers' device); default: built-in."),
+    health_timeout: float | None = typer.Option(None, help="Preble router's --health-timeout (default: its own)."),
     seed: int = typer.Option(0),
     log_dir: Path | None = typer.Option(None, help="Keep the workers' and routers' logs here."),
     out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it."),
@@ -295,7 +296,7 @@ def routers(
         routers=tuple(r.strip() for r in routers_.split(",") if r.strip()) if routers_ else None,
         model=str(model) if model else None, sglang_router=str(sglang_router) if sglang_router else None,
         vllm_router=str(vllm_router) if vllm_router else None, log_dir=str(log_dir) if log_dir else None,
-        cost_model=str(cost_model) if cost_model else None).items()
+        cost_model=str(cost_model) if cost_model else None, health_timeout_s=health_timeout).items()
         if v is not None}
     for key, value in (("prefix_cap", prefix_cap), ("max_output_tokens", max_output_tokens)):
         if value is not None:

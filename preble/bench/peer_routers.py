@@ -142,6 +142,7 @@ class PeerBenchConfig:
     log_tail_chars: int = 3000
     log_dir: str | None = None  # keep the workers' and routers' logs here; None: a temporary folder
     cost_model: str | None = None  # e2's cost model for these workers (`preble profile` JSON); None: built-in
+    health_timeout_s: float | None = None  # Preble router's health timeout; None: its default
 
     def threads(self) -> int:
         return self.worker_threads or max(1, (os.cpu_count() or 1) // self.workers)
@@ -247,13 +248,15 @@ class WorkerPool:
 
 
 def router_command(spec: RouterSpec, executable: str | None, model: str, workers: Sequence[str], port: int,
-                   metrics_port: int, cost_model: str | None = None) -> list[str]:
+                   metrics_port: int, cost_model: str | None = None,
+                   health_timeout_s: float | None = None) -> list[str]:
     """The command line that starts `spec` on loopback `port` in front of `workers`."""
     if spec.kind == "preble":
         return [sys.executable, "-m", "preble.cli", "router", "--model", model,
                 *(a for url in workers for a in ("--worker", url)), "--policy", spec.policy,
                 "--host", "127.0.0.1", "--port", str(port),
-                *(["--cost-model", cost_model] if cost_model else [])]
+                *(["--cost-model", cost_model] if cost_model else []),
+                *(["--health-timeout", str(health_timeout_s)] if health_timeout_s else [])]
     kind = PEER_KINDS[spec.kind]
     if executable is None:
         raise ValueError(f"no executable for {spec.name}")
@@ -317,7 +320,8 @@ def _run_one(spec: RouterSpec, executable: str | None, pool: WorkerPool, model: 
     before = pool.requests_served()
     port = free_port_block(2)
     url = f"http://127.0.0.1:{port}"
-    proc = Process(router_command(spec, executable, model, pool.urls, port, port + 1, pool.cfg.cost_model),
+    proc = Process(router_command(spec, executable, model, pool.urls, port, port + 1, pool.cfg.cost_model,
+                                  pool.cfg.health_timeout_s),
                    log_dir / f"{run.name}_{spec.kind}_{spec.policy}.log")
     try:
         wait_until(lambda: router_ready(spec, url, len(pool.urls)), [proc], cfg.router_startup_s, cfg.poll_s,
@@ -379,7 +383,8 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
             routers[spec.name] = {"skipped": reason}
             continue
         routers[spec.name] = {"executable": exe or sys.executable, "version": router_version(spec, exe),
-                              "command": router_command(spec, exe, "MODEL", ["WORKER_URL", "..."], 0, 0, cfg.cost_model)}
+                              "command": router_command(spec, exe, "MODEL", ["WORKER_URL", "..."], 0, 0, cfg.cost_model,
+                                                         cfg.health_timeout_s)}
     tokenizer = AutoTokenizer.from_pretrained(model)
     runs: list[dict[str, Any]] = []
     started = time.monotonic()

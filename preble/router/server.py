@@ -43,6 +43,7 @@ class RouterServerConfig:
     worker_kind: str = "preble"  # preble | openai (vllm, sglang: OpenAI-compatible engines)
     kv_events: list[str] = field(default_factory=list)  # vLLM workers' KV event endpoints (ZMQ), one per worker
     cost_model: str | None = None  # e2's cost model, a `preble profile` JSON; None: built-in (8B on H100)
+    health_timeout_s: float = WorkerPoolConfig.unhealthy_after_s  # a worker silent this long is routed around
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:
@@ -80,6 +81,7 @@ def build_router_app(cfg: RouterServerConfig):
                         dashboard=DashboardConfig(full_text=cfg.dashboard_full_text),
                         pool=WorkerPoolConfig(worker_kind="openai" if external else "preble",
                                               kv_events=tuple(cfg.kv_events),
+                                              unhealthy_after_s=cfg.health_timeout_s,
                                               page_size=config.page_size if config else E2Config.page_size))
     return create_router_app(rcfg, cfg.workers, policy)
 
