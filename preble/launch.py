@@ -25,6 +25,7 @@ from .child_process import spawn_tied
 
 log = logging.getLogger("preble.serve")
 
+
 @dataclass(frozen=True)
 class ServeConfig:
     model: str
@@ -46,7 +47,7 @@ class ServeConfig:
     ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
 
 
-def threads_per_worker(n: int) -> int:
+def _threads_per_worker(n: int) -> int:
     return max(1, (os.cpu_count() or 1) // n)
 
 
@@ -97,7 +98,7 @@ class LocalWorkers:
         if cfg.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * cfg.tp + r) for r in range(cfg.tp))
         else:
-            threads = threads_per_worker(cfg.workers * cfg.tp)
+            threads = _threads_per_worker(cfg.workers * cfg.tp)
         return WorkerProcess(f"worker-{i}", worker_command(cfg, i, "127.0.0.1", port, threads), env)
 
     def ready(self, timeout_s: float) -> None:

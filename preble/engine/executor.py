@@ -50,7 +50,6 @@ def build_runner(config: EngineConfig, model: LlamaForCausalLM, num_pages: int, 
                  sampler: Sampler | None) -> ModelRunner:
     """This rank's runner over a pool of `num_pages` pages (plus a spare one, where CUDA graphs
     park their padding rows)."""
-    mc = model_config_of(config)
     dtype = next(model.parameters()).dtype
     local = model.config
     pool = KVPool(local.num_layers, num_pages + 1, config.page_size, local.num_kv_heads, local.head_dim, dtype,
@@ -61,11 +60,11 @@ def build_runner(config: EngineConfig, model: LlamaForCausalLM, num_pages: int, 
     backend = make_backend(config.attention_backend or ("triton" if on_cuda else "torch_sdpa"), pool)
     graphs = None
     if on_cuda and config.cuda_graph:
-        graphs = _capture_graphs(config, mc, model, backend, spare_page=num_pages)
+        graphs = _capture_graphs(config, model, backend, spare_page=num_pages)
     return ModelRunner(model, backend, sampler, config.page_size, device, graphs)
 
 
-def _capture_graphs(config: EngineConfig, mc: ModelConfig, model, backend, spare_page: int):
+def _capture_graphs(config: EngineConfig, model: LlamaForCausalLM, backend, spare_page: int):
     """Decode CUDA graphs, for the Triton backend (whose plans can live in static buffers)."""
     from .attention.triton_backend import TritonBackend
     from .cuda_graph import CudaGraphConfig, DecodeGraphs
@@ -73,7 +72,7 @@ def _capture_graphs(config: EngineConfig, mc: ModelConfig, model, backend, spare
     if not isinstance(backend, TritonBackend):
         return None
     sched = config.scheduler
-    max_len = mc.context_window(sched.max_model_len)
+    max_len = model.config.context_window(sched.max_model_len)
     graphs = DecodeGraphs(model, backend, CudaGraphConfig(), min(config.cuda_graph_max_batch, sched.max_running_requests),
                           -(-max_len // config.page_size), spare_page)
     graphs.capture()

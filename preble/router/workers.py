@@ -200,8 +200,6 @@ class WorkerPool:
                         if not line:
                             continue
                         batch = _batch_decoder.decode(line)
-                        if not handle.healthy:
-                            return  # the policy dropped this worker; re-admission starts a new stream
                         if batch.resync:
                             self.policy.on_resync(handle.worker_id,
                                                   [e for e in batch.events if isinstance(e, PagesStored)])
