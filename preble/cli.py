@@ -11,7 +11,9 @@ from rich.table import Table
 
 from .bench.cli import bench_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Plain help (rich_markup_mode=None): it wraps whole words at the terminal's width, where the rich
+# panel squeezes help text into a narrow column.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Preble: LLM serving that co-optimises prefix reuse and load balance.")
 console = Console()
 app.add_typer(bench_app, name="bench")
@@ -138,15 +140,22 @@ def serve(
 ) -> None:
     """Start N workers and the router; Ctrl-C or SIGTERM stops them all, a crashed worker is
     restarted. Extra options go to each worker."""
-    from .launch import ServeConfig
+    from .launch import NotEnoughGPUs, ServeConfig, gpu_plan, visible_gpus
     from .launch import serve as run_serve
     from .models.demo import ensure_demo_model
 
+    ray = ray or ray_address is not None
+    try:
+        if device == "cuda" and not ray:
+            gpu_plan(workers, tp, visible_gpus())  # before anything starts
+    except NotEnoughGPUs as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
     path = model or ensure_demo_model()
     run_serve(ServeConfig(model=str(path), workers=workers, tp=tp, device=device, policy=policy, host=host,
                           port=port, worker_args=list(ctx.args), max_inflight=max_inflight, api_key=api_key,
                           log_json=log_json, cost_model=str(cost_model) if cost_model else None,
-                          ray=ray or ray_address is not None, ray_address=ray_address))
+                          ray=ray, ray_address=ray_address))
 
 
 @app.command()
@@ -253,7 +262,7 @@ def demo(
     e2 and under round_robin; prints the comparison and writes a plot."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench.demo import DemoConfig, plot, run_policy, summary
+    from .bench.demo import DemoConfig, plot, run_policy, summary, summary_table
     from .models.demo import ensure_demo_model
 
     cfg = DemoConfig(num_requests=requests, rate=rate)
@@ -273,15 +282,8 @@ def demo(
 
             results[policy] = run_policy(model, policy, cfg, on_done=done)
             progress.update(task, description=f"{policy}: done")
-    table = Table(title="Preble demo: the same requests, two routing policies")
-    keys = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "hit_ratio", "errors")
-    table.add_column("policy", no_wrap=True)
-    for k in keys:
-        table.add_column(k.replace("_", " "), justify="right")
     sums = {p: summary(r) for p, r in results.items()}
-    for p, s in sums.items():
-        table.add_row(p, *(f"{s[k]:.3f}" if isinstance(s[k], float) else str(s[k]) for k in keys))
-    console.print(table)
+    console.print(summary_table(sums))
     if len(sums) == 2:
         (a, sa), (b, sb) = sums.items()
         console.print(f"{a} vs {b}: {sb['mean_latency'] / sa['mean_latency']:.2f}x lower mean latency, "

@@ -47,6 +47,31 @@ class ServeConfig:
     ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
 
 
+class NotEnoughGPUs(RuntimeError):
+    """The workers need more GPUs than this machine shows; nothing has been started."""
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices or UUIDs)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [x.strip() for x in listed.split(",") if x.strip()] if listed is not None else []
+    return names[:count] if listed is not None else [str(i) for i in range(count)]
+
+
+def gpu_plan(workers: int, tp: int, gpus: list[str]) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each worker: worker i takes GPUs i*tp .. i*tp+tp-1 of `gpus` (the
+    launcher's own visible GPUs, so a CUDA_VISIBLE_DEVICES given to `preble serve` is honoured)."""
+    need = workers * tp
+    if need > len(gpus):
+        hint = f"; start at most {len(gpus) // tp} with --tp {tp}" if len(gpus) >= tp else ""
+        raise NotEnoughGPUs(f"{workers} worker(s) x {tp} GPU(s) need {need} GPUs (one worker per GPU), and this "
+                            f"machine shows {len(gpus)}{hint}")
+    return [",".join(gpus[i * tp:(i + 1) * tp]) for i in range(workers)]
+
+
 def _threads_per_worker(n: int) -> int:
     return max(1, (os.cpu_count() or 1) // n)
 
@@ -88,6 +113,7 @@ class LocalWorkers:
         base = cfg.worker_base_port or cfg.port + 1
         ports = [base + i for i in range(cfg.workers)]
         self.urls = [f"http://127.0.0.1:{p}" for p in ports]
+        self.gpus = gpu_plan(cfg.workers, cfg.tp, visible_gpus()) if cfg.device == "cuda" else None
         self.workers = [self._worker(i, port) for i, port in enumerate(ports)]
         self._stop = threading.Event()
 
@@ -95,8 +121,8 @@ class LocalWorkers:
         cfg = self.cfg
         env = {**os.environ, "PREBLE_WORKER_API_KEY": self.api_key}
         threads = None
-        if cfg.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * cfg.tp + r) for r in range(cfg.tp))
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]
         else:
             threads = _threads_per_worker(cfg.workers * cfg.tp)
         return WorkerProcess(f"worker-{i}", worker_command(cfg, i, "127.0.0.1", port, threads), env)

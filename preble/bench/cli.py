@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks.")
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Benchmarks.")
 
 from .workloads.report import PREBLE_WORKLOADS
 

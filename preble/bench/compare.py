@@ -124,16 +124,16 @@ def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int, stats_requ
     """The workload as token ids (each distinct text tokenised once: prompts repeat a lot), with
     the statistics of its first `stats_requests` requests."""
     wl = make_workload(name, num_requests=n, seed=seed, tokenizer=tokenizer)
-    encoded: dict[str, list[int]] = {}
+    encoded: dict[str, list[int]] = {}  # one list per distinct text: copies to worker processes stay small
     prompts = []
     for r in wl.requests:
         if r.prompt_token_ids is not None:
-            ids = list(r.prompt_token_ids)
+            ids = list(r.prompt_token_ids[:max_prompt])
         else:
             ids = encoded.get(r.prompt)
             if ids is None:
-                ids = encoded[r.prompt] = tokenizer.encode(r.prompt, add_special_tokens=False)
-        prompts.append(ids[:max_prompt])
+                ids = encoded[r.prompt] = tokenizer.encode(r.prompt, add_special_tokens=False)[:max_prompt]
+        prompts.append(ids)
     head = [replace(r, prompt=None, prompt_token_ids=ids)
             for r, ids in zip(wl.requests[:stats_requests], prompts)]
     stats = Workload(name, head, wl.params).stats()
@@ -219,21 +219,40 @@ class Runner:
         return rows, knee
 
 
-def _tokenizer(path: str | None):
+def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _tokenizer_path(cfg: CompareConfig) -> str:
+    """The tokenizer's folder, made here before any worker process starts: the demo model is
+    converted (torch, OpenMP threads) in this process only, never in a pool's child."""
     from ..models.demo import ensure_demo_model
 
-    return AutoTokenizer.from_pretrained(path or ensure_demo_model())
+    return cfg.tokenizer or str(ensure_demo_model())
 
 
-_PREPARED: dict[str, Prepared] = {}  # filled before the simulation pool forks; its processes read it
+def _pool(jobs: int, prepared: dict[str, Prepared] | None = None) -> ProcessPoolExecutor:
+    """Worker processes started fresh ("spawn"): a child forked from a process whose torch or
+    tokenizer threads are running can deadlock in their locks. `prepared` is copied to each
+    child once (prompts that repeat are one object, so the copy stays small)."""
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_install if prepared else None,
+                               initargs=(prepared,) if prepared else ())
 
 
-def _prepare_task(cfg: CompareConfig, name: str) -> Prepared:
+_PREPARED: dict[str, Prepared] = {}  # in each simulation process: the workloads, set by `_pool`
+
+
+def _install(prepared: dict[str, Prepared]) -> None:
+    _PREPARED.update(prepared)
+
+
+def _prepare_task(cfg: CompareConfig, name: str, tokenizer: str) -> Prepared:
     scaling = name in cfg.scaling_workloads and bool(cfg.scaling_replicas)
     n = max(cfg.max_requests, cfg.scaling_max_requests if scaling else 0)
-    return prepare(name, n, _tokenizer(cfg.tokenizer), cfg.seed, cfg.max_model_len - 1024)
+    return prepare(name, n, _tokenizer(tokenizer), cfg.seed, cfg.max_model_len - 1024)
 
 
 def _log(msg: str) -> None:
@@ -270,13 +289,13 @@ def _studies(cfg: CompareConfig, name: str, knees: dict[int, float | None]) -> l
 
 def run(cfg: CompareConfig) -> dict[str, Any]:
     """Prepare the workloads, run every ladder, then every study point, `jobs` processes at a time."""
-    fork = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(cfg.jobs, mp_context=fork) as pool:
-        for name, prep in zip(cfg.workloads, pool.map(_prepare_task, [cfg] * len(cfg.workloads), cfg.workloads)):
-            _PREPARED[name] = prep
+    tokenizer = _tokenizer_path(cfg)
+    with _pool(cfg.jobs) as pool:
+        names = cfg.workloads
+        prepared = dict(zip(names, pool.map(_prepare_task, [cfg] * len(names), names, [tokenizer] * len(names))))
     ladders = [(w, r) for w in cfg.workloads for r in cfg.replicas]
     others = [p for p in cfg.policies if p != "round_robin"]
-    with ProcessPoolExecutor(cfg.jobs, mp_context=fork) as pool:
+    with _pool(cfg.jobs, prepared) as pool:
         climbs = dict(zip(ladders, pool.map(_climb_task, *zip(*[(cfg, w, r) for w, r in ladders]))))
         knees = {w: {r: climbs[w, r][1] for r in cfg.replicas} for w in cfg.workloads}
         grid = [(cfg, w, "ladder", r, row["rate"], Variant(p, p), None)
@@ -287,7 +306,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     cost = CostModel.load(cfg.cost_model)
     parts = []
     for w in cfg.workloads:
-        prep = _PREPARED[w]
+        prep = prepared[w]
         part = {"workload": w, "stats": prep.stats, "capacity_per_replica": capacity(prep, cost),
                 "unloaded_latency": unloaded_latency(prep, cost), "knees": knees[w],
                 "rows": [row for r in cfg.replicas for row in climbs[w, r][0]]

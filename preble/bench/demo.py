@@ -56,6 +56,26 @@ def summary(records: list[RequestRecord]) -> dict[str, Any]:
     return {**summarize(ok), "errors": len(records) - len(ok)}
 
 
+# (summary key, header): two-line headers keep the table whole on an 80-column terminal.
+TABLE_COLUMNS = (("mean_latency", "mean\nlatency"), ("p50_latency", "p50\nlatency"),
+                 ("p99_latency", "p99\nlatency"), ("mean_ttft", "mean\nTTFT"), ("p99_ttft", "p99\nTTFT"),
+                 ("hit_ratio", "hit\nratio"), ("errors", "errors"))
+
+
+def summary_table(sums: dict[str, dict[str, Any]]):
+    """The policies' summaries as a rich Table, one row per policy."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="Preble demo: the same requests, two routing policies (seconds)", box=box.SIMPLE_HEAD)
+    table.add_column("policy", no_wrap=True)
+    for _, header in TABLE_COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
+    for policy, s in sums.items():
+        table.add_row(policy, *(f"{s[k]:.2f}" if isinstance(s[k], float) else str(s[k]) for k, _ in TABLE_COLUMNS))
+    return table
+
+
 def plot(results: dict[str, list[RequestRecord]], path: Path) -> Path:
     """Latency CDF per policy, and mean / p99 latency bars."""
     import matplotlib

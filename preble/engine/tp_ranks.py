@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from dataclasses import dataclass
 
 import msgspec
@@ -92,6 +93,9 @@ class TPRanks:
             proc.stdin.close()
             self.procs.append(proc)
         self.tp, self.channel = _join(config, 0, init_method)
+        # A script that never calls close() still stops its ranks before the interpreter exits;
+        # otherwise they meet a closed connection and print its traceback.
+        self._finalizer = weakref.finalize(self, _stop_ranks, self.channel, self.procs)
 
     def start(self, num_pages: int) -> None:
         """Tell the ranks the KV pool size rank 0 chose; they then build their shard."""
@@ -100,17 +104,21 @@ class TPRanks:
     def broadcast(self, step: StepInput) -> None:
         self.channel.send(step.encode())
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self) -> None:
         """Stop the other ranks and leave the process group (a process joins one at a time)."""
-        if not dist.is_initialized():
-            return
-        self.channel.send(b"")
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        dist.destroy_process_group()
+        self._finalizer()
+
+
+def _stop_ranks(channel: Channel, procs: list[subprocess.Popen], timeout_s: float = 30.0) -> None:
+    if not dist.is_initialized():
+        return
+    channel.send(b"")
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    dist.destroy_process_group()
 
 
 def run_rank(spec: RankSpec) -> None:
