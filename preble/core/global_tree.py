@@ -214,12 +214,13 @@ class GlobalTree:
             node = self._by_hash.get(h)
             if node is None:
                 raise EventGap(f"worker {self._slot_ids[slot]!r} removed unknown page {h:#x}")
-            idx = node.hashes.index(h)
-            if last is not None and last == (node, idx - 1):
+            nxt = last[1] + 1 if last is not None and last[0] is node else -1
+            if 0 < nxt < len(node.hashes) and node.hashes[nxt] == h:  # the run goes on (no search)
                 runs[-1].append(h)
-            else:
-                runs.append([h])
-            last = (node, idx)
+                last = (node, nxt)
+                continue
+            runs.append([h])
+            last = (node, node.hashes.index(h))
         for run in runs:
             node = self._by_hash[run[0]]
             if not node.held & bit:
