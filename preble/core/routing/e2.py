@@ -36,20 +36,12 @@ from heapq import heappop, heappush
 from itertools import count
 
 from ..cost_model import CostModel
-from ..global_tree import (
-    OUTPUT_TOKENS,
-    PREFILL_S,
-    REQUESTS,
-    EventGap,
-    GlobalTree,
-    Node,
-    PageSizeMismatch,
-    TreeMatch,
-)
-from ..kv_events import CacheCleared, KVEvent, PagesStored
+from ..global_tree import OUTPUT_TOKENS, PREFILL_S, REQUESTS, Node, TreeMatch
+from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from ..window_stats import WindowSums
 from .base import RequestDone, RouteDecision, RouteRequest
+from .cache_view import CacheView, CacheViewConfig, Holding
 
 
 @dataclass(frozen=True)
@@ -77,6 +69,10 @@ class E2Config:
     rebalance: bool = True  # move subtrees off overloaded workers (off: for ablations)
     replicate: bool = True  # give hot prefixes more workers (off: for ablations)
     pd_balance: bool = True  # send prefill-heavy explores to decode-heavy workers (off: for ablations)
+
+    def cache_view(self) -> CacheViewConfig:
+        return CacheViewConfig(self.page_size, self.window_s, self.window_buckets, self.pending_ttl_s,
+                               self.routed_ttl_s, self.gc_budget)
 
 
 @dataclass(frozen=True)
@@ -121,8 +117,6 @@ class _Worker:
     outstanding: int = 0
     outstanding_tokens: int = 0  # prompt tokens of outstanding requests
     outstanding_output: int = 0  # expected output tokens of outstanding requests
-    events: str = "none"  # its KV events: none (yet) | live | gap (until a resync) | incompatible
-    events_note: str | None = None  # why its events are not followed
     victims: _Victims | None = None
     tops: OrderedDict[Node, None] = field(default_factory=OrderedDict)  # recently routed-to subtrees
 
@@ -136,8 +130,7 @@ class _Pending:
     prompt_tokens: int
     prefill_s: float  # estimated at routing
     output_tokens: int  # estimated at routing
-    believed: int  # tokens the worker was believed to hold
-    believed_expiries: list[tuple[int, float]] | None  # routed-only workers: (end token, expiry) on the path
+    holding: Holding | None  # routed-only workers: what it was believed to hold, to check the response
 
 
 class E2Policy:
@@ -148,7 +141,8 @@ class E2Policy:
         self.clock = clock
         self.cost = cost_model or CostModel()
         self.config = cfg = config or E2Config()
-        self.tree = GlobalTree(cfg.page_size, clock, cfg.window_s, cfg.window_buckets)
+        self.view = CacheView(cfg.cache_view(), clock)
+        self.tree = self.view.tree
         self._workers: dict[str, _Worker] = {}
         self._pending: dict[str, _Pending] = {}
         self._outputs = WindowSums(cfg.window_buckets, 2)  # (finished requests, output tokens)
@@ -162,50 +156,24 @@ class E2Policy:
         if worker_id not in self._workers:
             self._workers[worker_id] = _Worker(self._added, WindowSums(self.config.window_buckets, 3))
             self._added += 1
+            self.view.add_worker(worker_id)
 
     def remove_worker(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
-        self.tree.remove_worker(worker_id)
+        self.view.remove_worker(worker_id)
         for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
             del self._pending[rid]
 
     def on_kv_event(self, worker_id: str, event: KVEvent) -> None:
-        """Apply a worker's event. Events of unknown or removed workers are dropped. After a gap
-        (an event naming a page never seen) the worker is tracked by routed prompts until its
-        next resync, or a CacheCleared (the stream then starts over from an empty cache: how
-        engines that cannot send a resync recover); with another page size, for good."""
-        ws = self._workers.get(worker_id)
-        if ws is None or ws.events == "incompatible" or (ws.events == "gap" and not isinstance(event, CacheCleared)):
-            return
-        try:
-            self.tree.apply(worker_id, event)
-        except PageSizeMismatch as e:
-            self._stop_following(ws, worker_id, "incompatible", str(e))
-            return
-        except EventGap as e:
-            self._stop_following(ws, worker_id, "gap", str(e))
-            return
-        ws.events, ws.events_note = "live", None
+        self.view.on_kv_event(worker_id, event)
 
     def on_resync(self, worker_id: str, stored: list[PagesStored]) -> None:
-        ws = self._workers.get(worker_id)
-        if ws is None or ws.events == "incompatible":
-            return
-        try:
-            self.tree.replace_worker(worker_id, stored)
-        except PageSizeMismatch as e:
-            self._stop_following(ws, worker_id, "incompatible", str(e))
-            return
-        except EventGap as e:  # a dump whose parents come after their children
-            self._stop_following(ws, worker_id, "gap", str(e))
-            return
-        ws.events, ws.events_note = "live", None
+        self.view.on_resync(worker_id, stored)
 
     def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
         """How a worker's KV events are followed (none | live | gap | incompatible) and why not,
         for operators; None for unknown workers."""
-        ws = self._workers.get(worker_id)
-        return None if ws is None else (ws.events, ws.events_note)
+        return self.view.events_state(worker_id)
 
     def on_load(self, report: LoadReport) -> None:
         ws = self._workers.get(report.worker_id)
@@ -213,14 +181,7 @@ class E2Policy:
             return
         ws.report = report
         ws.pages_since_report = 0
-        if report.page_size != self.config.page_size and ws.events != "incompatible":
-            self._stop_following(ws, report.worker_id, "incompatible", f"page size {report.page_size} "
-                                 f"!= the router's {self.config.page_size}")
-
-    def _stop_following(self, ws: _Worker, worker_id: str, state: str, why: str) -> None:
-        """Its events cannot be mirrored: forget what they said and track it by routed prompts."""
-        ws.events, ws.events_note = state, why
-        self.tree.apply(worker_id, CacheCleared())
+        self.view.check_report(report)
 
     # ------------------------------------------------------------------ routing
 
@@ -229,12 +190,11 @@ class E2Policy:
             raise RuntimeError("no workers to route to")
         now = self.clock()
         cfg = self.config
-        self.tree.gc(cfg.gc_budget)
         b = self.tree.window.bucket(now)
         if cfg.rebalance and now >= self._rebalance_after:
             self._rebalance_after = now + cfg.rebalance_interval_s
             self._rebalance(now, b)
-        m = self.tree.match(req.token_ids)
+        m = self.view.match(req.token_ids)
         n = len(req.token_ids)
         out = self._output_estimate(req.max_tokens, b)
         cached = m.cached_tokens
@@ -372,12 +332,9 @@ class E2Policy:
 
     def _commit(self, req: RouteRequest, w: str, m: TreeMatch, n: int, out: int, now: float) -> None:
         """Count the request as the worker's load and its prompt as held by the worker."""
-        cfg = self.config
         ws = self._workers[w]
         held = m.held.get(w, 0)
-        by_events = ws.events == "live"
-        expiries = None if by_events else self._routed_expiries(w, m, held)
-        path = self.tree.insert(m, w, now + (cfg.pending_ttl_s if by_events else cfg.routed_ttl_s))
+        path, holding = self.view.commit(m, w)
         if path:
             self._touch_top(ws, path[0])
         prefill = self.cost.prefill_time(n - held, held)
@@ -386,12 +343,12 @@ class E2Policy:
         prefix = None
         if m.cached_tokens > 0:
             prefix = next((x for x in path if x.end == m.cached_tokens), None)
-        ps = cfg.page_size
+        ps = self.config.page_size
         ws.pages_since_report += -(-(n - held) // ps) + -(-out // ps)
         ws.outstanding += 1
         ws.outstanding_tokens += n
         ws.outstanding_output += out
-        self._pending[req.request_id] = _Pending(w, now, end, prefix, n, prefill, out, held, expiries)
+        self._pending[req.request_id] = _Pending(w, now, end, prefix, n, prefill, out, holding)
 
     def _touch_top(self, ws: _Worker, node: Node) -> None:
         """Remember a top-level subtree the worker was sent work in: where rebalancing looks."""
@@ -399,15 +356,6 @@ class E2Policy:
         ws.tops.move_to_end(node)
         if len(ws.tops) > self.config.rebalance_tops:
             ws.tops.popitem(last=False)
-
-    def _routed_expiries(self, w: str, m: TreeMatch, held: int) -> list[tuple[int, float]]:
-        nodes = list(m.path) + ([m.partial] if m.partial is not None else [])
-        out = []
-        for node in nodes:
-            exp = self.tree.routed_expiry(node, w)
-            if exp is not None and node.depth < held:
-                out.append((min(node.end, held), exp))
-        return out
 
     # ------------------------------------------------------------------ feedback
 
@@ -431,12 +379,7 @@ class E2Policy:
         b = self.tree.bucket()
         ws.hits.add(b, (1.0, float(done.prompt_tokens), float(done.cached_tokens)))
         self._outputs.add(b, (1.0, float(done.output_tokens)))
-        if p.believed_expiries and done.cached_tokens < p.believed:
-            # The worker had evicted what it last used at that expiry's time: in LRU order,
-            # everything it used no later than that is gone too.
-            cutoff = next((exp for end, exp in p.believed_expiries if end > done.cached_tokens), None)
-            if cutoff is not None:
-                self.tree.drop_routed(p.worker, cutoff)
+        self.view.correct(p.worker, p.holding, done.cached_tokens)
         if p.prefix is not None and self.config.replicate:
             self.tree.record_ttft(p.prefix, p.worker, done.ttft)
             self._maybe_replicate(p.prefix, p.worker, now)
