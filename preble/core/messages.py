@@ -25,6 +25,12 @@ class LoadReport(msgspec.Struct, frozen=True):
     hit_ratio: float  # prompt tokens served from cache / prompt tokens, over the stats window
     tpot: float  # measured seconds per output token over the stats window; 0.0 if none yet
     num_preemptions: int
+    # Work in progress, for routers that predict queueing (defaults: an older worker's report).
+    prefill_tokens: int = 0  # prompt tokens still to compute: running prefills' rest, waiting ones' uncached part
+    prefill_requests: int = 0  # requests those tokens belong to
+    decode_batch: int = 0  # running requests past their prefill
+    decode_tokens: int = 0  # their context (tokens whose KV each decode step reads)
+    step_tokens: int = 0  # the worker's token budget per forward pass; 0: unknown
 
 
 class KVEventBatch(msgspec.Struct, frozen=True):

@@ -16,13 +16,13 @@ import msgspec
 import zmq
 
 from ..core.kv_events import KVEvent
+from ..core.load_report import RequestWindow, build_load_report
 from ..core.messages import KVEventBatch, LoadReport
 from ..core.request import Request
 from ..core.sampling_params import SamplingParams
 from ..engine.config import EngineConfig
 from ..engine.detokenizer import TextStreamer
 from ..engine.engine import LLMEngine
-from ..engine.stats import WindowedStats
 from . import protocol as P
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class EngineLoop:
         self.cfg = cfg
         self._events: list[KVEvent] = []
         self.engine = LLMEngine(cfg.engine, on_kv_event=self._events.append)
-        self.stats = WindowedStats(cfg.stats_window_s, time.monotonic)
+        self.stats = RequestWindow(cfg.stats_window_s, time.monotonic)
         self.streamer = TextStreamer(self.engine.decode)
         self.seq = 0
         self._last_load = 0.0
@@ -118,7 +118,7 @@ class EngineLoop:
             return "requests are in flight"
         self.engine.cache.clear()
         self.flush_events()
-        self.stats = WindowedStats(self.cfg.stats_window_s, time.monotonic)
+        self.stats = RequestWindow(self.cfg.stats_window_s, time.monotonic)
         return None
 
     def add(self, msg: P.Generate) -> None:
@@ -148,15 +148,7 @@ class EngineLoop:
             self._events.clear()
 
     def load_report(self, now: float) -> LoadReport:
-        sched, cache, alloc = self.engine.scheduler, self.engine.cache, self.engine.allocator
-        return LoadReport(
-            worker_id=self.cfg.worker_id, time=now, running=len(sched.running),
-            waiting=len(sched.waiting),
-            waiting_tokens=sum(r.num_tokens for r in sched.waiting),
-            kv_used_pages=alloc.num_used, kv_evictable_pages=cache.evictable_pages,
-            kv_total_pages=alloc.num_pages, page_size=alloc.page_size,
-            hit_ratio=self.stats.hit_ratio(), tpot=self.stats.tpot(),
-            num_preemptions=sched.num_preemptions)
+        return build_load_report(self.cfg.worker_id, now, self.engine.scheduler, self.stats)
 
 
 def run_engine_process(cfg: EngineProcConfig) -> None:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
 from ..core.cost_model import CostModel, Interconnect
+from ..core.load_report import RequestWindow, build_load_report
 from ..core.messages import LoadReport
 from ..core.pages import PageAllocator
 from ..core.radix_cache import RadixCache
@@ -116,36 +116,6 @@ class _SameToken(dict):
         return self.token
 
 
-class _WindowStats:
-    """Hit ratio and TPOT of the requests finished within the last `window_s` (running sums)."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._done: deque[tuple[float, int, int, int, float]] = deque()
-        self._sums = [0, 0, 0, 0.0]  # prompt tokens, cached tokens, decode tokens, decode seconds
-
-    def record(self, now: float, prompt: int, cached: int, outputs: int, decode_s: float) -> None:
-        item = (now, prompt, cached, outputs - 1, decode_s)
-        self._done.append(item)
-        s = self._sums
-        s[0] += prompt
-        s[1] += cached
-        s[2] += outputs - 1
-        s[3] += decode_s
-
-    def read(self, now: float) -> tuple[float, float]:
-        horizon, done, s = now - self.window_s, self._done, self._sums
-        while done and done[0][0] < horizon:
-            _, p, c, o, d = done.popleft()
-            s[0] -= p
-            s[1] -= c
-            s[2] -= o
-            s[3] -= d
-        if not done:  # drop rounding residue of the float sum
-            s[3] = 0.0
-        return (s[1] / s[0] if s[0] else 0.0), (s[3] / s[2] if s[2] > 0 else 0.0)
-
-
 class SimReplica:
     """One simulated worker: page allocator, radix cache (its events go to the policy) and
     local scheduler, all from preble.core and all on the simulated clock."""
@@ -157,20 +127,13 @@ class SimReplica:
         self.allocator = PageAllocator(config.num_pages * config.tensor_parallel, config.page_size)
         self.cache = RadixCache(self.allocator, clock, partial(policy.on_kv_event, worker_id))
         self.scheduler = Scheduler(config.scheduler, self.allocator, self.cache, clock)
-        self.stats = _WindowStats(config.stats_window_s)
+        self.stats = RequestWindow(config.stats_window_s, clock)
         self.step: SchedulerOutput | None = None  # the step in flight; None: idle
         self.num_steps = 0
         self.busy_s = 0.0  # simulated seconds spent in steps
 
     def load_report(self, now: float) -> LoadReport:
-        sched, alloc = self.scheduler, self.allocator
-        hit_ratio, tpot = self.stats.read(now)
-        return LoadReport(
-            worker_id=self.id, time=now, running=len(sched.running), waiting=len(sched.waiting),
-            waiting_tokens=sum(r.num_tokens for r in sched.waiting),
-            kv_used_pages=alloc.num_used, kv_evictable_pages=self.cache.evictable_pages,
-            kv_total_pages=alloc.num_pages, page_size=alloc.page_size, hit_ratio=hit_ratio,
-            tpot=tpot, num_preemptions=sched.num_preemptions)
+        return build_load_report(self.id, now, self.scheduler, self.stats)
 
 
 def step_time(out: SchedulerOutput, cost: CostModel, mixed: str = "sum") -> float:
@@ -310,7 +273,7 @@ class SimCluster:
         outputs, prompt = len(req.output_token_ids), len(req.prompt_token_ids)
         cached = req.num_cached_tokens or 0
         ttft, latency = first - req.arrival_time, end - req.arrival_time
-        rep.stats.record(end, prompt, cached, outputs, end - first)
+        rep.stats.record(req)
         self.policy.on_done(RequestDone(req.request_id, rep.id, prompt, cached, outputs, ttft,
                                         latency))
         return SimRecord(req.request_id, req.arrival_time, first, end, ttft,
