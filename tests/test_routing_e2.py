@@ -366,8 +366,11 @@ def test_remove_worker_forgets_it():
 
 
 def test_make_policy_builds_e2_and_rejects_unknown_names():
-    policy = make_policy("e2", clock=Clock(), config=E2Config(page_size=PS))
+    policy = make_policy("e2", clock=Clock(), page_size=PS, config=E2Config(page_size=PS))
     assert isinstance(policy, E2Policy) and policy.config.page_size == PS
+    assert make_policy("e2", clock=Clock(), page_size=PS).config.page_size == PS  # defaults, the workers' size
+    with pytest.raises(ValueError, match="page size 16 is not the workers' 4"):
+        make_policy("e2", clock=Clock(), page_size=4, config=E2Config())
     with pytest.raises(ValueError, match="unknown routing policy 'nope'.*e2"):
         make_policy("nope", clock=Clock())
     with pytest.raises(ValueError):

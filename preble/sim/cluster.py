@@ -37,7 +37,7 @@ from ..core.messages import LoadReport
 from ..core.pages import PageAllocator
 from ..core.radix_cache import RadixCache
 from ..core.request import Request
-from ..core.routing import E2Config, make_policy
+from ..core.routing import DEFAULT_POLICY, make_policy
 from ..core.routing.base import RequestDone, RouteRequest, RoutingPolicy
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -63,8 +63,8 @@ class SimRequest:
 @dataclass(frozen=True)
 class SimConfig:
     replicas: int = 4
-    policy: str = "e2"  # a name of preble.core.routing.POLICIES
-    policy_config: object | None = None  # that policy's config; None: defaults (e2: this page size)
+    policy: str = DEFAULT_POLICY  # a name of preble.core.routing.POLICIES
+    policy_config: object | None = None  # that policy's config; None: its defaults for this page size
     page_size: int = 16  # tokens per KV page
     num_pages: int = 16384  # KV capacity of one GPU, in pages
     tensor_parallel: int = 1  # GPUs per replica: the replica's KV capacity and compute grow with them
@@ -161,15 +161,8 @@ class SimCluster:
                                                                                      config.interconnect)
         self.now = 0.0
         clock = self.clock
-        policy_config = config.policy_config
-        if config.policy == "e2":
-            if policy_config is None:
-                policy_config = E2Config(page_size=config.page_size)
-            elif getattr(policy_config, "page_size", config.page_size) != config.page_size:
-                raise ValueError(f"the e2 config's page size {policy_config.page_size} is not "
-                                 f"the replicas' {config.page_size}")
-        self.policy = make_policy(config.policy, clock=clock, cost_model=self.cost,
-                                  config=policy_config, seed=config.seed)
+        self.policy = make_policy(config.policy, clock=clock, page_size=config.page_size, cost_model=self.cost,
+                                  config=config.policy_config, seed=config.seed)
         self.replicas = [SimReplica(i, config, clock, self.policy)
                          for i in range(config.replicas)]
         self._by_id = {r.id: r for r in self.replicas}

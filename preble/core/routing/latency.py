@@ -1,0 +1,198 @@
+"""The default policy: send each request where it adds the least predicted latency.
+
+For every worker w the router predicts, in seconds, what routing the request there costs all
+requests, this one included (the greedy rule for the lowest mean latency):
+
+- wait: the prefill work already queued on w (`WorkerLoad`, the router's fluid model of it);
+- prefill: this request's prefill of the tokens w does not hold (the cost model's time), plus the
+  decode step its running batch adds to each of the forward passes the prefill takes (chunked
+  prefill shares passes with decodes);
+- decode: its expected output tokens times w's decode step with it in the batch;
+- interference: what it costs the other requests on w, which decode while it prefills (those
+  queued ahead of it have started decoding by then): each waits for its prefill passes, and each
+  of their steps grows by its share of the batch while it decodes.
+
+Cache reuse, load balance and replication all follow from that one sum. A worker that holds the
+prefix wins by the prefill it saves, for this request and for those decoding there; when its queue
+is longer than that saving, another worker recomputes the prefix, and then holds it too (a hot
+prefix gains replicas as its queue demands, and loses them to LRU when it cools). A worker heavy
+with decodes costs more per prefill (interference), so prefill-heavy requests drift to workers
+with fewer decodes without a separate P/D rule. Nothing is windowed: the queue is the router's
+own account, updated at each decision and bounded by the workers' load reports.
+
+Each term can be switched off for ablation; the cache view (KV events, or routed prompts for
+engines that send none) is `CacheView`, shared with e2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..cost_model import CostModel
+from ..global_tree import TreeMatch
+from ..kv_events import KVEvent, PagesStored
+from ..messages import LoadReport
+from ..window_stats import WindowSpec, WindowSums
+from .base import RequestDone, RouteDecision, RouteRequest
+from .cache_view import CacheView, CacheViewConfig, Holding
+from .worker_load import LoadView, WorkerLoad
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    page_size: int = 16  # the workers' KV page size; the tree rejects events of another size
+    pending_ttl_s: float = 30.0  # a routed prompt counts as held this long by a worker with live KV events
+    routed_ttl_s: float = 300.0  # ... and this long by a worker that sends none (corrected by cached_tokens)
+    tree_window_s: float = 180.0  # tree nodes no worker holds are freed after this long unused
+    gc_budget: int = 64  # tree nodes the collector examines per routing decision
+    step_tokens: int = 2048  # a worker's token budget per pass until its load report says (the workers' default)
+    output_window_s: float = 180.0  # expected output = the mean of requests finished in this window ...
+    output_window_buckets: int = 6  # ... kept in this many buckets (capped by the request's max_tokens)
+    wait: bool = True  # terms of the prediction; off only for ablations
+    decode: bool = True
+    interference: bool = True
+    cache_aware: bool = True  # off: every worker prices the whole prompt (no reuse) for ablations
+
+    def cache_view(self) -> CacheViewConfig:
+        return CacheViewConfig(self.page_size, self.tree_window_s, self.output_window_buckets, self.pending_ttl_s,
+                               self.routed_ttl_s, self.gc_budget)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The predicted cost of one request on one worker, by term (seconds)."""
+
+    held: int  # prompt tokens the worker holds
+    wait: float
+    prefill: float  # its passes, decode steps sharing them included
+    decode: float
+    interference: float
+
+    @property
+    def total(self) -> float:
+        return self.wait + self.prefill + self.decode + self.interference
+
+
+def estimate(cost: CostModel, view: LoadView, prompt: int, held: int, output: int,
+             config: LatencyConfig) -> Estimate:
+    """What routing a request (`prompt` tokens of which the worker holds `held`, `output`
+    expected) to a worker in state `view` costs, by term."""
+    new = prompt - held
+    passes = -(-new // max(1, view.step_tokens))
+    batch_step = cost.decode_step_time(view.batch, view.context)
+    compute = cost.prefill_time(new, held)
+    context = prompt + output // 2  # its mean context while decoding
+    with_it = cost.decode_step_time(view.batch + 1, view.context + context)
+    interference = view.batch * (compute + output * (with_it - batch_step))
+    return Estimate(held, view.queue_s if config.wait else 0.0, compute + passes * batch_step,
+                    output * with_it if config.decode else 0.0, interference if config.interference else 0.0)
+
+
+@dataclass(slots=True)
+class _Pending:
+    worker: str
+    holding: Holding | None
+
+
+class LatencyPolicy:
+    name = "latency"
+
+    def __init__(self, clock: Callable[[], float], cost_model: CostModel | None = None,
+                 config: LatencyConfig | None = None) -> None:
+        self.clock = clock
+        self.cost = cost_model or CostModel()
+        self.config = cfg = config or LatencyConfig()
+        self.view = CacheView(cfg.cache_view(), clock)
+        self.tree = self.view.tree
+        self._loads: dict[str, WorkerLoad] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._window = WindowSpec(cfg.output_window_s, cfg.output_window_buckets)
+        self._outputs = WindowSums(cfg.output_window_buckets, 2)  # (finished requests, output tokens)
+        self._added = 0
+
+    # ------------------------------------------------------------------ membership and feeds
+
+    def add_worker(self, worker_id: str) -> None:
+        if worker_id not in self._loads:
+            self._loads[worker_id] = WorkerLoad(self._added, self.config.step_tokens)
+            self._added += 1
+            self.view.add_worker(worker_id)
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._loads.pop(worker_id, None)
+        self.view.remove_worker(worker_id)
+        for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
+            del self._pending[rid]
+
+    def on_kv_event(self, worker_id: str, event: KVEvent) -> None:
+        self.view.on_kv_event(worker_id, event)
+
+    def on_resync(self, worker_id: str, stored: list[PagesStored]) -> None:
+        self.view.on_resync(worker_id, stored)
+
+    def on_load(self, report: LoadReport) -> None:
+        load = self._loads.get(report.worker_id)
+        if load is not None:
+            load.on_report(report, self.clock(), self.cost)
+            self.view.check_report(report)
+
+    def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
+        return self.view.events_state(worker_id)
+
+    def load_of(self, worker_id: str) -> float:
+        """Seconds a request routed to the worker now would wait for its queue (0 if unknown)."""
+        load = self._loads.get(worker_id)
+        return load.view(self.clock()).queue_s if load is not None else 0.0
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, req: RouteRequest) -> RouteDecision:
+        if not self._loads:
+            raise RuntimeError("no workers to route to")
+        now = self.clock()
+        match = self.view.match(req.token_ids)
+        output = self._expected_output(req.max_tokens, now)
+        estimates = self.estimates(match, len(req.token_ids), output, now)
+        worker = min(estimates, key=lambda w: (estimates[w].total, self._loads[w].order))
+        self._commit(req, worker, match, estimates[worker], output, now)
+        return RouteDecision(worker, _branch(match, estimates[worker].held), estimates[worker].held,
+                             {w: e.total for w, e in estimates.items()})
+
+    def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> dict[str, Estimate]:
+        """Each worker's predicted cost of the request, by term."""
+        aware = self.config.cache_aware
+        return {w: estimate(self.cost, load.view(now), prompt, match.held.get(w, 0) if aware else 0, output,
+                            self.config)
+                for w, load in self._loads.items()}
+
+    def _commit(self, req: RouteRequest, worker: str, match: TreeMatch, est: Estimate, output: int,
+                now: float) -> None:
+        _, holding = self.view.commit(match, worker)
+        self._loads[worker].add(req.request_id, est.prefill, len(req.token_ids) + output // 2, now)
+        self._pending[req.request_id] = _Pending(worker, holding)
+
+    def _expected_output(self, max_tokens: int, now: float) -> int:
+        done, tokens = self._outputs.totals(self._window.bucket(now))
+        return max_tokens if done <= 0 else min(max_tokens, round(tokens / done))
+
+    # ------------------------------------------------------------------ feedback
+
+    def on_done(self, done: RequestDone) -> None:
+        p = self._pending.pop(done.request_id, None)
+        if p is None:
+            return
+        load = self._loads.get(p.worker)
+        if load is not None:
+            load.remove(done.request_id)
+        if done.ok:
+            self._outputs.add(self._window.bucket(self.clock()), (1.0, float(done.output_tokens)))
+            self.view.correct(p.worker, p.holding, done.cached_tokens)
+
+
+def _branch(match: TreeMatch, held: int) -> str:
+    """How the choice relates to the cache: hit (holds the longest cached prefix), partial
+    (holds less of it) or miss (holds none of the prompt)."""
+    if held and held >= match.cached_tokens:
+        return "hit"
+    return "partial" if held else "miss"

@@ -1,0 +1,66 @@
+"""The router's running model of one worker's load: the prefill work queued on it and the
+requests it serves.
+
+Every routing decision adds its request's predicted prefill time to the worker's queue at once,
+so decisions made between two load reports never herd onto the worker that looked idlest at the
+last one. The queue drains as a fluid: work routed at time t with the queue busy until F is done
+at max(F, t) + its seconds. Load reports bound the prediction where it drifts from the worker's
+truth (a cost model that is off): the queue is at least the report's prefill tokens at the cost
+model's per-token rate, and a worker that reports no prefill work has none beyond what was routed
+since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cost_model import CostModel
+from ..messages import LoadReport
+
+
+@dataclass(frozen=True, slots=True)
+class LoadView:
+    """A worker's predicted state at one instant, as scorers read it."""
+
+    queue_s: float  # prefill seconds a request routed now waits for
+    batch: int  # requests routed to it and not done: those ahead in the queue decode by the time it prefills
+    context: int  # their context tokens (prompt + half the expected output)
+    step_tokens: int  # tokens one forward pass takes
+
+
+class WorkerLoad:
+    def __init__(self, order: int, step_tokens: int) -> None:
+        self.order = order  # tie-break: the order workers were added
+        self.step_tokens = step_tokens
+        self.busy_until = float("-inf")  # when the prefill work routed so far is predicted done
+        self.routed_since_report_s = 0.0
+        self.batch = 0
+        self.context = 0
+        self._context: dict[str, int] = {}  # request id -> its context tokens
+
+    def view(self, now: float) -> LoadView:
+        return LoadView(max(0.0, self.busy_until - now), self.batch, self.context, self.step_tokens)
+
+    def add(self, request_id: str, prefill_s: float, context: int, now: float) -> None:
+        """Queue a routed request's prefill (its passes' seconds, decodes sharing them included)."""
+        self.busy_until = max(self.busy_until, now) + prefill_s
+        self.routed_since_report_s += prefill_s
+        self._context[request_id] = context
+        self.batch += 1
+        self.context += context
+
+    def remove(self, request_id: str) -> None:
+        """The request is done (or failed)."""
+        context = self._context.pop(request_id, None)
+        if context is not None:
+            self.batch -= 1
+            self.context -= context
+
+    def on_report(self, report: LoadReport, now: float, cost: CostModel) -> None:
+        if report.step_tokens > 0:
+            self.step_tokens = report.step_tokens
+        if report.prefill_tokens == 0:
+            self.busy_until = min(self.busy_until, now + self.routed_since_report_s)
+        floor = report.prefill_requests * cost.a + report.prefill_tokens * cost.b
+        self.busy_until = max(self.busy_until, now + floor)
+        self.routed_since_report_s = 0.0
