@@ -186,7 +186,11 @@ def profile(
 
 @app.command()
 def sim(
+    ctx: typer.Context,
     workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
+    trace: Path | None = typer.Option(None, help="A JSONL trace to replay instead of --workload: Mooncake-style "
+                                                 "or token ids (docs/cli/sim.md); all of it unless --num-requests."),
+    trace_block_size: int = typer.Option(512, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
     replicas: int = typer.Option(4),
     policy: str = typer.Option("e2"),
     rate: float | None = typer.Option(None, help="Poisson arrivals per second; default: the workload's own times."),
@@ -206,7 +210,7 @@ def sim(
     import json
     import random
 
-    from .bench.cli import parse_param
+    from .bench.cli import parse_param, trace_workload
     from .bench.loadgen import write_jsonl
     from .bench.workloads import make_workload
     from .core.cost_model import CostModel
@@ -218,7 +222,12 @@ def sim(
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer)
-    wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok, **dict(map(parse_param, param)))
+    if trace is not None:
+        wl = trace_workload(ctx, trace, trace_block_size, num_requests, seed, tok)
+        workload = wl.name
+    else:
+        wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok,
+                           **dict(map(parse_param, param)))
     rng = random.Random(seed)
     t, reqs = 0.0, []
     for r in wl.requests:

@@ -87,10 +87,35 @@ def parse_param(value: str) -> tuple[str, object]:
     return key, raw
 
 
+def trace_workload(ctx: typer.Context, trace: Path, block_size: int, num_requests: int, seed: int,
+                   tokenizer=None):
+    """The workload of `--trace FILE`: the whole file unless --num-requests is given. A file that
+    cannot be replayed ends the command with its one-line reason and exit code 2 (a usage error's)."""
+    from .workloads.trace_file import TraceError, load_trace
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name).name != "DEFAULT"
+
+    if given("workload"):
+        raise typer.BadParameter("give --trace or --workload, not both", param_hint="--trace")
+    if ctx.params.get("param"):
+        raise typer.BadParameter("--param sets a --workload's parameters; a --trace takes none", param_hint="--param")
+    try:
+        return load_trace(trace, block_size=block_size, seed=seed,
+                          num_requests=num_requests if given("num_requests") else None, tokenizer=tokenizer)
+    except TraceError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 @bench_app.command("serve")
 def serve(
+    ctx: typer.Context,
     url: str = typer.Option("http://127.0.0.1:8000", help="Router or server base URL (OpenAI API)."),
     workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
+    trace: Path | None = typer.Option(None, help="A JSONL trace to replay instead of --workload: Mooncake-style "
+                                                 "or token ids (docs/cli/sim.md); all of it unless --num-requests."),
+    trace_block_size: int = typer.Option(512, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
     num_requests: int = typer.Option(200),
     rate: list[float] = typer.Option([], help="Poisson arrivals per second; repeat for a sweep. "
                                               "None: the workload's own times."),
@@ -119,13 +144,17 @@ def serve(
 
     if plot is not None and summaries is None:
         raise typer.BadParameter("--plot draws from --summaries: give both", param_hint="--plot")
+    if trace is not None:
+        wl = trace_workload(ctx, trace, trace_block_size, num_requests, seed)
+        workload = wl.name
+    else:
+        wl = make_workload(workload, num_requests=num_requests, seed=seed, **dict(map(parse_param, param)))
     if label is None:
         try:
             label = httpx.get(f"{url.rstrip('/')}/health", timeout=5).json().get("policy")
         except (httpx.HTTPError, ValueError):
             label = None
         label = label or url
-    wl = make_workload(workload, num_requests=num_requests, seed=seed, **dict(map(parse_param, param)))
     reqs = [LoadRequest(r.request_id, r.prompt if r.prompt is not None else r.prompt_token_ids, r.max_tokens,
                         r.arrival) for r in wl.requests]
     for r in rate or [None]:

@@ -3,7 +3,8 @@
 ``mooncake`` (``mooncake_synthetic_trace.jsonl``): one 512-token block per hash id; the block of
 id ``h`` is a deterministic function of (``seed``, ``h``), so equal ids give equal blocks and the
 prefix tree of the trace is exact. The last block is cut to ``input_length``. Arrivals are
-``timestamp`` (ms) / 1000 x ``time_scale``; outputs are ``output_length``.
+``timestamp`` (ms) / 1000 x ``time_scale``; outputs are ``output_length``. The rows are read and
+the prompts built by ``trace_file`` (which replays any file of this format, ``--trace``).
 
 ``azure`` (``AzureLLMInferenceTrace_code.csv``): only timestamps and token counts, so each prompt
 is ``ContextTokens`` unique random tokens; outputs are ``GeneratedTokens``. Rows from
@@ -16,7 +17,6 @@ For both, ``num_requests`` (alias ``max_requests``) limits the rows taken; None 
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -31,9 +31,11 @@ AZURE_FILE = "AzureLLMInferenceTrace_code.csv"
 
 
 @lru_cache(maxsize=2)
-def load_mooncake(data_dir: str) -> list[dict]:
-    path = Path(data_dir) / MOONCAKE_FILE
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+def load_mooncake(data_dir: str):
+    """The checked rows of the Mooncake trace (a :class:`.trace_file.Trace`), read once."""
+    from .trace_file import read_trace  # trace_file builds on this module's block_tokens
+
+    return read_trace(Path(data_dir) / MOONCAKE_FILE)
 
 
 def _limit(num_requests: int | None, max_requests: int | None) -> int | None:
@@ -42,9 +44,9 @@ def _limit(num_requests: int | None, max_requests: int | None) -> int | None:
     return num_requests if num_requests is not None else max_requests
 
 
-def block_tokens(seed: int, hash_id: int, low: int, high: int, excluded: set[int]) -> list[int]:
+def block_tokens(seed: int, hash_id: int, low: int, high: int, excluded: set[int], size: int = BLOCK) -> list[int]:
     rng = np.random.default_rng(stable_seed("mooncake-block", seed, int(hash_id)))
-    return random_ids(rng, BLOCK, low, high, excluded).tolist()
+    return random_ids(rng, size, low, high, excluded).tolist()
 
 
 @register("mooncake")
@@ -59,37 +61,14 @@ def make_mooncake(
     start_row: int = 0,
     vocab_size: int | None = None,
 ) -> Workload:
-    rows = load_mooncake(str(data_dir))[start_row:]
+    from .trace_file import TraceConfig, build_workload
+
     limit = _limit(num_requests, max_requests)
-    rows = rows[:limit] if limit is not None else rows
-    low, high, excluded = vocab_range(tokenizer, vocab_size)
-    blocks: dict[int, list[int]] = {}
-    t0 = rows[0]["timestamp"] if rows else 0
-    reqs = []
-    for i, row in enumerate(rows):
-        ids: list[int] = []
-        for h in row["hash_ids"]:
-            if h not in blocks:
-                blocks[h] = block_tokens(seed, h, low, high, excluded)
-            ids.extend(blocks[h])
-        n = int(row["input_length"])
-        if len(ids) < n:  # a trace row with fewer blocks than its length: pad uniquely
-            rng = np.random.default_rng(stable_seed("mooncake-pad", seed, start_row + i))
-            ids.extend(random_ids(rng, n - len(ids), low, high, excluded).tolist())
-        del ids[n:]
-        reqs.append(
-            WorkloadRequest(
-                request_id=f"mooncake-{start_row + i}",
-                arrival=(row["timestamp"] - t0) / 1000.0 * time_scale,
-                prompt=None,
-                prompt_token_ids=ids,
-                max_tokens=max(1, int(row["output_length"])),
-                shared_prefix_len=0,
-                group=f"h{row['hash_ids'][0]}" if row["hash_ids"] else "",
-            )
-        )
+    cfg = TraceConfig(block_size=BLOCK, seed=seed, time_scale=time_scale, start_row=start_row,
+                      num_requests=limit, vocab_size=vocab_size, id_prefix="mooncake")
+    wl = build_workload(load_mooncake(str(data_dir)), cfg, "mooncake", tokenizer)
     params = dict(time_scale=time_scale, start_row=start_row, max_requests=limit, block=BLOCK)
-    return Workload("mooncake", reqs, params)
+    return Workload("mooncake", wl.requests, params)
 
 
 def _parse_ts(s: str) -> float:
