@@ -10,6 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .bench.cli import bench_app
+from .core.routing import DEFAULT_POLICY, POLICIES
+
+POLICY_HELP = "Routing policy: " + " | ".join(POLICIES) + "."
 
 # Plain help (rich_markup_mode=None): it wraps whole words at the terminal's width, where the rich
 # panel squeezes help text into a narrow column.
@@ -81,7 +84,7 @@ def worker(
 def router(
     model: Path = typer.Option(..., help="HF model folder (tokenizer, chat template, context window)."),
     worker: list[str] = typer.Option(..., "--worker", help="Worker base URL; repeat for each worker."),
-    policy: str = typer.Option("e2", help="e2 | round_robin | least_load | power_of_two | cache_aware | prefix_hash"),
+    policy: str = typer.Option(DEFAULT_POLICY, help=POLICY_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
     port: int = typer.Option(8000),
     max_inflight: int = typer.Option(1024, help="Requests admitted at once; beyond, 429."),
@@ -124,7 +127,7 @@ def serve(
     workers: int = typer.Option(2, help="Workers: model replicas, each on --tp GPUs with --device cuda."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: GPUs (or CPU processes) per replica."),
     device: str = typer.Option("cpu"),
-    policy: str = typer.Option("e2"),
+    policy: str = typer.Option(DEFAULT_POLICY, help=POLICY_HELP),
     host: str = typer.Option("127.0.0.1", help="Router interface; loopback by default."),
     port: int = typer.Option(8000),
     max_inflight: int = typer.Option(1024, help="Requests the router admits at once; beyond, 429."),
@@ -192,7 +195,7 @@ def sim(
                                                  "or token ids (docs/cli/sim.md); all of it unless --num-requests."),
     trace_block_size: int = typer.Option(512, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
     replicas: int = typer.Option(4),
-    policy: str = typer.Option("e2"),
+    policy: str = typer.Option(DEFAULT_POLICY, help=POLICY_HELP),
     rate: float | None = typer.Option(None, help="Poisson arrivals per second; default: the workload's own times."),
     num_requests: int = typer.Option(1000),
     cost_model: Path | None = typer.Option(None, help="A cost model JSON from `preble profile`; default: built-in."),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from .child_process import spawn_tied
+from .core.routing import DEFAULT_POLICY
 
 log = logging.getLogger("preble.serve")
 
@@ -32,7 +33,7 @@ class ServeConfig:
     workers: int = 2
     tp: int = 1  # tensor-parallel ranks per worker: GPUs i*tp .. i*tp+tp-1 serve worker i
     device: str = "cpu"
-    policy: str = "e2"
+    policy: str = DEFAULT_POLICY
     host: str = "127.0.0.1"
     port: int = 8000
     worker_base_port: int | None = None  # default: port + 1, port + 2, ...

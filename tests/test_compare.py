@@ -21,6 +21,7 @@ from preble.bench.compare import (
 )
 from preble.bench.workloads import make_workload
 from preble.core.cost_model import CostModel
+from preble.core.routing import default_config
 
 COST = CostModel()
 
@@ -59,7 +60,7 @@ def test_ablation_variants_switch_e2_features_off_in_the_papers_order():
     cfg = CompareConfig()
     configs = [cfg.sim_config(4, v) for v in ABLATION_VARIANTS]
     assert [c.policy for c in configs] == ["round_robin", "e2", "e2", "e2", "e2"]
-    e2 = [c.policy_config for c in configs[1:]]
+    e2 = [c.policy_config or default_config("e2", c.page_size) for c in configs[1:]]  # None: e2's defaults
     assert [(c.rebalance, c.replicate, c.pd_balance) for c in e2] == [
         (False, False, False), (True, True, False), (True, True, True), (True, True, True)]
     assert [c.scheduler.local_policy for c in configs] == ["lpm"] * 4 + ["preble"]

@@ -1,8 +1,8 @@
 """`preble router --worker-kind openai` in front of engines that only speak OpenAI's API.
 
 The engines here are Preble workers, but the router treats them as it would vLLM or SGLang: no
-load reports and no KV events; health from `/v1/models`; E2 tracks each engine's cache by the
-prompts it routed there, and the engine's own prefix cache shows in the reported cached tokens.
+load reports and no KV events; health from `/v1/models`; the default policy tracks each engine's
+cache by the prompts it routed there, and the engine's own prefix cache shows in the reported cached tokens.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def test_router_fronts_openai_compatible_engines(tiny_models):
         first = httpx.post(f"{base}/v1/completions", json={"prompt": shared + [7, 8], "max_tokens": 2}, timeout=60)
         assert first.status_code == 200
         went = json.loads(first.headers["x-preble-route"])
-        assert went["branch"] == "explore"
+        assert went["branch"] == "miss"
         # The router believes the engine holds what it sent there, and sends the next request with
         # the same prefix to it; the engine's reported cached tokens confirm the hit.
         second = httpx.post(f"{base}/v1/completions", json={"prompt": shared + [9, 10], "max_tokens": 2}, timeout=60)
         route = json.loads(second.headers["x-preble-route"])
-        assert (route["worker"], route["branch"], route["matched_tokens"]) == (went["worker"], "exploit", 64)
+        assert (route["worker"], route["branch"], route["matched_tokens"]) == (went["worker"], "hit", 64)
         assert second.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 60
 
         # An engine that dies is routed around.

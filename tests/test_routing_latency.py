@@ -48,9 +48,11 @@ def test_estimate_by_hand():
     assert e.prefill == pytest.approx(compute + 2 * batch_step)  # 12 tokens in passes of 8: two passes
     assert e.decode == pytest.approx(10 * with_it)
     assert e.interference == pytest.approx(2 * (compute + 10 * (with_it - batch_step)))
-    assert e.total == pytest.approx(e.wait + e.prefill + e.decode + e.interference)
-    off = estimate(COST, view, 20, 8, 10, LatencyConfig(wait=False, decode=False, interference=False))
-    assert (off.wait, off.decode, off.interference) == (0.0, 0.0, 0.0) and off.prefill == e.prefill
+    assert e.work == pytest.approx(compute)  # one second of others' waiting per second of compute
+    assert e.total == pytest.approx(e.wait + e.prefill + e.decode + e.interference + e.work)
+    off = estimate(COST, view, 20, 8, 10, LatencyConfig(wait=False, decode=False, interference=False,
+                                                          work_weight=0.0))
+    assert (off.wait, off.decode, off.interference, off.work) == (0.0,) * 4 and off.prefill == e.prefill
 
 
 def test_idle_cluster_sends_a_prefix_back_to_its_holder_and_new_prefixes_elsewhere():
@@ -79,14 +81,14 @@ def test_a_hot_prefix_spills_to_a_second_worker_once_its_queue_outweighs_the_rec
     assert 0.3 < chosen.count("w1") / len(chosen) < 0.7
 
 
-def test_report_bounds_the_predicted_queue():
+def test_a_report_of_no_prefill_work_drains_the_predicted_queue():
     policy, clock = make(workers=("w0",))
     policy.route(RouteRequest("r0", list(range(400)), 1))
     assert policy.load_of("w0") == pytest.approx(0.41)  # nothing decodes there to share its passes
-    # The worker says 5,000 tokens wait: at least b per token, whatever the router predicted.
+    # Prefill tokens the worker reports are no floor (they may be cached by admission time).
     policy.on_load(LoadReport("w0", 0.0, 0, 3, 5000, 0, 0, 1000, PS, 0.0, 0.0, 0, prefill_tokens=5000,
                               prefill_requests=3, step_tokens=512))
-    assert policy.load_of("w0") == pytest.approx(3 * COST.a + 5000 * COST.b)
+    assert policy.load_of("w0") == pytest.approx(0.41)
     assert policy._loads["w0"].step_tokens == 512
     # It says it has nothing left to prefill: the queue is only what was routed since.
     policy.on_load(LoadReport("w0", 0.0, 1, 0, 0, 0, 0, 1000, PS, 0.0, 0.0, 0, prefill_tokens=0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -11,8 +12,10 @@ from rich.table import Table
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Benchmarks.")
 
+from ..core.routing import DEFAULT_POLICY
 from .workloads.report import PREBLE_WORKLOADS
 
+console = Console()
 SUMMARY_KEYS = ("p50_ms", "p99_ms", "decisions_per_s", "rss_mb")
 
 
@@ -232,13 +235,59 @@ def compare(
     print(text)
 
 
+@bench_app.command("grid")
+def grid(
+    workloads: str = typer.Option("toolbench,agent,programming,videoqa,loogle,mooncake,zipf",
+                                  help="Comma-separated workloads (zipf: the Zipf shared-prefix synthetic)."),
+    replicas: str = typer.Option("2,4,8,16,32,64", help="Comma-separated replica counts."),
+    memories: str = typer.Option("h200,paper", help="KV memory regimes: h200 (44,000 pages), paper (15,200)."),
+    policies: str = typer.Option("", help="Comma-separated policies; default: every peer and the default policy."),
+    ablations: bool = typer.Option(True, help="Also run the default policy with each of its terms off."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each point's arrivals)."),
+    capacity_replicas: str = typer.Option("8,16", help="Replica counts of the capacity search ('' skips it)."),
+    cost_model: Path = typer.Option(Path("results/cost_models/h200_llama3-8b.json")),
+    duration: float = typer.Option(120.0, help="Seconds of Poisson arrivals per run."),
+    max_requests: int = typer.Option(3000, help="Requests per run at most (a trace is replayed up to this)."),
+    max_rates: int = typer.Option(6, help="Rates per ladder at most."),
+    jobs: int = typer.Option(os.cpu_count() or 2, help="Worker processes."),
+    report: Path | None = typer.Option(None, help="Run nothing: render this grid JSON's report."),
+    out: Path = typer.Option(Path("grid.json"), help="JSON here; the Markdown report next to it."),
+) -> None:
+    """Every routing policy at every point of workloads x replicas x loads x memory x seeds in the
+    simulator, with a leaderboard against the best policy at each point."""
+    from dataclasses import replace
+
+    from ..core.routing import DEFAULT_POLICY
+    from .grid import ABLATIONS, PEERS, GridConfig, markdown, run
+
+    def names(s: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in s.split(",") if x.strip())
+
+    if report is not None:
+        doc = json.loads(report.read_text())
+        report.with_suffix(".md").write_text(markdown(doc))
+        return
+    base = GridConfig()
+    cfg = GridConfig(workloads=names(workloads), replicas=tuple(map(int, names(replicas))),
+                     memories=names(memories), policies=names(policies) or PEERS + (DEFAULT_POLICY,),
+                     ablations=ABLATIONS if ablations else (), seeds=tuple(map(int, names(seeds))),
+                     capacity_replicas=tuple(map(int, names(capacity_replicas))),
+                     base=replace(base.base, cost_model=str(cost_model), duration_s=duration,
+                                  max_requests=max_requests, max_rates=max_rates), jobs=jobs)
+    doc = run(cfg, log=lambda m: console.print(m))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(doc))
+    console.print(f"written {out} and {out.with_suffix('.md')}")
+
+
 @bench_app.command("validate")
 def validate(
     cost_model: Path = typer.Option(..., help="Cost model profiled on this device with the workers' threads."),
     model: Path | None = typer.Option(None, help="HF model folder; default: the demo model."),
     device: str = typer.Option("cpu"),
     workers: int = typer.Option(2),
-    policy: str = typer.Option("e2"),
+    policy: str = typer.Option(DEFAULT_POLICY),
     workload: str = typer.Option("shared_prefix", help="A token-id workload."),
     param: list[str] = typer.Option([], help="Workload parameter key=value; repeatable (replaces the defaults)."),
     num_requests: int = typer.Option(150),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cost_model import CostModel
-from ..core.routing import E2Config
+from ..core.routing import default_config
 from ..core.scheduler import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
@@ -42,12 +42,13 @@ METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft"
 
 @dataclass(frozen=True)
 class Variant:
-    """One configuration of the cluster under test: a routing policy, its config, a local queue."""
+    """One configuration of the cluster under test: a routing policy, changes to its default
+    config, a local queue."""
 
     label: str
     policy: str
     local_policy: str = "preble"
-    e2: dict = field(default_factory=dict)  # E2Config overrides
+    overrides: dict = field(default_factory=dict)  # fields of the policy's config
 
 
 LOCAL_VARIANTS = tuple(Variant(f"e2 + {q}", "e2", q) for q in ("fcfs", "lpm", "preble"))
@@ -93,8 +94,10 @@ class CompareConfig:
     jobs: int = 2  # worker processes
 
     def sim_config(self, replicas: int, variant: Variant) -> SimConfig:
-        e2 = E2Config(page_size=self.page_size, **variant.e2) if variant.policy == "e2" else None
-        return SimConfig(replicas=replicas, policy=variant.policy, policy_config=e2,
+        policy_config = None
+        if variant.overrides:
+            policy_config = replace(default_config(variant.policy, self.page_size, self.seed), **variant.overrides)
+        return SimConfig(replicas=replicas, policy=variant.policy, policy_config=policy_config,
                          page_size=self.page_size, num_pages=self.num_pages, seed=self.seed,
                          scheduler=SchedulerConfig(max_num_batched_tokens=self.max_num_batched_tokens,
                                                    max_model_len=self.max_model_len,
@@ -109,21 +112,35 @@ class Prepared:
     prompts: list[list[int]]
     max_tokens: list[int]
     stats: dict[str, Any]
+    arrivals: list[float] | None = None  # a trace's own arrival times (seconds); None: Poisson at any rate
+
+    @property
+    def own_rate(self) -> float | None:
+        """A trace's mean arrival rate (requests/s); None for workloads without arrival times."""
+        a = self.arrivals
+        return (len(a) - 1) / (a[-1] - a[0]) if a and len(a) > 1 and a[-1] > a[0] else None
 
     def requests(self, n: int, rate: float, seed: int) -> list[SimRequest]:
-        """The first `n` requests with Poisson arrivals at `rate` (the same for every policy)."""
-        rng = random.Random(seed)
-        t, out = 0.0, []
-        for i in range(min(n, len(self.prompts))):
-            out.append(SimRequest(f"{self.name}-{i}", t, self.prompts[i], self.max_tokens[i]))
-            t += rng.expovariate(rate)
-        return out
+        """The first `n` requests at mean `rate` (the same for every policy): a trace's own
+        arrivals compressed or stretched to that rate (its burstiness kept), else Poisson."""
+        n = min(n, len(self.prompts))
+        if self.own_rate is not None:
+            scale = self.own_rate / rate
+            times = [(t - self.arrivals[0]) * scale for t in self.arrivals[:n]]
+        else:
+            rng = random.Random(seed)
+            times = [0.0] * n
+            for i in range(1, n):
+                times[i] = times[i - 1] + rng.expovariate(rate)
+        return [SimRequest(f"{self.name}-{i}", times[i], self.prompts[i], self.max_tokens[i]) for i in range(n)]
 
 
-def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int, stats_requests: int = 1000) -> Prepared:
+def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int, stats_requests: int = 1000,
+            params: dict | None = None, trace_arrivals: bool = False) -> Prepared:
     """The workload as token ids (each distinct text tokenised once: prompts repeat a lot), with
-    the statistics of its first `stats_requests` requests."""
-    wl = make_workload(name, num_requests=n, seed=seed, tokenizer=tokenizer)
+    the statistics of its first `stats_requests` requests; `trace_arrivals` keeps its own
+    arrival times (traces)."""
+    wl = make_workload(name, num_requests=n, seed=seed, tokenizer=tokenizer, **(params or {}))
     encoded: dict[str, list[int]] = {}  # one list per distinct text: copies to worker processes stay small
     prompts = []
     for r in wl.requests:
@@ -137,7 +154,8 @@ def prepare(name: str, n: int, tokenizer, seed: int, max_prompt: int, stats_requ
     head = [replace(r, prompt=None, prompt_token_ids=ids)
             for r, ids in zip(wl.requests[:stats_requests], prompts)]
     stats = Workload(name, head, wl.params).stats()
-    return Prepared(name, prompts, [r.max_tokens for r in wl.requests], stats)
+    arrivals = [r.arrival for r in wl.requests] if trace_arrivals else None
+    return Prepared(name, prompts, [r.max_tokens for r in wl.requests], stats, arrivals)
 
 
 def capacity(prep: Prepared, cost: CostModel, batch: int = 64) -> float:
@@ -172,7 +190,10 @@ class Runner:
         self.cfg, self.prep, self.cost = cfg, prep, cost
 
     def size(self, rate: float) -> int:
+        """Requests of a run: `duration_s` of arrivals within the bounds; a trace whole (to the bound)."""
         cfg = self.cfg
+        if self.prep.arrivals is not None:
+            return min(cfg.max_requests, len(self.prep.prompts))
         return max(cfg.min_requests, min(cfg.max_requests, round(rate * cfg.duration_s)))
 
     def point(self, replicas: int, rate: float, variant: Variant, n: int | None = None) -> dict[str, Any]:

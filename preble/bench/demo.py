@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.routing import DEFAULT_POLICY
 from ..sim.report import percentile, summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import LocalCluster
@@ -23,7 +24,7 @@ from .workloads import make_workload
 
 @dataclass(frozen=True)
 class DemoConfig:
-    policies: tuple[str, ...] = ("e2", "round_robin")
+    policies: tuple[str, ...] = (DEFAULT_POLICY, "round_robin")
     workers: int = 2
     params: dict = field(default_factory=lambda: dict(groups=8, system_len=384, question_len=32,
                                                       output_len=16, popularity="uniform"))

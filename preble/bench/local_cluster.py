@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import httpx
 
+from ..core.routing import DEFAULT_POLICY
+
 
 def free_port_block(n: int) -> int:
     """A base port whose next n ports were free a moment ago."""
@@ -37,7 +39,7 @@ class LocalCluster:
     """Router + `workers` workers on loopback; `stop()` (or leaving the `with`) ends them all.
     The log goes to a file: nobody reads a pipe while a benchmark runs, and a full one blocks."""
 
-    def __init__(self, model: str, workers: int = 2, policy: str = "e2",
+    def __init__(self, model: str, workers: int = 2, policy: str = DEFAULT_POLICY,
                  worker_args: Sequence[str] = (), device: str = "cpu",
                  startup_timeout_s: float = 300.0, serve_args: Sequence[str] = ()) -> None:
         self.workers = workers

@@ -3,7 +3,8 @@
 A synthetic cluster: `workers` simulated workers whose caches hold `prefixes` shared prefixes
 (a 512-token system prompt shared by 50 prefixes, then a 128-token document), fed to the policy
 as KV events, with periodic LoadReports. Requests pick a prefix by Zipf popularity and add a
-unique question. Each decision is what a real router does per request: `route()`, the KV events
+unique question; a fifth bring a prefix no worker holds (a new document, and every 50th a new
+system prompt), so the mix has decisions of every kind: cache hits, misses, E2's explores. Each decision is what a real router does per request: `route()`, the KV events
 the chosen worker then emits (its new pages stored, its least recently used ones removed), one
 worker's LoadReport and one earlier request's `on_done`. The clock is simulated (`rate` requests
 per second), so the run spans more than E2's window and its collector is exercised.
@@ -50,6 +51,7 @@ OUTPUT_TOKENS = 100
 ZIPF_S = 1.1  # popularity exponent of prefixes
 REPLICATED_FRACTION = 0.01  # the most popular prefixes start on 3 workers, the rest on 1
 QUESTIONS_KEPT = 4  # question leaves a worker keeps per prefix before removing the oldest
+NEW_PREFIX_FRACTION = 0.2  # requests with a document (and every 50th a system prompt) no worker holds yet
 IN_FLIGHT = 256  # requests between a route and its on_done
 WARMUP = 500  # decisions not timed
 VOCAB = 128_000
@@ -283,7 +285,10 @@ class _Loop:
                 gc.callbacks.append(on_gc)
             self.count += 1
             self.now[0] += 1.0 / self.rate
-            p = self.order[bisect_left(self.cum, rng.random() * total_w)]
+            if rng.random() < NEW_PREFIX_FRACTION:  # a prefix no worker holds: the policy explores
+                p = len(self.order) + self.count
+            else:
+                p = self.order[bisect_left(self.cum, rng.random() * total_w)]
             question = _tokens(rng, rng.randint(*QUESTION_TOKENS))
             req = RouteRequest(f"r{self.count}", wl.system(p) + wl.doc(p) + question, MAX_TOKENS)
             report = LoadReport(wids[self.count % len(wids)], self.now[0], running=rng.randint(4, 32),

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.cost_model import CostModel
+from ..core.routing import DEFAULT_POLICY
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
@@ -35,7 +36,7 @@ class ValidateConfig:
     model: str | None = None  # HF folder; None: the demo model
     device: str = "cpu"
     workers: int = 2
-    policy: str = "e2"
+    policy: str = DEFAULT_POLICY
     workload: str = "shared_prefix"  # a token-id workload, so the cluster and the simulator see the same ids
     params: dict = field(default_factory=lambda: dict(groups=6, system_len=384, question_len=48, output_len=24))
     num_requests: int = 150

@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from ..core.cost_model import CostModel
-from ..core.routing import E2Config, make_policy
+from ..core.routing import DEFAULT_PAGE_SIZE, DEFAULT_POLICY, make_policy, reads_caches
 from ..engine.model.config import ModelConfig
 from ..server.logs import configure_logging
 from .app import RouterConfig, create_router_app
@@ -26,7 +26,7 @@ log = logging.getLogger("preble.router")
 class RouterServerConfig:
     model: str  # HF folder: tokenizer, chat template, context window
     workers: list[str] = field(default_factory=list)  # worker base URLs
-    policy: str = "e2"
+    policy: str = DEFAULT_POLICY
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None
@@ -63,18 +63,17 @@ def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = 
 def build_router_app(cfg: RouterServerConfig):
     model_cfg = ModelConfig.from_dir(cfg.model)
     max_len = model_cfg.context_window(cfg.max_model_len)
-    config = None
     external = cfg.worker_kind != "preble"
-    if cfg.policy == "e2":
+    page_size = cfg.page_size or DEFAULT_PAGE_SIZE
+    if reads_caches(cfg.policy) and not cfg.page_size and not external:
         # External engines send no KV events, or (vLLM) blocks split into pages: the tree's pages
-        # are the router's own granularity.
-        page_size = cfg.page_size or (E2Config.page_size if external else
-                                      discover_page_size(cfg.workers, cfg.discovery_timeout_s, cfg.worker_api_key))
-        if page_size is None:
-            log.warning("no worker reported its page size; e2 assumes %d", E2Config.page_size)
-        config = E2Config(page_size=page_size or E2Config.page_size)
+        # are then the router's own granularity. Preble workers say theirs.
+        found = discover_page_size(cfg.workers, cfg.discovery_timeout_s, cfg.worker_api_key)
+        if found is None:
+            log.warning("no worker reported its page size; %s assumes %d", cfg.policy, DEFAULT_PAGE_SIZE)
+        page_size = found or DEFAULT_PAGE_SIZE
     cost = CostModel.load(cfg.cost_model) if cfg.cost_model else None
-    policy = make_policy(cfg.policy, clock=time.monotonic, cost_model=cost, config=config, seed=cfg.seed)
+    policy = make_policy(cfg.policy, clock=time.monotonic, page_size=page_size, cost_model=cost, seed=cfg.seed)
     rcfg = RouterConfig(model_path=cfg.model, served_model_name=cfg.served_model_name or Path(cfg.model).name,
                         max_model_len=max_len, max_inflight=cfg.max_inflight, api_key=cfg.api_key,
                         worker_api_key=cfg.worker_api_key,
@@ -82,7 +81,7 @@ def build_router_app(cfg: RouterServerConfig):
                         pool=WorkerPoolConfig(worker_kind="openai" if external else "preble",
                                               kv_events=tuple(cfg.kv_events),
                                               unhealthy_after_s=cfg.health_timeout_s,
-                                              page_size=config.page_size if config else E2Config.page_size))
+                                              page_size=page_size))
     return create_router_app(rcfg, cfg.workers, policy)
 
 

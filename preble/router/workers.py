@@ -25,7 +25,7 @@ import zmq
 
 from ..core.kv_events import PagesStored
 from ..core.messages import KVEventBatch, LoadReport
-from ..core.routing import E2Config
+from ..core.routing import DEFAULT_PAGE_SIZE
 from ..core.routing.base import RoutingPolicy
 from .vllm_events import VllmEventTranslator, follow_vllm_events
 
@@ -44,7 +44,7 @@ class WorkerPoolConfig:
     stall_grace_s: float = 1.0  # a read from a worker marked down is cut once it has waited this long
     worker_kind: str = "preble"  # preble | openai: any OpenAI-compatible engine (vLLM, SGLang, ...)
     kv_events: tuple[str, ...] = ()  # vLLM engines' KV event publishers (ZMQ), one per worker URL, in order
-    page_size: int = E2Config.page_size  # the router's KV page size: vLLM blocks are split into such pages
+    page_size: int = DEFAULT_PAGE_SIZE  # the router's KV page size: vLLM blocks are split into such pages
 
 
 class WorkerDown(Exception):

@@ -6,7 +6,7 @@ object, fed the same KV events and load reports a live router receives. Nothing 
 server, engine or model code.
 
     from preble.sim import SimConfig, SimRequest, simulate, summarize
-    records = simulate(requests, SimConfig(replicas=8, policy="e2"))
+    records = simulate(requests, SimConfig(replicas=8, policy="latency"))
     print(summarize(records))
 """
 

@@ -28,6 +28,7 @@ from .sglang_gateway import SGLangGateway, SGLangGatewayConfig
 from .sglang_slim import SGLangSlim, SGLangSlimConfig
 
 DEFAULT_POLICY = "latency"
+DEFAULT_PAGE_SIZE = 16  # the workers' default KV page size (preble.engine.config.EngineConfig)
 
 Clock = Callable[[], float]
 
@@ -72,7 +73,7 @@ def reads_caches(name: str) -> bool:
     return spec is not None and spec.config is not None and "page_size" in {f.name for f in fields(spec.config)}
 
 
-def default_config(name: str, page_size: int = 16, seed: int = 0) -> object | None:
+def default_config(name: str, page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0) -> object | None:
     """The policy's config with its defaults, for workers of this page size (None: it takes none)."""
     spec = _spec(name)
     if spec.config is None:
@@ -81,7 +82,7 @@ def default_config(name: str, page_size: int = 16, seed: int = 0) -> object | No
     return spec.config(**{k: v for k, v in (("page_size", page_size), ("seed", seed)) if k in names})
 
 
-def make_policy(name: str, *, clock: Clock, page_size: int = 16, cost_model: CostModel | None = None,
+def make_policy(name: str, *, clock: Clock, page_size: int = DEFAULT_PAGE_SIZE, cost_model: CostModel | None = None,
                 config: object | None = None, seed: int = 0) -> RoutingPolicy:
     """Build a policy by name. `config` is that policy's config dataclass (None: its defaults with
     this `page_size` and `seed`); a config of another page size than the workers' is refused."""
@@ -103,6 +104,6 @@ def _spec(name: str) -> PolicySpec:
     return spec
 
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "POLICY_SPECS", "default_config", "make_policy", "reads_caches",
+__all__ = ["DEFAULT_PAGE_SIZE", "DEFAULT_POLICY", "POLICIES", "POLICY_SPECS", "default_config", "make_policy", "reads_caches",
            "RoutingPolicy", "E2Config", "E2Policy", "LatencyConfig", "LatencyPolicy", "CacheAwareConfig",
            "PrefixHashConfig"]

@@ -10,7 +10,12 @@ requests, this one included (the greedy rule for the lowest mean latency):
 - decode: its expected output tokens times w's decode step with it in the batch;
 - interference: what it costs the other requests on w, which decode while it prefills (those
   queued ahead of it have started decoding by then): each waits for its prefill passes, and each
-  of their steps grows by its share of the batch while it decodes.
+  of their steps grows by its share of the batch while it decodes;
+- work: what its compute costs requests that arrive later and queue behind it. In an M/M/1 queue
+  at utilisation u each second of work delays later arrivals by u / (1 - u) seconds in all; the
+  policy charges one second per second (u = 0.5) rather than chase a utilisation it measures
+  noisily. It breaks near-ties between waiting for a holder and recomputing elsewhere toward the
+  choice that spends less GPU time.
 
 Cache reuse, load balance and replication all follow from that one sum. A worker that holds the
 prefix wins by the prefill it saves, for this request and for those decoding there; when its queue
@@ -53,6 +58,7 @@ class LatencyConfig:
     decode: bool = True
     interference: bool = True
     cache_aware: bool = True  # off: every worker prices the whole prompt (no reuse) for ablations
+    work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
 
     def cache_view(self) -> CacheViewConfig:
         return CacheViewConfig(self.page_size, self.tree_window_s, self.output_window_buckets, self.pending_ttl_s,
@@ -68,10 +74,11 @@ class Estimate:
     prefill: float  # its passes, decode steps sharing them included
     decode: float
     interference: float
+    work: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.wait + self.prefill + self.decode + self.interference
+        return self.wait + self.prefill + self.decode + self.interference + self.work
 
 
 def estimate(cost: CostModel, view: LoadView, prompt: int, held: int, output: int,
@@ -86,7 +93,8 @@ def estimate(cost: CostModel, view: LoadView, prompt: int, held: int, output: in
     with_it = cost.decode_step_time(view.batch + 1, view.context + context)
     interference = view.batch * (compute + output * (with_it - batch_step))
     return Estimate(held, view.queue_s if config.wait else 0.0, compute + passes * batch_step,
-                    output * with_it if config.decode else 0.0, interference if config.interference else 0.0)
+                    output * with_it if config.decode else 0.0, interference if config.interference else 0.0,
+                    config.work_weight * compute)
 
 
 @dataclass(slots=True)
@@ -134,7 +142,7 @@ class LatencyPolicy:
     def on_load(self, report: LoadReport) -> None:
         load = self._loads.get(report.worker_id)
         if load is not None:
-            load.on_report(report, self.clock(), self.cost)
+            load.on_report(report, self.clock())
             self.view.check_report(report)
 
     def events_state(self, worker_id: str) -> tuple[str, str | None] | None:

@@ -4,17 +4,16 @@ requests it serves.
 Every routing decision adds its request's predicted prefill time to the worker's queue at once,
 so decisions made between two load reports never herd onto the worker that looked idlest at the
 last one. The queue drains as a fluid: work routed at time t with the queue busy until F is done
-at max(F, t) + its seconds. Load reports bound the prediction where it drifts from the worker's
-truth (a cost model that is off): the queue is at least the report's prefill tokens at the cost
-model's per-token rate, and a worker that reports no prefill work has none beyond what was routed
-since.
+at max(F, t) + its seconds. A worker whose load report shows no prefill work left has none beyond
+what was routed since (the fluid drains too slowly where the cost model is too slow). The report's
+prefill tokens are not a floor: its waiting requests' prompts are priced at what the cache holds
+now, and those sharing a prefix another request is computing will find it cached when admitted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cost_model import CostModel
 from ..messages import LoadReport
 
 
@@ -56,11 +55,9 @@ class WorkerLoad:
             self.batch -= 1
             self.context -= context
 
-    def on_report(self, report: LoadReport, now: float, cost: CostModel) -> None:
+    def on_report(self, report: LoadReport, now: float) -> None:
         if report.step_tokens > 0:
             self.step_tokens = report.step_tokens
         if report.prefill_tokens == 0:
             self.busy_until = min(self.busy_until, now + self.routed_since_report_s)
-        floor = report.prefill_requests * cost.a + report.prefill_tokens * cost.b
-        self.busy_until = max(self.busy_until, now + floor)
         self.routed_since_report_s = 0.0

@@ -1,0 +1,348 @@
+"""The routing grid: every policy at every point of workloads x replicas x loads x memory x seeds,
+in the simulator, with a leaderboard of each policy's latency against the best at each point.
+
+A point is (workload, replicas, KV memory regime, load, seed). Loads come from round_robin's
+rate ladder at that point (`compare.Runner.climb`: from a light load until its p99 passes the
+saturation factor, one step beyond), plus, for traces, the trace's own rate and twice it (its
+arrivals compressed, their burstiness kept). The ladder is climbed once per (workload,
+replicas, memory) with the first seed; every seed then plays the same rates with its own
+arrivals (Poisson) or its own trace offset. Each run's statistics leave out its first
+`warmup_fraction` of arrivals (cold caches).
+
+Capacity at a TTFT SLO: for each policy, the highest rate whose p90 TTFT stays under
+`slo_factor` x the unloaded TTFT of the workload's mean request, found by bisection on the rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..core.cost_model import CostModel
+from ..core.routing import DEFAULT_POLICY
+from .compare import CompareConfig, Prepared, Runner, Variant, _pool, _tokenizer, _tokenizer_path, prepare
+
+PEERS = ("round_robin", "least_load", "power_of_two", "cache_aware", "prefix_hash", "sglang_gateway",
+         "sglang_slim", "dynamo_kv", "llm_d", "preble_paper", "e2")
+# KV pages per replica. h200: the Llama-3-8B cost model's GPU at 0.85 of 141 GB (704k tokens).
+# paper: Mistral-7B on a 48 GB GPU as in the Preble paper: 0.9 x 48 GiB - 14.5 GB of bf16 weights
+# = 31.9 GB; 128 KiB of KV per token (32 layers x 8 KV heads x 128 dims x K,V x 2 bytes) gives
+# 243k tokens, 15,200 pages of 16.
+MEMORY = {"h200": 44_000, "paper": 15_200}
+# The Zipf shared-prefix synthetic: 64 system prompts of 4k tokens, popularity Zipf(1.1).
+ZIPF_PARAMS = dict(groups=64, system_len=4096, question_len=256, output_len=128, popularity="zipf")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    workloads: tuple[str, ...] = ("toolbench", "agent", "programming", "videoqa", "loogle", "mooncake", "zipf")
+    replicas: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    memories: tuple[str, ...] = ("h200", "paper")
+    policies: tuple[str, ...] = PEERS + (DEFAULT_POLICY,)
+    ablations: tuple[Variant, ...] = ()  # extra variants run at every point (e.g. the default minus a term)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    traces: tuple[str, ...] = ("mooncake",)  # workloads replayed with their own arrival times
+    capacity_workloads: tuple[str, ...] = ("mooncake",)
+    capacity_replicas: tuple[int, ...] = (8, 16)
+    slo_factor: float = 5.0  # the TTFT SLO: this times the unloaded TTFT of the mean request
+    capacity_steps: int = 7  # bisection steps of the capacity search
+    base: CompareConfig = field(default_factory=lambda: CompareConfig(
+        cost_model="results/cost_models/h200_llama3-8b.json", max_model_len=131_072, duration_s=120.0,
+        min_requests=400, max_requests=3000, max_rates=6))
+    jobs: int = 2
+
+    def compare_config(self, memory: str, seed: int) -> CompareConfig:
+        return replace(self.base, num_pages=MEMORY[memory], seed=seed)
+
+    def variants(self) -> list[Variant]:
+        return [Variant(p, p) for p in self.policies] + list(self.ablations)
+
+
+def _workload_args(name: str) -> tuple[str, dict]:
+    return ("shared_prefix", ZIPF_PARAMS) if name == "zipf" else (name, {})
+
+
+def _prepare_task(cfg: GridConfig, name: str, tokenizer: str) -> Prepared:
+    kind, params = _workload_args(name)
+    prep = prepare(kind, cfg.base.max_requests, _tokenizer(tokenizer), 0,
+                   cfg.base.max_model_len - 1024, params=params, trace_arrivals=name in cfg.traces)
+    return replace(prep, name=name)
+
+
+def _runner(cfg: GridConfig, workload: str, memory: str, seed: int) -> Runner:
+    from .compare import _PREPARED as shared
+
+    return Runner(cfg.compare_config(memory, seed), shared[workload], CostModel.load(cfg.base.cost_model))
+
+
+def _ladder_task(cfg: GridConfig, workload: str, replicas: int, memory: str) -> list[float]:
+    """The rates of a point: round_robin's ladder, plus a trace's own rate and twice it."""
+    runner = _runner(cfg, workload, memory, cfg.seeds[0])
+    rows, _ = runner.climb(replicas, lambda _: None)
+    rates = [r["rate"] for r in rows]
+    own = runner.prep.own_rate
+    if own is not None:
+        per_replica = own / 8  # the trace's rate is taken as 8 replicas' load (its cluster size)
+        rates += [per_replica * replicas, 2 * per_replica * replicas]
+    return sorted(set(rates))
+
+
+def _point_task(cfg: GridConfig, workload: str, replicas: int, memory: str, seed: int, rate: float,
+                variant: Variant) -> dict[str, Any]:
+    row = _runner(cfg, workload, memory, seed).point(replicas, rate, variant)
+    return {**row, "memory": memory, "seed": seed}
+
+
+def _capacity_task(cfg: GridConfig, workload: str, replicas: int, memory: str, variant: Variant,
+                   lo: float, hi: float) -> dict[str, Any]:
+    """Bisection for the highest rate whose p90 TTFT meets the SLO (lo meets it, hi does not)."""
+    runner = _runner(cfg, workload, memory, cfg.seeds[0])
+    slo = cfg.slo_factor * unloaded_ttft(runner.prep, runner.cost)
+
+    def meets(rate: float) -> bool:
+        return runner.point(replicas, rate, variant)["p90_ttft"] <= slo
+
+    if not meets(lo):
+        return {"policy": variant.label, "capacity": 0.0, "slo_s": slo}
+    if meets(hi):
+        return {"policy": variant.label, "capacity": hi, "slo_s": slo, "open": True}
+    for _ in range(cfg.capacity_steps):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
+    return {"policy": variant.label, "capacity": lo, "slo_s": slo}
+
+
+def unloaded_ttft(prep: Prepared, cost: CostModel) -> float:
+    """TTFT of the workload's mean-length prompt alone on an empty replica."""
+    mean = sum(map(len, prep.prompts)) / len(prep.prompts)
+    return cost.prefill_time(round(mean))
+
+
+def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    tokenizer = _tokenizer_path(cfg.base)
+    names = list(cfg.workloads)
+    with _pool(cfg.jobs) as pool:
+        prepared = dict(zip(names, pool.map(_prepare_task, [cfg] * len(names), names, [tokenizer] * len(names))))
+    log(f"prepared {', '.join(names)}")
+    cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
+    with _pool(cfg.jobs, prepared) as pool:
+        rates = dict(zip(cells, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in cells]))))
+        log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
+        points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
+                  for s in cfg.seeds for v in cfg.variants()]
+        rows = list(pool.map(_point_task, *zip(*points), chunksize=4))
+        log(f"{len(rows)} runs done")
+        capacity = _capacities(cfg, pool, rates)
+    return {"meta": _meta(cfg), "config": _config_dict(cfg),
+            "workloads": {w: {**prepared[w].stats, "own_rate": prepared[w].own_rate} for w in names},
+            "rates": [{"workload": w, "replicas": r, "memory": m, "rates": rs} for (w, r, m), rs in rates.items()],
+            "rows": rows, "capacity": capacity}
+
+
+def _capacities(cfg: GridConfig, pool, rates: dict) -> list[dict[str, Any]]:
+    jobs = []
+    for w in cfg.capacity_workloads:
+        for r in cfg.capacity_replicas:
+            for m in cfg.memories:
+                ladder = rates.get((w, r, m))
+                if not ladder:
+                    continue
+                lo, hi = ladder[0] / 4, ladder[-1] * 2
+                jobs += [(cfg, w, r, m, v, lo, hi) for v in cfg.variants()]
+    done = list(pool.map(_capacity_task, *zip(*jobs))) if jobs else []
+    return [{"workload": j[1], "replicas": j[2], "memory": j[3], **d} for j, d in zip(jobs, done)]
+
+
+def _config_dict(cfg: GridConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["ablations"] = [asdict(v) for v in cfg.ablations]
+    d["memory_pages"] = {m: MEMORY[m] for m in cfg.memories}
+    d["zipf_params"] = ZIPF_PARAMS
+    return d
+
+
+def _meta(cfg: GridConfig) -> dict[str, Any]:
+    return {**source_revision(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "device": f"simulated from {Path(cfg.base.cost_model).name}",
+            "cost_model": CostModel.load(cfg.base.cost_model).to_dict(), "host_cpus": os.cpu_count()}
+
+
+def source_revision() -> dict[str, Any]:
+    """The commit this ran at, and whether the tree had uncommitted changes (their diff's hash)."""
+    import hashlib
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+    commit = os.environ.get("PREBLE_COMMIT") or git("rev-parse", "HEAD") or "unknown"
+    diff = git("diff", "HEAD")
+    out: dict[str, Any] = {"commit": commit, "dirty": bool(diff)}
+    if diff:
+        out["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()[:16]
+    return out
+
+
+# ------------------------------------------------------------------------------ leaderboard
+
+
+def _key(row: dict) -> tuple:
+    return (row["workload"], row["replicas"], row["memory"], row["rate"])
+
+
+def averaged(rows: Sequence[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
+    """point -> policy -> mean over seeds of mean and p99 latency, with their spread."""
+    acc: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        acc[_key(r)][r["policy"]].append(r)
+    out: dict[tuple, dict[str, dict[str, float]]] = {}
+    for point, pols in acc.items():
+        out[point] = {}
+        for p, rs in pols.items():
+            means, p99s = [x["mean_latency"] for x in rs], [x["p99_latency"] for x in rs]
+            out[point][p] = {"mean": sum(means) / len(means), "p99": sum(p99s) / len(p99s),
+                             "mean_spread": max(means) - min(means), "p99_spread": max(p99s) - min(p99s),
+                             "seeds": len(rs)}
+    return out
+
+
+def leaderboard(doc: dict[str, Any], reference: Sequence[str] | None = None) -> dict[str, Any]:
+    """Each policy's latency over the best policy's at every point (mean and p99, seed means):
+    geometric means, worst cases, points within 3% of the best and points worse than round_robin.
+    `reference`: the policies that define "best" (default: all)."""
+    avg = averaged(doc["rows"])
+    policies = sorted({p for pols in avg.values() for p in pols})
+    ref = set(reference or policies)
+    board: dict[str, Any] = {}
+    for p in policies:
+        ratios = {"mean": [], "p99": []}
+        worst = {"mean": (0.0, None), "p99": (0.0, None)}
+        within = worse_rr = n = 0
+        for point, pols in avg.items():
+            if p not in pols:
+                continue
+            n += 1
+            ok = True
+            for metric in ("mean", "p99"):
+                best = min(v[metric] for q, v in pols.items() if q in ref or q == p)
+                ratio = pols[p][metric] / best if best > 0 else 1.0
+                ratios[metric].append(ratio)
+                if ratio > worst[metric][0]:
+                    worst[metric] = (ratio, point)
+                ok = ok and ratio <= 1.03
+            within += ok
+            rr = pols.get("round_robin")
+            worse_rr += rr is not None and (pols[p]["mean"] > rr["mean"] or pols[p]["p99"] > rr["p99"])
+        board[p] = {"points": n, "within_3pct": within, "worse_than_round_robin": worse_rr,
+                    **{f"geomean_{m}": _geomean(v) for m, v in ratios.items()},
+                    **{f"worst_{m}": {"ratio": w[0], "at": list(w[1]) if w[1] else None} for m, w in worst.items()}}
+    return board
+
+
+def _geomean(xs: Sequence[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan
+
+
+def gain_over_best_other(doc: dict[str, Any], policy: str) -> dict[str, float]:
+    """Geometric mean over points of (best other policy / `policy`), mean and p99 latency."""
+    avg = averaged(doc["rows"])
+    out = {}
+    for metric in ("mean", "p99"):
+        xs = [min(v[metric] for q, v in pols.items() if q != policy) / pols[policy][metric]
+              for pols in avg.values() if policy in pols and len(pols) > 1 and pols[policy][metric] > 0]
+        out[metric] = _geomean(xs)
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+
+
+ABLATIONS = (
+    Variant("latency - wait", DEFAULT_POLICY, overrides={"wait": False}),
+    Variant("latency - decode", DEFAULT_POLICY, overrides={"decode": False}),
+    Variant("latency - interference", DEFAULT_POLICY, overrides={"interference": False}),
+    Variant("latency - work", DEFAULT_POLICY, overrides={"work_weight": 0.0}),
+    Variant("latency - cache", DEFAULT_POLICY, overrides={"cache_aware": False}),
+)
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
+    meta, cfg = doc["meta"], doc["config"]
+    ablations = {v["label"] for v in cfg.get("ablations", [])}
+    peers = [p for p in cfg["policies"]]
+    board = leaderboard(doc, reference=peers)
+    seeds = len(cfg["seeds"])
+    lines = [f"# Routing grid ({meta['device']})", "",
+             f"commit {meta['commit']}{' (uncommitted changes, diff ' + meta['diff_sha256'] + ')' if meta.get('dirty') else ''}"
+             f", {meta['date']}. Workloads {', '.join(cfg['workloads'])}; replicas {cfg['replicas']}; memory "
+             + ", ".join(f"{m} ({p} pages of {cfg['base']['page_size']} tokens)" for m, p in cfg["memory_pages"].items())
+             + f"; {seeds} seed(s) per point. Ratios: a policy's latency over the best policy's at each point "
+             "(seed means), among the policies listed first (ablations are compared to them, not the other way).",
+             "", "## Leaderboard", "",
+             "| policy | points | geomean mean | geomean p99 | worst mean (where) | worst p99 (where) | within 3% | worse than round_robin |",
+             "|---|---:|---:|---:|---|---|---:|---:|"]
+    for p, v in sorted(board.items(), key=lambda kv: (kv[0] in ablations, kv[1]["geomean_mean"])):
+        wm, wp = v["worst_mean"], v["worst_p99"]
+        lines.append(f"| {p} | {v['points']} | {v['geomean_mean']:.3f} | {v['geomean_p99']:.3f} | "
+                     f"{wm['ratio']:.2f} ({_where(wm['at'])}) | {wp['ratio']:.2f} ({_where(wp['at'])}) | "
+                     f"{v['within_3pct']} | {v['worse_than_round_robin']} |")
+    gain = gain_over_best_other({**doc, "rows": [r for r in doc["rows"] if r["policy"] not in ablations]}, default)
+    lines += ["", f"{default}: geometric mean over points of (best other policy / {default}): "
+              f"mean {gain['mean']:.3f}, p99 {gain['p99']:.3f}.", ""]
+    lines += _capacity_table(doc)
+    lines += _per_workload(doc, default, ablations)
+    return "\n".join(lines) + "\n"
+
+
+def _where(at: list | None) -> str:
+    return "-" if not at else f"{at[0]} x{at[1]} {at[2]} {at[3]:.3g}/s"
+
+
+def _capacity_table(doc: dict[str, Any]) -> list[str]:
+    if not doc.get("capacity"):
+        return []
+    lines = ["## Capacity at the TTFT SLO", "",
+             "Highest rate (requests/s) whose p90 TTFT stays under the SLO (5x the unloaded TTFT of the mean prompt).", "",
+             "| workload | replicas | memory | SLO s | " + " | ".join(dict.fromkeys(c["policy"] for c in doc["capacity"])) + " |"]
+    pols = list(dict.fromkeys(c["policy"] for c in doc["capacity"]))
+    lines.append("|---|---:|---|---:|" + "---:|" * len(pols))
+    cells = defaultdict(dict)
+    for c in doc["capacity"]:
+        cells[(c["workload"], c["replicas"], c["memory"])][c["policy"]] = c
+    for (w, r, m), by in cells.items():
+        slo = next(iter(by.values()))["slo_s"]
+        lines.append(f"| {w} | {r} | {m} | {slo:.3g} | " + " | ".join(
+            (_fmt(by[p]["capacity"]) + ("+" if by[p].get("open") else "")) if p in by else "-" for p in pols) + " |")
+    return lines + [""]
+
+
+def _per_workload(doc: dict[str, Any], default: str, ablations: set[str]) -> list[str]:
+    """Per workload, replica count and memory: mean / p99 of round_robin, the best other policy and
+    the default at every rate."""
+    avg = averaged(doc["rows"])
+    lines = ["## Points", "", "Mean / p99 latency (s), seed means. best: the best policy other than the default.", ""]
+    cells = defaultdict(list)
+    for (w, r, m, rate), pols in avg.items():
+        cells[(w, r, m)].append((rate, pols))
+    for (w, r, m), pts in sorted(cells.items()):
+        lines += [f"### {w}, {r} replicas, {m}", "", f"| rate/s | round_robin | best other | {default} | {default} / best |",
+                  "|---:|---:|---|---:|---:|"]
+        for rate, pols in sorted(pts, key=lambda x: x[0]):
+            others = {p: v for p, v in pols.items() if p != default and p not in ablations}
+            best = min(others, key=lambda p: others[p]["mean"]) if others else None
+            rr, d = pols.get("round_robin"), pols.get(default)
+            cell = (lambda v: f"{v['mean']:.3g} / {v['p99']:.3g}" if v else "-")
+            ratio = f"{d['mean'] / others[best]['mean']:.2f} / {d['p99'] / others[best]['p99']:.2f}" if d and best else "-"
+            lines.append(f"| {rate:.3g} | {cell(rr)} | {best}: {cell(others.get(best))} | {cell(d)} | {ratio} |")
+        lines.append("")
+    return lines
