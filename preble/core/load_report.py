@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from .messages import LoadReport
+from .messages import LoadReport, StepTotals
 from .request import Request
 from .scheduler import Scheduler
 
@@ -46,7 +46,8 @@ class RequestWindow:
         return (s[1] / s[0] if s[0] else 0.0), (s[3] / s[2] if s[2] > 0 else 0.0)
 
 
-def build_load_report(worker_id: str, now: float, scheduler: Scheduler, window: RequestWindow) -> LoadReport:
+def build_load_report(worker_id: str, now: float, scheduler: Scheduler, window: RequestWindow,
+                      steps: StepTotals = StepTotals()) -> LoadReport:
     """The replica's state now. Prefill work left counts, for waiting requests, only the part of
     the prompt its cache does not hold now (what admission would compute)."""
     cache, alloc = scheduler.cache, scheduler.allocator
@@ -68,4 +69,4 @@ def build_load_report(worker_id: str, now: float, scheduler: Scheduler, window: 
         kv_evictable_pages=cache.evictable_pages, kv_total_pages=alloc.num_pages, page_size=alloc.page_size,
         hit_ratio=hit_ratio, tpot=tpot, num_preemptions=scheduler.num_preemptions,
         prefill_tokens=prefill_tokens, prefill_requests=prefill_requests, decode_batch=decode_batch,
-        decode_tokens=decode_tokens, step_tokens=scheduler.config.max_num_batched_tokens)
+        decode_tokens=decode_tokens, step_tokens=scheduler.config.max_num_batched_tokens, steps=steps)

@@ -10,6 +10,19 @@ import msgspec
 from .kv_events import KVEvent
 
 
+class StepTotals(msgspec.Struct, frozen=True):
+    """A replica's forward passes since it started, in the cost model's terms (`core.step_stats`)."""
+
+    passes: int = 0
+    seconds: float = 0.0
+    prefill_chunks: int = 0
+    prefill_tokens: int = 0
+    prefill_pairs: float = 0.0  # sum of new tokens x (new tokens + tokens before the chunk)
+    decode_passes: int = 0  # passes with at least one decode
+    decode_seqs: int = 0
+    decode_context: int = 0  # tokens whose KV the decodes read
+
+
 class LoadReport(msgspec.Struct, frozen=True):
     """A worker's state as the router's policies need it."""
 
@@ -31,6 +44,7 @@ class LoadReport(msgspec.Struct, frozen=True):
     decode_batch: int = 0  # running requests past their prefill
     decode_tokens: int = 0  # their context (tokens whose KV each decode step reads)
     step_tokens: int = 0  # the worker's token budget per forward pass; 0: unknown
+    steps: StepTotals = StepTotals()  # its passes so far, with their measured seconds
 
 
 class KVEventBatch(msgspec.Struct, frozen=True):

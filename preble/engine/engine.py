@@ -20,6 +20,7 @@ from ..core.radix_cache import RadixCache
 from ..core.request import Request
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler import Scheduler
+from ..core.step_stats import StepMeter
 from .config import EngineConfig
 from .executor import build_runner, load_rank_model, model_config_of, resolve_dtype
 from .kv_pool import page_bytes
@@ -86,6 +87,7 @@ class LLMEngine:
         self.kv_pool = self.runner.backend.pool
         self._ids = itertools.count()
         self._requests: dict[str, Request] = {}
+        self.meter = StepMeter()  # pass times, for the router's calibration
 
     def close(self) -> None:
         """Stop the other ranks of a tensor-parallel replica (a no-op for one rank)."""
@@ -132,7 +134,9 @@ class LLMEngine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
-        sampled = self.runner.execute(out)
+        started = time.perf_counter()
+        sampled = self.runner.execute(out)  # returns once the sampled tokens are on the host
+        self.meter.record(out, time.perf_counter() - started)
         self.scheduler.update(out, sampled)
         for req in sampled:
             if not req.is_finished and req.sampling.stop and self._hit_stop_string(req):

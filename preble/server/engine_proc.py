@@ -148,7 +148,7 @@ class EngineLoop:
             self._events.clear()
 
     def load_report(self, now: float) -> LoadReport:
-        return build_load_report(self.cfg.worker_id, now, self.engine.scheduler, self.stats)
+        return build_load_report(self.cfg.worker_id, now, self.engine.scheduler, self.stats, self.engine.meter.totals)
 
 
 def run_engine_process(cfg: EngineProcConfig) -> None:

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from ..core.cost_model import CostModel, Interconnect
 from ..core.load_report import RequestWindow, build_load_report
+from ..core.step_stats import StepMeter, split_pass
 from ..core.messages import LoadReport
 from ..core.pages import PageAllocator
 from ..core.radix_cache import RadixCache
@@ -128,24 +129,19 @@ class SimReplica:
         self.cache = RadixCache(self.allocator, clock, partial(policy.on_kv_event, worker_id))
         self.scheduler = Scheduler(config.scheduler, self.allocator, self.cache, clock)
         self.stats = RequestWindow(config.stats_window_s, clock)
+        self.meter = StepMeter()
         self.step: SchedulerOutput | None = None  # the step in flight; None: idle
         self.num_steps = 0
         self.busy_s = 0.0  # simulated seconds spent in steps
 
     def load_report(self, now: float) -> LoadReport:
-        return build_load_report(self.id, now, self.scheduler, self.stats)
+        return build_load_report(self.id, now, self.scheduler, self.stats, self.meter.totals)
 
 
 def step_time(out: SchedulerOutput, cost: CostModel, mixed: str = "sum") -> float:
     """Simulated seconds of the forward pass `out` describes (module docstring: the rules)."""
-    prefill = 0.0
-    decodes = context = 0
-    for c in out.chunks:
-        if c.num_tokens == 1 and c.samples and c.request.output_token_ids:
-            decodes += 1
-            context += c.start + 1
-        else:
-            prefill += cost.prefill_time(c.num_tokens, c.start)
+    prefills, decodes, context = split_pass(out)
+    prefill = sum(cost.prefill_time(n, start) for n, start in prefills)
     decode = cost.decode_step_time(decodes, context)
     return prefill + decode if mixed == "sum" else max(prefill, decode)
 
@@ -259,6 +255,7 @@ class SimCluster:
         rep.num_steps += 1
         dur = step_time(out, self.cost, self.config.mixed_step)
         rep.busy_s += dur
+        rep.meter.record(out, dur)
         return dur
 
     def _finish(self, req: Request, rep: SimReplica, branch: str) -> SimRecord:

@@ -25,8 +25,10 @@ with decodes costs more per prefill (interference), so prefill-heavy requests dr
 with fewer decodes without a separate P/D rule. Nothing is windowed: the queue is the router's
 own account, updated at each decision and bounded by the workers' load reports.
 
-Each term can be switched off for ablation; the cache view (KV events, or routed prompts for
-engines that send none) is `CacheView`, shared with e2.
+Seconds are the cost model's, scaled per worker to what its load reports show its passes really
+take (`Calibration`): a profile of another GPU, or none, still prices each worker right. Each term
+can be switched off for ablation; the cache view (KV events, or routed prompts for engines that
+send none) is `CacheView`, shared with e2.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..messages import LoadReport
 from ..window_stats import WindowSpec, WindowSums
 from .base import RequestDone, RouteDecision, RouteRequest
 from .cache_view import CacheView, CacheViewConfig, Holding
+from .calibration import Calibration, CalibrationConfig
 from .worker_load import LoadView, WorkerLoad
 
 
@@ -58,6 +61,7 @@ class LatencyConfig:
     decode: bool = True
     interference: bool = True
     cache_aware: bool = True  # off: every worker prices the whole prompt (no reuse) for ablations
+    calibration: CalibrationConfig = CalibrationConfig()  # each worker's speed against the cost model
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
 
     def cache_view(self) -> CacheViewConfig:
@@ -112,6 +116,7 @@ class LatencyPolicy:
         self.cost = cost_model or CostModel()
         self.config = cfg = config or LatencyConfig()
         self.view = CacheView(cfg.cache_view(), clock)
+        self.calibration = Calibration(self.cost, cfg.calibration)
         self.tree = self.view.tree
         self._loads: dict[str, WorkerLoad] = {}
         self._pending: dict[str, _Pending] = {}
@@ -130,6 +135,7 @@ class LatencyPolicy:
     def remove_worker(self, worker_id: str) -> None:
         self._loads.pop(worker_id, None)
         self.view.remove_worker(worker_id)
+        self.calibration.forget(worker_id)
         for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
             del self._pending[rid]
 
@@ -142,8 +148,10 @@ class LatencyPolicy:
     def on_load(self, report: LoadReport) -> None:
         load = self._loads.get(report.worker_id)
         if load is not None:
-            load.on_report(report, self.clock())
+            now = self.clock()
+            load.on_report(report, now)
             self.view.check_report(report)
+            self.calibration.on_report(report.worker_id, report.steps, now)
 
     def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
         return self.view.events_state(worker_id)
@@ -170,8 +178,8 @@ class LatencyPolicy:
     def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> dict[str, Estimate]:
         """Each worker's predicted cost of the request, by term."""
         aware = self.config.cache_aware
-        return {w: estimate(self.cost, load.view(now), prompt, match.held.get(w, 0) if aware else 0, output,
-                            self.config)
+        return {w: estimate(self.calibration.model(w), load.view(now), prompt, match.held.get(w, 0) if aware else 0,
+                            output, self.config)
                 for w, load in self._loads.items()}
 
     def _commit(self, req: RouteRequest, worker: str, match: TreeMatch, est: Estimate, output: int,
