@@ -29,7 +29,7 @@ def router(
     workers: int = typer.Option(64, help="Simulated workers."),
     prefixes: int = typer.Option(100_000, help="Shared prefixes cached across the workers."),
     requests: int = typer.Option(60_000, help="Timed routing decisions per policy."),
-    policies: str = typer.Option("e2,cache_aware", help="Comma-separated policy names."),
+    policies: str = typer.Option(f"{DEFAULT_POLICY},e2,cache_aware", help="Comma-separated policy names."),
     rate: float = typer.Option(320.0, help="Simulated arrivals per second (the clock is simulated)."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
@@ -246,6 +246,7 @@ def grid(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each point's arrivals)."),
     capacity_replicas: str = typer.Option("8,16", help="Replica counts of the capacity search ('' skips it)."),
     cost_model: Path = typer.Option(Path("results/cost_models/h200_llama3-8b.json")),
+    tokenizer: Path | None = typer.Option(None, help="HF folder for text workloads; default: the demo model's."),
     duration: float = typer.Option(120.0, help="Seconds of Poisson arrivals per run."),
     max_requests: int = typer.Option(3000, help="Requests per run at most (a trace is replayed up to this)."),
     max_rates: int = typer.Option(6, help="Rates per ladder at most."),
@@ -257,7 +258,6 @@ def grid(
     simulator, with a leaderboard against the best policy at each point."""
     from dataclasses import replace
 
-    from ..core.routing import DEFAULT_POLICY
     from .grid import ABLATIONS, PEERS, GridConfig, markdown, run
 
     def names(s: str) -> tuple[str, ...]:
@@ -273,6 +273,7 @@ def grid(
                      ablations=ABLATIONS if ablations else (), seeds=tuple(map(int, names(seeds))),
                      capacity_replicas=tuple(map(int, names(capacity_replicas))),
                      base=replace(base.base, cost_model=str(cost_model), duration_s=duration,
+                                  tokenizer=str(tokenizer) if tokenizer else None,
                                   max_requests=max_requests, max_rates=max_rates), jobs=jobs)
     doc = run(cfg, log=lambda m: console.print(m))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from itertools import accumulate
 
 from ..core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_hashes
 from ..core.messages import LoadReport
-from ..core.routing import make_policy
+from ..core.routing import DEFAULT_POLICY, make_policy
 from ..core.routing.base import RequestDone, RouteRequest
 from ..router.gc_tuning import tune_gc
 
@@ -203,7 +203,7 @@ def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, ra
 
 
 def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
-        policies: tuple[str, ...] = ("e2", "cache_aware"), seed: int = 0, rate: float = 320.0,
+        policies: tuple[str, ...] = (DEFAULT_POLICY, "e2", "cache_aware"), seed: int = 0, rate: float = 320.0,
         isolate: bool = True) -> dict[str, dict]:
     """Per policy: p50_ms and p99_ms of route(), decisions_per_s (route plus the event, load and
     done calls that come with each decision), rss_mb (peak, whole process: the interpreter and

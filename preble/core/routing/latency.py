@@ -170,10 +170,10 @@ class LatencyPolicy:
         match = self.view.match(req.token_ids)
         output = self._expected_output(req.max_tokens, now)
         estimates = self.estimates(match, len(req.token_ids), output, now)
-        worker = min(estimates, key=lambda w: (estimates[w].total, self._loads[w].order))
+        costs = {w: e.total for w, e in estimates.items()}
+        worker = min(costs, key=lambda w: (costs[w], self._loads[w].order))
         self._commit(req, worker, match, estimates[worker], output, now)
-        return RouteDecision(worker, _branch(match, estimates[worker].held), estimates[worker].held,
-                             {w: e.total for w, e in estimates.items()})
+        return RouteDecision(worker, _branch(match, estimates[worker].held), estimates[worker].held, costs)
 
     def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> dict[str, Estimate]:
         """Each worker's predicted cost of the request, by term."""
