@@ -17,7 +17,9 @@ requests, this one included (the greedy rule for the lowest mean latency):
   noisily. It breaks near-ties between waiting for a holder and recomputing elsewhere toward the
   choice that spends less GPU time.
 
-Cache reuse, load balance and replication all follow from that one sum. A worker that holds the
+Cache reuse, load balance and replication all follow from that one sum. Where it cannot tell
+workers apart (idle ones, for a prefix none holds) the least recently chosen wins, so new
+prefixes, and the requests that will follow them, spread evenly. A worker that holds the
 prefix wins by the prefill it saves, for this request and for those decoding there; when its queue
 is longer than that saving, another worker recomputes the prefix, and then holds it too (a hot
 prefix gains replicas as its queue demands, and loses them to LRU when it cools). A worker heavy
@@ -123,6 +125,7 @@ class LatencyPolicy:
         self._window = WindowSpec(cfg.output_window_s, cfg.output_window_buckets)
         self._outputs = WindowSums(cfg.output_window_buckets, 2)  # (finished requests, output tokens)
         self._added = 0
+        self._decisions = 0
 
     # ------------------------------------------------------------------ membership and feeds
 
@@ -171,7 +174,8 @@ class LatencyPolicy:
         output = self._expected_output(req.max_tokens, now)
         estimates = self.estimates(match, len(req.token_ids), output, now)
         costs = {w: e.total for w, e in estimates.items()}
-        worker = min(costs, key=lambda w: (costs[w], self._loads[w].order))
+        loads = self._loads
+        worker = min(costs, key=lambda w: (costs[w], loads[w].last_chosen, loads[w].order))
         self._commit(req, worker, match, estimates[worker], output, now)
         return RouteDecision(worker, _branch(match, estimates[worker].held), estimates[worker].held, costs)
 
@@ -185,7 +189,10 @@ class LatencyPolicy:
     def _commit(self, req: RouteRequest, worker: str, match: TreeMatch, est: Estimate, output: int,
                 now: float) -> None:
         _, holding = self.view.commit(match, worker)
-        self._loads[worker].add(req.request_id, est.prefill, len(req.token_ids) + output // 2, now)
+        load = self._loads[worker]
+        load.add(req.request_id, est.prefill, len(req.token_ids) + output // 2, now)
+        self._decisions += 1
+        load.last_chosen = self._decisions
         self._pending[req.request_id] = _Pending(worker, holding)
 
     def _expected_output(self, max_tokens: int, now: float) -> int:

@@ -29,7 +29,8 @@ class LoadView:
 
 class WorkerLoad:
     def __init__(self, order: int, step_tokens: int) -> None:
-        self.order = order  # tie-break: the order workers were added
+        self.order = order  # the order workers were added
+        self.last_chosen = -1  # the decision that last chose it (-1: none yet); ties go to the least recent
         self.step_tokens = step_tokens
         self.busy_until = float("-inf")  # when the prefill work routed so far is predicted done
         self.routed_since_report_s = 0.0
