@@ -251,6 +251,8 @@ def grid(
     max_requests: int = typer.Option(3000, help="Requests per run at most (a trace is replayed up to this)."),
     max_rates: int = typer.Option(6, help="Rates per ladder at most."),
     jobs: int = typer.Option(os.cpu_count() or 2, help="Worker processes."),
+    deadline: float | None = typer.Option(None, help="Seconds after which no more runs start (partial grids "
+                                          "keep whole points; the report says how many ran)."),
     report: Path | None = typer.Option(None, help="Run nothing: render this grid JSON's report."),
     out: Path = typer.Option(Path("grid.json"), help="JSON here; the Markdown report next to it."),
 ) -> None:
@@ -274,7 +276,8 @@ def grid(
                      capacity_replicas=tuple(map(int, names(capacity_replicas))),
                      base=replace(base.base, cost_model=str(cost_model), duration_s=duration,
                                   tokenizer=str(tokenizer) if tokenizer else None,
-                                  max_requests=max_requests, max_rates=max_rates), jobs=jobs)
+                                  max_requests=max_requests, max_rates=max_rates), jobs=jobs,
+                     deadline_s=deadline)
     doc = run(cfg, log=lambda m: console.print(m))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cost_model import CostModel
-from ..core.routing import DEFAULT_POLICY
+from ..core.routing import DEFAULT_POLICY, POLICIES
 from .compare import CompareConfig, Prepared, Runner, Variant, _pool, _tokenizer, _tokenizer_path, prepare
 
-PEERS = ("round_robin", "least_load", "power_of_two", "cache_aware", "prefix_hash", "sglang_gateway",
-         "sglang_slim", "dynamo_kv", "llm_d", "preble_paper", "e2")
+PEERS = tuple(p for p in POLICIES if p != DEFAULT_POLICY)  # every other registered policy
 # KV pages per replica. h200: the Llama-3-8B cost model's GPU at 0.85 of 141 GB (704k tokens).
 # paper: Mistral-7B on a 48 GB GPU as in the Preble paper: 0.9 x 48 GiB - 14.5 GB of bf16 weights
 # = 31.9 GB; 128 KiB of KV per token (32 layers x 8 KV heads x 128 dims x K,V x 2 bytes) gives
@@ -57,6 +57,7 @@ class GridConfig:
         cost_model="results/cost_models/h200_llama3-8b.json", max_model_len=131_072, duration_s=120.0,
         min_requests=400, max_requests=3000, max_rates=6))
     jobs: int = 2
+    deadline_s: float | None = None  # stop starting runs this long after the start; the report says what ran
 
     def compare_config(self, memory: str, seed: int) -> CompareConfig:
         return replace(self.base, num_pages=MEMORY[memory], seed=seed)
@@ -126,6 +127,7 @@ def unloaded_ttft(prep: Prepared, cost: CostModel) -> float:
 
 
 def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    start = time.monotonic()
     tokenizer = _tokenizer_path(cfg.base)
     names = list(cfg.workloads)
     with _pool(cfg.jobs) as pool:
@@ -137,13 +139,40 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
         points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
                   for s in cfg.seeds for v in cfg.variants()]
-        rows = list(pool.map(_point_task, *zip(*points), chunksize=4))
-        log(f"{len(rows)} runs done")
-        capacity = _capacities(cfg, pool, rates)
-    return {"meta": _meta(cfg), "config": _config_dict(cfg),
+        rows = _until_deadline(pool, _point_task, points, start, cfg.deadline_s)
+        complete = len(rows) == len(points)
+        log(f"{len(rows)} of {len(points)} runs done" + ("" if complete else "; deadline: capacity search skipped"))
+        capacity = _capacities(cfg, pool, rates) if complete else []
+    meta = {**_meta(cfg), "runs": len(rows), "runs_planned": len(points)}
+    rows = _whole_points(rows, len(cfg.variants()))
+    return {"meta": meta, "config": _config_dict(cfg),
             "workloads": {w: {**prepared[w].stats, "own_rate": prepared[w].own_rate} for w in names},
             "rates": [{"workload": w, "replicas": r, "memory": m, "rates": rs} for (w, r, m), rs in rates.items()],
             "rows": rows, "capacity": capacity}
+
+
+def _until_deadline(pool, fn: Callable, tasks: list[tuple], start: float, deadline_s: float | None) -> list:
+    """Results of `fn` over `tasks`, in order, stopping at the deadline: the runs not started are
+    cancelled, the points they belonged to left incomplete (the report shows only whole points)."""
+    futures = [pool.submit(fn, *t) for t in tasks]
+    out = []
+    for f in futures:
+        left = None if deadline_s is None else deadline_s - (time.monotonic() - start)
+        try:
+            out.append(f.result(timeout=max(0.0, left) if left is not None else None))
+        except TimeoutError:
+            for g in futures:
+                g.cancel()
+            break
+    return out
+
+
+def _whole_points(rows: list[dict], variants: int) -> list[dict]:
+    """The rows of points (and seeds) every variant ran at."""
+    count = defaultdict(int)
+    for r in rows:
+        count[_key(r), r["seed"]] += 1
+    return [r for r in rows if count[_key(r), r["seed"]] == variants]
 
 
 def _capacities(cfg: GridConfig, pool, rates: dict) -> list[dict[str, Any]]:
@@ -286,7 +315,10 @@ def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
              f"commit {meta['commit']}{' (uncommitted changes, diff ' + meta['diff_sha256'] + ')' if meta.get('dirty') else ''}"
              f", {meta['date']}. Workloads {', '.join(cfg['workloads'])}; replicas {cfg['replicas']}; memory "
              + ", ".join(f"{m} ({p} pages of {cfg['base']['page_size']} tokens)" for m, p in cfg["memory_pages"].items())
-             + f"; {seeds} seed(s) per point. Ratios: a policy's latency over the best policy's at each point "
+             + f"; {seeds} seed(s) per point"
+             + (f"; {meta['runs']} of {meta['runs_planned']} runs made before the deadline, whole points kept"
+                if meta.get("runs", 0) < meta.get("runs_planned", 0) else "")
+             + ". Ratios: a policy's latency over the best policy's at each point "
              "(seed means), among the policies listed first (ablations are compared to them, not the other way).",
              "", "## Leaderboard", "",
              "| policy | points | geomean mean | geomean p99 | worst mean (where) | worst p99 (where) | within 3% | worse than round_robin |",

@@ -445,6 +445,7 @@ class PreblePaperPolicy:
         for stat in (child.stat, upper.stat):
             if stat is not None:
                 self._refresh(stat)
+        self._prune(child)  # it may have lost its window entry to the new node
         return upper
 
     def _important(self, leaf: _Node) -> _Node | None:
