@@ -16,6 +16,7 @@ Capacity at a TTFT SLO: for each policy, the highest rate whose p90 TTFT stays u
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import subprocess
 import time
@@ -28,7 +29,17 @@ from typing import Any
 
 from ..core.cost_model import CostModel
 from ..core.routing import DEFAULT_POLICY, POLICIES
-from .compare import CompareConfig, Prepared, Runner, Variant, _pool, _tokenizer, _tokenizer_path, prepare
+from .compare import (
+    CompareConfig,
+    Prepared,
+    Runner,
+    Variant,
+    _install,
+    _pool,
+    _tokenizer,
+    _tokenizer_path,
+    prepare,
+)
 
 PEERS = tuple(p for p in POLICIES if p != DEFAULT_POLICY)  # every other registered policy
 # KV pages per replica. h200: the Llama-3-8B cost model's GPU at 0.85 of 141 GB (704k tokens).
@@ -136,13 +147,16 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
     with _pool(cfg.jobs, prepared) as pool:
         rates = dict(zip(cells, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in cells]))))
-        log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
-        points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
-                  for s in cfg.seeds for v in cfg.variants()]
-        rows = _until_deadline(pool, _point_task, points, start, cfg.deadline_s)
-        complete = len(rows) == len(points)
-        log(f"{len(rows)} of {len(points)} runs done" + ("" if complete else "; deadline: capacity search skipped"))
-        capacity = _capacities(cfg, pool, rates) if complete else []
+    log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
+    points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
+              for s in cfg.seeds for v in cfg.variants()]
+    rows = _until_deadline(cfg.jobs, prepared, _point_task, points, start, cfg.deadline_s)
+    complete = len(rows) == len(points)
+    log(f"{len(rows)} of {len(points)} runs done" + ("" if complete else "; deadline: capacity search skipped"))
+    capacity = []
+    if complete:
+        with _pool(cfg.jobs, prepared) as pool:
+            capacity = _capacities(cfg, pool, rates)
     meta = {**_meta(cfg), "runs": len(rows), "runs_planned": len(points)}
     rows = _whole_points(rows, len(cfg.variants()))
     return {"meta": meta, "config": _config_dict(cfg),
@@ -151,20 +165,25 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             "rows": rows, "capacity": capacity}
 
 
-def _until_deadline(pool, fn: Callable, tasks: list[tuple], start: float, deadline_s: float | None) -> list:
-    """Results of `fn` over `tasks`, in order, stopping at the deadline: the runs not started are
-    cancelled, the points they belonged to left incomplete (the report shows only whole points)."""
-    futures = [pool.submit(fn, *t) for t in tasks]
-    out = []
-    for f in futures:
-        left = None if deadline_s is None else deadline_s - (time.monotonic() - start)
-        try:
-            out.append(f.result(timeout=max(0.0, left) if left is not None else None))
-        except TimeoutError:
-            for g in futures:
-                g.cancel()
-            break
-    return out
+def _until_deadline(jobs: int, prepared: dict, fn: Callable, tasks: list[tuple], start: float,
+                    deadline_s: float | None) -> list:
+    """Results of `fn` over `tasks`, in order, made by fresh ("spawn") processes, stopping at the
+    deadline: the processes are then terminated, runs in flight and not started are dropped."""
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(jobs, initializer=_install, initargs=(prepared,))
+    try:
+        pending = [pool.apply_async(fn, t) for t in tasks]
+        out = []
+        for p in pending:
+            left = None if deadline_s is None else deadline_s - (time.monotonic() - start)
+            try:
+                out.append(p.get(timeout=max(0.0, left) if left is not None else None))
+            except multiprocessing.TimeoutError:
+                break
+        return out
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def _whole_points(rows: list[dict], variants: int) -> list[dict]:

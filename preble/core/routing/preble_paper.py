@@ -707,7 +707,7 @@ class PreblePaperPolicy:
         if len(big.cands) + len(busy) == 1:
             stat = busy[0][2] if busy else big.cands[0][2]
             node = stat.node
-            if small.slot not in node.alloc and self._overloaded(node, big.slot):
+            if small.slot not in node.alloc:
                 lo += self._node_cost(stat, big) / 2
                 node.alloc.add(small.slot)
                 self._refresh(stat)
