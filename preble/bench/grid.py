@@ -332,7 +332,8 @@ def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
     seeds = len(cfg["seeds"])
     lines = [f"# Routing grid ({meta['device']})", "",
              f"commit {meta['commit']}{' (uncommitted changes, diff ' + meta['diff_sha256'] + ')' if meta.get('dirty') else ''}"
-             f", {meta['date']}. Workloads {', '.join(cfg['workloads'])}; replicas {cfg['replicas']}; memory "
+             f", {meta['date']}. Workloads {', '.join(dict.fromkeys(r['workload'] for r in doc['rows']))}; "
+             f"replicas {sorted({r['replicas'] for r in doc['rows']})}; memory "
              + ", ".join(f"{m} ({p} pages of {cfg['base']['page_size']} tokens)" for m, p in cfg["memory_pages"].items())
              + f"; {seeds} seed(s) per point"
              + (f"; {meta['runs']} of {meta['runs_planned']} runs made before the deadline, whole points kept"
