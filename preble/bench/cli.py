@@ -278,11 +278,13 @@ def grid(
                                   tokenizer=str(tokenizer) if tokenizer else None,
                                   max_requests=max_requests, max_rates=max_rates), jobs=jobs,
                      deadline_s=deadline)
-    doc = run(cfg, log=lambda m: console.print(m))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(doc))
-    console.print(f"written {out} and {out.with_suffix('.md')}")
+    def write(doc: dict) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(doc))
+        console.print(f"written {out} and {out.with_suffix('.md')}")
+
+    write(run(cfg, log=lambda m: console.print(m), checkpoint=write))
 
 
 @bench_app.command("validate")

@@ -36,7 +36,7 @@ from .workloads import Workload, make_workload
 from .workloads.report import PREBLE_WORKLOADS, compare_to_paper
 
 POLICIES = ("round_robin", "least_load", "cache_aware", "prefix_hash", "e2")
-METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "mean_tpot",
+METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p90_ttft", "p99_ttft", "mean_tpot",
            "throughput", "hit_ratio")
 
 

@@ -137,7 +137,10 @@ def unloaded_ttft(prep: Prepared, cost: CostModel) -> float:
     return cost.prefill_time(round(mean))
 
 
-def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: GridConfig, log: Callable[[str], None] = print,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The grid: prepare the workloads, climb the ladders, run every point, then the capacity
+    search. `checkpoint` receives the document once the points are done (before the search)."""
     start = time.monotonic()
     tokenizer = _tokenizer_path(cfg.base)
     names = list(cfg.workloads)
@@ -153,16 +156,16 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     rows = _until_deadline(cfg.jobs, prepared, _point_task, points, start, cfg.deadline_s)
     complete = len(rows) == len(points)
     log(f"{len(rows)} of {len(points)} runs done" + ("" if complete else "; deadline: capacity search skipped"))
-    capacity = []
+    doc = {"meta": {**_meta(cfg), "runs": len(rows), "runs_planned": len(points)}, "config": _config_dict(cfg),
+           "workloads": {w: {**prepared[w].stats, "own_rate": prepared[w].own_rate} for w in names},
+           "rates": [{"workload": w, "replicas": r, "memory": m, "rates": rs} for (w, r, m), rs in rates.items()],
+           "rows": _whole_points(rows, len(cfg.variants())), "capacity": []}
+    if checkpoint is not None:
+        checkpoint(doc)
     if complete:
         with _pool(cfg.jobs, prepared) as pool:
-            capacity = _capacities(cfg, pool, rates)
-    meta = {**_meta(cfg), "runs": len(rows), "runs_planned": len(points)}
-    rows = _whole_points(rows, len(cfg.variants()))
-    return {"meta": meta, "config": _config_dict(cfg),
-            "workloads": {w: {**prepared[w].stats, "own_rate": prepared[w].own_rate} for w in names},
-            "rates": [{"workload": w, "replicas": r, "memory": m, "rates": rs} for (w, r, m), rs in rates.items()],
-            "rows": rows, "capacity": capacity}
+            doc["capacity"] = _capacities(cfg, pool, rates)
+    return doc
 
 
 def _until_deadline(jobs: int, prepared: dict, fn: Callable, tasks: list[tuple], start: float,

@@ -1,0 +1,63 @@
+"""The routing grid: its leaderboard arithmetic against a hand computation, and a small grid run
+end to end (ladder, points, capacity search, report), with and without a deadline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from preble.bench.compare import CompareConfig
+from preble.bench.grid import GridConfig, gain_over_best_other, leaderboard, markdown, run
+
+
+def _row(policy, mean, p99, rate=1.0, workload="w", seed=0):
+    return {"workload": workload, "replicas": 2, "memory": "h200", "rate": rate, "seed": seed,
+            "policy": policy, "mean_latency": mean, "p99_latency": p99}
+
+
+def test_leaderboard_by_hand():
+    rows = [_row("a", 1.0, 2.0), _row("b", 2.0, 1.0), _row("round_robin", 4.0, 4.0),
+            _row("a", 1.0, 1.0, rate=2.0), _row("b", 1.1, 1.0, rate=2.0), _row("round_robin", 0.9, 3.0, rate=2.0),
+            _row("a", 3.0, 1.0, rate=2.0, seed=1), _row("b", 1.1, 1.0, rate=2.0, seed=1),
+            _row("round_robin", 0.9, 3.0, rate=2.0, seed=1)]
+    board = leaderboard({"rows": rows})
+    a = board["a"]
+    # rate 1: a is best in mean, 2x b's p99; rate 2 (seed means): a 2.0 / 1.0 against 0.9 / 1.0.
+    assert a["geomean_mean"] == pytest.approx(math.sqrt(1.0 * (2.0 / 0.9)))
+    assert a["geomean_p99"] == pytest.approx(math.sqrt(2.0 * 1.0))
+    assert a["worst_mean"]["ratio"] == pytest.approx(2.0 / 0.9) and a["worst_mean"]["at"][3] == 2.0
+    assert (a["within_3pct"], a["worse_than_round_robin"], a["points"]) == (0, 1, 2)
+    assert board["round_robin"]["worse_than_round_robin"] == 0
+    gain = gain_over_best_other({"rows": rows}, "b")
+    assert gain["mean"] == pytest.approx(math.sqrt((1.0 / 2.0) * (0.9 / 1.1)))
+
+
+@pytest.fixture
+def small(tiny_models):
+    return GridConfig(workloads=("zipf",), replicas=(2,), memories=("h200",), policies=("round_robin", "latency"),
+                      seeds=(0,), traces=(), capacity_workloads=("zipf",), capacity_replicas=(2,), capacity_steps=2,
+                      base=CompareConfig(cost_model="results/cost_models/h200_llama3-8b.json",
+                                         tokenizer=tiny_models("llama"), max_model_len=16_384, duration_s=10.0,
+                                         min_requests=60, max_requests=120, max_rates=2),
+                      jobs=2)
+
+
+def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
+    checkpoints = []
+    doc = json.loads(json.dumps(run(small, log=lambda _: None,
+                                    checkpoint=lambda d: checkpoints.append(json.loads(json.dumps(d))))))
+    assert checkpoints and checkpoints[0]["capacity"] == []  # written before the search
+    rates = doc["rates"][0]["rates"]
+    assert len(doc["rows"]) == 2 * len(rates) == doc["meta"]["runs"] == doc["meta"]["runs_planned"]
+    assert {r["policy"] for r in doc["rows"]} == {"round_robin", "latency"}
+    caps = {c["policy"]: c for c in doc["capacity"]}
+    assert set(caps) == {"round_robin", "latency"} and all(c["capacity"] >= 0 and c["slo_s"] > 0 for c in caps.values())
+    text = markdown(doc)
+    assert "## Leaderboard" in text and "Capacity at the TTFT SLO" in text and "### zipf, 2 replicas, h200" in text
+
+
+def test_a_deadline_keeps_whole_points_only(small):
+    doc = run(GridConfig(**{**small.__dict__, "deadline_s": 0.0}), log=lambda _: None)
+    assert doc["meta"]["runs"] < doc["meta"]["runs_planned"] and doc["rows"] == [] and doc["capacity"] == []
