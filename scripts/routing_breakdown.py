@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from preble.bench.grid import source_revision
+from preble.bench.provenance import source_revision
 from preble.bench.workloads import make_workload
 from preble.core.cost_model import CostModel
 from preble.core.routing import default_config

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import random
-import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +30,7 @@ from ..core.routing import default_config
 from ..core.scheduler import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
+from .provenance import source_revision
 from .workloads import Workload, make_workload
 from .workloads.report import PREBLE_WORKLOADS, compare_to_paper
 
@@ -337,8 +336,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
             part[study] = [{k: v for k, v in row.items() if k != "study"}
                            for row, pt in zip(studied, points) if pt[1] == w and row["study"] == study]
         parts.append(part)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"commit": os.environ.get("PREBLE_COMMIT") or commit or "unknown",
+    meta = {**source_revision(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": f"simulated from {Path(cfg.cost_model).name}", "cost_model": cost.to_dict()}
     return {"meta": meta, "config": asdict(cfg), "workloads": parts}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from .compare import (
     _tokenizer_path,
     prepare,
 )
+from .provenance import source_revision
 
 PEERS = tuple(p for p in POLICIES if p != DEFAULT_POLICY)  # every other registered policy
 # KV pages per replica. h200: the Llama-3-8B cost model's GPU at 0.85 of 141 GB (704k tokens).
@@ -223,21 +223,6 @@ def _meta(cfg: GridConfig) -> dict[str, Any]:
     return {**source_revision(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": f"simulated from {Path(cfg.base.cost_model).name}",
             "cost_model": CostModel.load(cfg.base.cost_model).to_dict(), "host_cpus": os.cpu_count()}
-
-
-def source_revision() -> dict[str, Any]:
-    """The commit this ran at, and whether the tree had uncommitted changes (their diff's hash)."""
-    import hashlib
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    commit = os.environ.get("PREBLE_COMMIT") or git("rev-parse", "HEAD") or "unknown"
-    diff = git("diff", "HEAD")
-    out: dict[str, Any] = {"commit": commit, "dirty": bool(diff)}
-    if diff:
-        out["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()[:16]
-    return out
 
 
 # ------------------------------------------------------------------------------ leaderboard

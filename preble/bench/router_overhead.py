@@ -224,7 +224,8 @@ def document(results: dict[str, dict], **params) -> dict:
     """The results file: numbers plus what they were measured on, when and at which commit."""
     import datetime
     import platform
-    import subprocess
+
+    from .provenance import source_revision
 
     def cpu_model() -> str:
         try:
@@ -236,15 +237,10 @@ def document(results: dict[str, dict], **params) -> dict:
             pass
         return platform.processor() or "unknown"
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     return {
         "benchmark": "router_overhead",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": commit,
+        **source_revision(),
         "device": {"cpu": cpu_model(), "cores_used": 1, "python": platform.python_version(),
                    "platform": platform.platform()},
         "parameters": params,

@@ -33,7 +33,6 @@ from typing import Protocol
 
 from ..core.cost_model import CostModel, Interconnect
 from ..core.load_report import RequestWindow, build_load_report
-from ..core.step_stats import StepMeter, split_pass
 from ..core.messages import LoadReport
 from ..core.pages import PageAllocator
 from ..core.radix_cache import RadixCache
@@ -42,6 +41,7 @@ from ..core.routing import DEFAULT_POLICY, make_policy
 from ..core.routing.base import RequestDone, RouteRequest, RoutingPolicy
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from ..core.step_stats import StepMeter, split_pass
 
 
 class SimRequestLike(Protocol):

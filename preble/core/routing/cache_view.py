@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ..global_tree import EventGap, GlobalTree, Node, PageSizeMismatch, TreeMatch
 from ..kv_events import CacheCleared, KVEvent, PagesStored
 from ..messages import LoadReport
 
 
-class EventsState(str, Enum):
+class EventsState(StrEnum):
     """How a worker's KV events are followed."""
 
     NONE = "none"  # none received yet: tracked by routed prompts

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from ..cost_model import CostModel
 from ..messages import StepTotals
 
-
 SAME = 1e-9  # scales this close to 1 are the model's own (float noise of the sums aside)
 
 
