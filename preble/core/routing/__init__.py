@@ -24,6 +24,7 @@ from .dynamo_kv import DynamoKV, DynamoKVConfig
 from .e2 import E2Config, E2Policy
 from .latency import LatencyConfig, LatencyPolicy
 from .llm_d import LlmDConfig, LlmDPolicy
+from .preble_paper import PreblePaperConfig, PreblePaperPolicy
 from .sglang_gateway import SGLangGateway, SGLangGatewayConfig
 from .sglang_slim import SGLangSlim, SGLangSlimConfig
 
@@ -63,6 +64,8 @@ POLICY_SPECS: dict[str, PolicySpec] = {
                             "NVIDIA Dynamo's KV router: overlap-weighted prefill blocks + decode blocks"),
     "llm_d": PolicySpec(lambda clock, cost, cfg, seed: LlmDPolicy(clock, cfg), LlmDConfig,
                         "llm-d: precise prefix-cache, queue and KV-utilisation scorers (3/2/2)"),
+    "preble_paper": PolicySpec(lambda clock, cost, cfg, seed: PreblePaperPolicy(clock, cfg), PreblePaperConfig,
+                               "the Preble paper's E2 as its code was released (virtual LRU, Mistral-7B/A6000 fit)"),
 }
 POLICIES: tuple[str, ...] = tuple(POLICY_SPECS)
 

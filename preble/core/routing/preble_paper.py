@@ -4,12 +4,12 @@ Source: WukLab/preble (arXiv 2407.00023), the release's `preble/` package: `preb
 (commit 1a35eae2) routes with `GlobalSchedulerWithTime(num_nodes, enable_eviction=True)` of
 `preble/global_scheduler_with_time.py`, over `preble/global_lru_cache.py` (LPRadixCache) and
 `ttft_overload_detector.py`, pricing prefills with `LP_mistral_7b_A6000_sglang_extend_flashinfer`
-of `preble/benchmarks/exp_configs/model_equations.py` (commit bdc9135b). The index holds WukLab's
-own copy of that file at `multi_node/global_scheduler_with_time.py` (and `multi_node/
-ttft_overload_detector.py`, d5277435); the `preble/` copies of the scheduler and cache were read
-in forks that import the release (lihuahua123/jointserve 711d13b6, puguo/preble 8342c18b,
-inakineitor/preble 3e58cbef), which agree with each other and with WukLab's multi_node copy
-except for the release's chain-length gate on rebalancing.
+of `preble/benchmarks/exp_configs/model_equations.py` (commit bdc9135b); the hit ratios come from
+their benchmark harness, `multi_node/model_runtime_manager.py`. WukLab's `preble/` copies of the
+scheduler, cache and detector are not in our index: they were read in forks that carry the
+release (lihuahua123/jointserve 711d13b6, puguo/preble 8342c18b, inakineitor/preble 3e58cbef),
+which agree with each other and with WukLab's `multi_node/` originals of the same files
+(`ttft_overload_detector.py` d5277435) except that those lack the chain-length gate.
 
 What it does, per request (token ids; the tree records what was routed, never what workers hold):
 
@@ -26,14 +26,17 @@ What it does, per request (token ids; the tree records what was routed, never wh
   recorded nodes, ordered by running-request vector then recency, and charges each evicted
   important-sized node miss rate x requests x its prefill time.
 - Record: the path gets the GPU in its allocation and counts as cached there (a GPU over 198,516
-  tokens evicts its idle nodes in the same order), the important node gets the request in its
-  3-minute window, and once 50 requests per GPU have been routed, the heaviest GPU (counting
-  nodes with 2+ windowed requests) at 1.5x the lightest hands it its cheapest nodes (whole
-  subtrees) until balanced, or, if only one node is eligible, shares it when its TTFT on the
-  heavy GPU doubled between the window's halves; the next heaviest follows, and so on.
+  tokens evicts, in the same order, nodes it runs nothing through), and the important node gets
+  the request in its 3-minute window. Once 50 requests per GPU have been routed, the heaviest
+  GPU (counting nodes with 2+ windowed requests) at 1.5x the lightest hands it its cheapest
+  nodes (whole subtrees) until balanced, or, if only one node is eligible, shares it when its
+  TTFT on the heavy GPU doubled between the window's halves; the next heaviest follows, and so
+  on. Prompts ending 3 or more nodes below their important node skip this.
 
 Deliberate deviations, each kept from changing decisions where it can:
 
+- Tokens: the tree is over the router's token ids, as theirs is (their router tokenises once,
+  then sends the text, which each backend tokenises again; this project sends the ids).
 - Time: the injected clock replaces datetime.now(); LRU recency is the order of touches (their
   time.time() stamps order the same way, one walk's nodes root first).
 - Feedback: `RequestDone` replaces their RequestFuncOutput (TPOT = (latency - TTFT) / max(1,
@@ -49,8 +52,10 @@ Deliberate deviations, each kept from changing decisions where it can:
   as released) rather than the project's `CostModel`: it is fully expressible. Load sums are
   kept exactly (integers of 2**-1074), so they do not depend on the order of updates; theirs
   add floats in dict order, which can differ in the last bit.
-- Speed: per-GPU sums, LRU lists and candidate lists updated as the tree changes replace their
-  scans of every node per decision, with the same results.
+- Speed: per-GPU sums, LRU lists and candidate lists kept up to date as the tree changes replace
+  their scans of every node per decision; a move re-prices the windowed nodes below it at once
+  and reaches the others when a prompt next walks through them; TTFT halves come from running
+  sums. The results are the same (TTFT means, like loads, exactly rounded).
 - Memory: their tree never frees a node. Here a leaf goes once no GPU holds it in the virtual
   LRU, no request runs through it and the window no longer names it, so the tree stays within
   the GPUs' capacities plus the window (with eviction on, as their server runs). Only prompts
@@ -101,15 +106,15 @@ class PrefillFit:
     big_from: int = 384  # mistral_7b_A6000_sglang_linear: n >= 384 ...
     big_slope_ms: float = 0.10842571  # ... 0.10842571 * n
     big_base_ms: float = 4.209777054806409  # ... + 4.2098
-    mid_from: int = 192  # 192 <= n < 384: -118 + 1.25 n - 2.56e-3 n^2 (negative near 384, as fitted)
-    mid_base_ms: float = -118.0
-    mid_slope_ms: float = 1.25
-    mid_square_ms: float = 2.56e-3
-    small_ms: float = 22.0  # n < 192
+    mid_from: int = 192  # 192 <= n < 384 (negative near 384, as fitted): ...
+    mid_base_ms: float = -118.0  # ... -118 ...
+    mid_slope_ms: float = 1.25  # ... + 1.25 n ...
+    mid_square_ms: float = 2.56e-3  # ... - 2.56e-3 n^2
+    small_ms: float = 22.0  # n < 192: 22
     attn_short_max: int = 1024  # mistral_7b_A6000_sglang_attention: context <= 1024 ...
     attn_short_ms: float = 0.32  # ... costs 0.32
-    attn_slope_ms: float = 1.86e-4  # else 1.86e-4 * context + 0.159 ...
-    attn_base_ms: float = 0.159
+    attn_slope_ms: float = 1.86e-4  # else 1.86e-4 * context ...
+    attn_base_ms: float = 0.159  # ... + 0.159 ...
     attn_halve_new: int = 1024  # ... halved when n <= 1024 ...
     attn_halve_kv: int = 32 * 256 * 2048  # ... and n <= 32 * 256 * 2048
     quad_from: int = 1024 * 1024  # extend_flashinfer: n * context > 1024 * 1024 adds ...
@@ -140,6 +145,8 @@ class PrefillFit:
 
 @dataclass(frozen=True)
 class PreblePaperConfig:
+    """The release's constants; the switches restore what its callers set."""
+
     window_s: float = 180.0  # SlidingWindowHistogram(window_duration=timedelta(minutes=3))
     ttft_window_s: float = 180.0  # TTFTWindowedOverloadedDetector(window_duration=timedelta(minutes=3))
     capacity_tokens: int = 198_516  # max_tokens_gpu: the virtual LRU's tokens per GPU
@@ -178,21 +185,31 @@ class _Stat:
 
 @dataclass(slots=True)
 class _Reg:
-    slots: tuple[int, ...]
     fixed: int  # exact prefill cost
     cost: float  # the same, as their float
-    decode: dict[int, int]  # slot -> running requests x output budget
+    decode: dict[int, int]  # slot allocated -> running requests x output budget
     two: bool  # at least rebalance_min_requests: in the rebalancing sums
     movable: bool  # ... and large: a rebalancing candidate
+
+
+@dataclass(frozen=True, slots=True)
+class _Override:
+    version: int
+    slots: frozenset[int]
+
+
+def _later(a: _Override | None, b: _Override | None) -> _Override | None:
+    return b if a is None or (b is not None and b.version > a.version) else a
 
 
 class _Node:
     """A node of the scheduler's prefix tree."""
 
-    __slots__ = ("parent", "children", "tokens", "end", "depth", "seq", "refs", "active", "key",
-                 "cached", "kids", "alloc", "stat", "entries")
+    __slots__ = ("parent", "children", "tokens", "end", "depth", "seq", "refs", "active", "vec",
+                 "cached", "kids", "alloc", "aver", "sub", "stat", "below", "entries", "pt")
 
-    def __init__(self, parent: _Node | None, tokens: array, end: int, depth: int, seq: int) -> None:
+    def __init__(self, parent: _Node | None, tokens: array, end: int, depth: int, seq: int,
+                 version: int) -> None:
         self.parent = parent
         self.children: dict[int, _Node] = {}
         self.tokens = tokens
@@ -201,27 +218,34 @@ class _Node:
         self.seq = seq  # when last touched: their last_access_time
         self.refs: dict[int, int] = {}  # slot -> running requests through the node (ref_counter)
         self.active = 0  # sum of refs
-        self.key: tuple = ()  # refs as a vector over slots without trailing zeros
+        self.vec: tuple | None = ()  # refs as a vector over slots without trailing zeros; None: stale
         self.cached: set[int] = set()  # slots that hold it in the virtual LRU (cached, not evicted)
         self.kids: dict[int, int] = {}  # slot -> children it holds
-        self.alloc: set[int] = set()  # gpu_allocations
+        self.alloc: set[int] = set()  # gpu_allocations, as of `aver` (see _fresh)
+        self.aver = version  # the last allocation change reflected in `alloc`
+        self.sub: _Override | None = None  # an allocation every node below it took (update_children)
         self.stat: _Stat | None = None
+        self.below = 0  # windowed nodes in its subtree, itself included
         self.entries = 0  # window entries that end at this node
+        self.pt: float | None = None  # its prefill time, once computed
 
     def __lt__(self, other: _Node) -> bool:
         """Their TreeNode order: the running-request vector compared as a list, then recency."""
-        if self.key == other.key:
+        a, b = self.key(), other.key()
+        if a == b:
             return self.seq < other.seq
-        return self.key < other.key
+        return a < b
+
+    def key(self) -> tuple:
+        if self.vec is None:
+            refs = self.refs
+            self.vec = tuple(refs.get(s, 0) for s in range(max(refs) + 1)) if refs else ()
+        return self.vec
 
     def large(self) -> bool:
         """More of its own tokens than tokens before it: their is_large_node."""
         n = len(self.tokens)
         return n > self.end - n
-
-
-def _key(refs: dict[int, int]) -> tuple:
-    return tuple(refs.get(s, 0) for s in range(max(refs) + 1)) if refs else ()
 
 
 def _common(seg: array, q: array, pos: int) -> int:
@@ -237,6 +261,35 @@ def _common(seg: array, q: array, pos: int) -> int:
         else:
             hi = mid
     return lo
+
+
+class _Ttfts:
+    """One (node, GPU)'s TTFT samples in arrival order (their deque of (time, TTFT)), with exact
+    running sums so that either half of the window is summed in O(log n)."""
+
+    __slots__ = ("times", "sums", "start")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.sums: list[int] = [0]  # sums[k]: exact sum of the first k samples
+        self.start = 0  # samples before it were purged
+
+    def add(self, now: float, ttft: float, horizon: float) -> None:
+        """Append, then drop the samples older than `horizon` (their add_data_point)."""
+        self.times.append(now)
+        self.sums.append(self.sums[-1] + _exact(ttft))
+        while self.start < len(self.times) and self.times[self.start] < horizon:
+            self.start += 1
+        if self.start > len(self.times) // 2:
+            del self.times[:self.start], self.sums[:self.start]
+            self.start = 0
+
+    def halves(self, cutoff: float) -> tuple[int, float, int, float]:
+        """(count, mean) of the samples before `cutoff` and of the rest."""
+        i, n = bisect_left(self.times, cutoff, self.start), len(self.times)
+        old, new = i - self.start, n - i
+        return (old, (self.sums[i] - self.sums[self.start]) / _ONE / old if old else 0.0,
+                new, (self.sums[n] - self.sums[i]) / _ONE / new if new else 0.0)
 
 
 @dataclass(eq=False)
@@ -260,6 +313,8 @@ class _Worker:
 
 
 class PreblePaperPolicy:
+    """GlobalSchedulerWithTime over the live workers, in the order added (their GPU ids)."""
+
     name = "preble_paper"
 
     def __init__(self, clock: Callable[[], float], config: PreblePaperConfig | None = None) -> None:
@@ -267,14 +322,15 @@ class PreblePaperPolicy:
         self.config = config or PreblePaperConfig()
         self._seq = count()
         self._uids = count()
-        self.root = _Node(None, array("q"), 0, 0, -1)
-        self.root.key = _ROOT_KEY
+        self._version = 0  # allocation changes so far: orders a node's own allocation against moves above it
+        self.root = _Node(None, array("q"), 0, 0, -1, 0)
+        self.root.vec = _ROOT_KEY
         self._slots: list[_Worker | None] = []
         self._workers: dict[str, _Worker] = {}
         self._order: list[_Worker] = []  # live workers by slot: the release's GPU ids 0..n-1
         self._routed = 0  # sum of the live workers' per_gpu_load
         self._window: deque[tuple[float, _Stat, _Node]] = deque()  # (time, important node's stat, leaf)
-        self._ttfts: dict[tuple[_Node, int], deque] = {}  # (node, slot) -> (time, TTFT)
+        self._ttfts: dict[tuple[_Node, int], _Ttfts] = {}  # (node, slot) -> its TTFTs
         self._pending: dict[str, tuple[int, _Node]] = {}  # request -> (slot, leaf)
 
     # ------------------------------------------------------------------ membership and feeds
@@ -394,22 +450,30 @@ class PreblePaperPolicy:
         """Their LPRadixCache.insert: split where the prompt leaves a node, add its rest as a new
         leaf, touch each node entered. `depth` is theirs: one more per node entered, two more
         after a split, so a leaf below a split node is stored one deeper than it is."""
-        node, pos, depth = self.root, 0, 0
+        node, pos, depth, above = self.root, 0, 0, None
         while pos < len(q):
             child = node.children.get(q[pos])
             if child is None:
-                leaf = _Node(node, q[pos:], len(q), depth + 1, next(self._seq))
+                leaf = _Node(node, q[pos:], len(q), depth + 1, next(self._seq), self._version)
                 node.children[q[pos]] = leaf
                 return leaf
+            self._fresh(child, above)
             k = _common(child.tokens, q, pos)
             if k == len(child.tokens):
                 if pos + k == len(q):
                     return child  # they do not touch a node the prompt ends at exactly
                 node, pos, depth = child, pos + k, depth + 1
+                above = _later(above, child.sub)
             else:
                 node, pos, depth = self._split(child, k), pos + k, depth + 2
             self._touch(node)
         return node
+
+    def _fresh(self, node: _Node, above: _Override | None) -> None:
+        """Apply to `node` the latest move of a node above it (`above`), if later than its own
+        allocation: moves reach the nodes below lazily, as prompts walk down to them."""
+        if above is not None and above.version > node.aver:
+            node.alloc, node.aver = set(above.slots), above.version
 
     def _touch(self, node: _Node) -> None:
         node.seq = next(self._seq)
@@ -420,14 +484,15 @@ class PreblePaperPolicy:
     def _split(self, child: _Node, k: int) -> _Node:
         """The first k tokens of `child` become a new node above it, with child's state copied."""
         parent = child.parent
-        upper = _Node(parent, child.tokens[:k], parent.end + k, child.depth, next(self._seq))
-        child.tokens = child.tokens[k:]
+        upper = _Node(parent, child.tokens[:k], parent.end + k, child.depth, next(self._seq), child.aver)
+        child.tokens, child.pt = child.tokens[k:], None
         child.parent, child.depth = upper, upper.depth + 1
         upper.children[child.tokens[0]] = child
         parent.children[upper.tokens[0]] = upper
-        upper.refs, upper.active, upper.key = dict(child.refs), child.active, child.key
+        upper.refs, upper.active, upper.vec = dict(child.refs), child.active, child.vec
         upper.cached, upper.alloc = set(child.cached), set(child.alloc)
         upper.kids = dict.fromkeys(child.cached, 1)
+        upper.below = child.below
         for s in upper.cached:
             w = self._slots[s]
             if upper.active:
@@ -438,6 +503,7 @@ class PreblePaperPolicy:
             if child.stat is not None:
                 upper.stat, child.stat = child.stat, None
                 upper.stat.node = upper
+                child.below -= 1
             for s in child.alloc:
                 samples = self._ttfts.pop((child, s), None)
                 if samples is not None:
@@ -445,7 +511,6 @@ class PreblePaperPolicy:
         for stat in (child.stat, upper.stat):
             if stat is not None:
                 self._refresh(stat)
-        self._prune(child)  # it may have lost its window entry to the new node
         return upper
 
     def _important(self, leaf: _Node) -> _Node | None:
@@ -492,7 +557,7 @@ class PreblePaperPolicy:
                 other.busy.add(node)
         node.refs[w.slot] = node.refs.get(w.slot, 0) + 1
         node.active += 1
-        node.key = _key(node.refs)
+        node.vec = None
         if w.slot not in node.cached:
             node.cached.add(w.slot)
             node.parent.kids[w.slot] = node.parent.kids.get(w.slot, 0) + 1
@@ -504,6 +569,7 @@ class PreblePaperPolicy:
         stat = important.stat
         if stat is None:
             stat = important.stat = _Stat(next(self._uids), important)
+            self._count_below(important, 1)
         self._window.append((now, stat, leaf))
         leaf.entries += 1
         stat.count += 1
@@ -513,6 +579,12 @@ class PreblePaperPolicy:
         stat.miss = 1 - stat.hit / stat.prompt
         self._expire(now)
         self._refresh(stat)
+
+    @staticmethod
+    def _count_below(node: _Node | None, delta: int) -> None:
+        while node is not None:
+            node.below += delta
+            node = node.parent
 
     def _expire(self, now: float) -> None:
         """Entries older than the window leave it (their miss rate stays as last computed); a
@@ -530,7 +602,8 @@ class PreblePaperPolicy:
                 self._unregister(stat)
                 node = stat.node
                 node.stat = None
-                node.alloc = set()
+                node.alloc, node.aver = set(), self._version
+                self._count_below(node, -1)
                 self._prune(node)
             self._prune(leaf)
 
@@ -540,40 +613,46 @@ class PreblePaperPolicy:
         """Re-enter a windowed node in the sums and candidate lists of the GPUs it is allocated to."""
         self._unregister(stat)
         node = stat.node
-        if not node.alloc:
+        alloc = node.alloc
+        if not alloc:
             return
-        cost = stat.miss * stat.count * self.config.prefill.seconds(len(node.tokens), node.end) / len(node.alloc)
+        cost = stat.miss * stat.count * self._prefill(node) / len(alloc)
+        fixed, refs, out = _exact(cost), node.refs, stat.out
         two = stat.count >= self.config.rebalance_min_requests
-        reg = stat.reg = _Reg(tuple(node.alloc), _exact(cost), cost, {}, two, two and node.large())
-        for s in reg.slots:
+        movable = two and node.large()
+        stat.reg = reg = _Reg(fixed, cost, {s: refs.get(s, 0) * out for s in alloc}, two, movable)
+        for s, d in reg.decode.items():
             w = self._slots[s]
-            d = reg.decode[s] = node.refs.get(s, 0) * stat.out
-            w.p_all += reg.fixed
+            w.p_all += fixed
             w.d_all += d
             if two:
-                w.p_two += reg.fixed
+                w.p_two += fixed
                 w.d_two += d
-            if reg.movable:
-                if node.refs.get(s):
-                    w.cands_busy[stat.uid] = stat
-                else:
-                    insort(w.cands, (cost, stat.uid, stat))
+                if movable:
+                    if s in refs:
+                        w.cands_busy[stat.uid] = stat
+                    else:
+                        insort(w.cands, (cost, stat.uid, stat))
 
     def _unregister(self, stat: _Stat) -> None:
         reg, stat.reg = stat.reg, None
         if reg is None:
             return
-        for s in reg.slots:
+        for s, d in reg.decode.items():
             w = self._slots[s]
-            d = reg.decode[s]
             w.p_all -= reg.fixed
             w.d_all -= d
             if reg.two:
                 w.p_two -= reg.fixed
                 w.d_two -= d
-            if reg.movable:
-                if w.cands_busy.pop(stat.uid, None) is None:
+                if reg.movable and w.cands_busy.pop(stat.uid, None) is None:
                     del w.cands[bisect_left(w.cands, (reg.cost, stat.uid))]
+
+    def _prefill(self, node: _Node) -> float:
+        """Their prefill time of the node's own tokens (cached until it is split)."""
+        if node.pt is None:
+            node.pt = self.config.prefill.seconds(len(node.tokens), node.end)
+        return node.pt
 
     # ------------------------------------------------------------------ the virtual LRU
 
@@ -630,7 +709,7 @@ class PreblePaperPolicy:
         stat = node.stat
         miss = stat.miss if stat is not None else self.config.unseen_miss_rate
         requests = stat.count if stat is not None else node.refs.get(slot, 0)
-        return miss * requests * self.config.prefill.seconds(len(node.tokens), node.end)
+        return miss * requests * self._prefill(node)
 
     def _evict(self, w: _Worker) -> None:
         """Their handle_eviction: a GPU over capacity drops nodes nobody runs through on it, in
@@ -707,7 +786,7 @@ class PreblePaperPolicy:
         if len(big.cands) + len(busy) == 1:
             stat = busy[0][2] if busy else big.cands[0][2]
             node = stat.node
-            if small.slot not in node.alloc:
+            if small.slot not in node.alloc and self._overloaded(node, big.slot):
                 lo += self._node_cost(stat, big) / 2
                 node.alloc.add(small.slot)
                 self._refresh(stat)
@@ -739,27 +818,26 @@ class PreblePaperPolicy:
             i = j
 
     def _move(self, node: _Node, slot: int) -> None:
-        """Allocate `node` and every node below it to `slot` alone (their update_children)."""
+        """Allocate `node` and every node below it to `slot` alone (their update_children): at
+        once for the windowed nodes, whose loads move; the others take it when next walked."""
+        self._version += 1
+        node.sub = _Override(self._version, frozenset((slot,)))
         stack = [node]
         while stack:
             x = stack.pop()
-            x.alloc = {slot}
-            if x.stat is not None:
+            if x.stat is not None:  # the node moved is one (a candidate)
+                x.alloc, x.aver = {slot}, self._version
                 self._refresh(x.stat)
-            stack.extend(x.children.values())
+            stack.extend(c for c in x.children.values() if c.below)
 
     def _overloaded(self, node: _Node, slot: int) -> bool:
         """Their is_node_overloaded: the stored TTFTs split at half a window ago; both halves
         non-empty and the newer half's mean at least overload_ratio x the older half's."""
         samples = self._ttfts.get((node, slot))
-        if not samples:
+        if samples is None:
             return False
-        cutoff = self.clock() - self.config.ttft_window_s / 2
-        old = [v for t, v in samples if t < cutoff]
-        new = [v for t, v in samples if t >= cutoff]
-        if not old or not new:
-            return False
-        return sum(new) / len(new) >= self.config.overload_ratio * (sum(old) / len(old))
+        n_old, old, n_new, new = samples.halves(self.clock() - self.config.ttft_window_s / 2)
+        return bool(n_old and n_new) and new >= self.config.overload_ratio * old
 
     # ------------------------------------------------------------------ feedback
 
@@ -807,16 +885,16 @@ class PreblePaperPolicy:
         else:
             del node.refs[slot]
         node.active -= 1
-        node.key = _key(node.refs)
+        node.vec = None
         return not node.active
 
     def _add_ttft(self, node: _Node, slot: int, ttft: float) -> None:
         """Their add_data_point: append, then drop this key's samples older than the window."""
         now = self.clock()
-        samples = self._ttfts.setdefault((node, slot), deque())
-        samples.append((now, ttft))
-        while samples and samples[0][0] < now - self.config.ttft_window_s:
-            samples.popleft()
+        samples = self._ttfts.get((node, slot))
+        if samples is None:
+            samples = self._ttfts[(node, slot)] = _Ttfts()
+        samples.add(now, ttft, now - self.config.ttft_window_s)
 
     @staticmethod
     def _add_tpot(w: _Worker, tpot: float) -> None:
@@ -836,16 +914,17 @@ class PreblePaperPolicy:
             w.p_all = w.d_all = w.p_two = w.d_two = 0
             w.cands, w.cands_busy = [], {}
         self.root.alloc.discard(gone)
-        nodes, stack = [], list(self.root.children.values())
+        nodes, stack = [], [(c, None) for c in self.root.children.values()]
         while stack:
-            node = stack.pop()
+            node, above = stack.pop()
             nodes.append(node)
-            stack.extend(node.children.values())
+            self._fresh(node, above)
+            stack.extend((c, _later(above, node.sub)) for c in node.children.values())
             node.alloc.discard(gone)
             node.cached.discard(gone)
             node.kids.pop(gone, None)
             node.active -= node.refs.pop(gone, 0)
-            node.key = _key(node.refs)
+            node.vec = None
             if node.stat is not None:
                 node.stat.reg = None
         self.root.kids.pop(gone, None)
