@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -453,7 +454,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         return [{"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy,
                  "cached_pages": held_pages(w.worker_id) if held_pages is not None else None,
                  "kv_events": kv_events(w.worker_id),
-                 "load": None if w.load is None else {f: getattr(w.load, f) for f in w.load.__struct_fields__}}
+                 "load": None if w.load is None else msgspec.to_builtins(w.load)}
                 for w in pool.workers.values()]
 
     @app.get("/routes")
