@@ -254,13 +254,15 @@ def grid(
     deadline: float | None = typer.Option(None, help="Seconds after which no more runs start (partial grids "
                                           "keep whole points; the report says how many ran)."),
     report: Path | None = typer.Option(None, help="Run nothing: render this grid JSON's report."),
+    loads_from: Path | None = typer.Option(None, help="Take the loads of the points this grid JSON has "
+                                           "(its climbed ladders) instead of climbing them again."),
     out: Path = typer.Option(Path("grid.json"), help="JSON here; the Markdown report next to it."),
 ) -> None:
     """Every routing policy at every point of workloads x replicas x loads x memory x seeds in the
     simulator, with a leaderboard against the best policy at each point."""
     from dataclasses import replace
 
-    from .grid import ABLATIONS, PEERS, GridConfig, markdown, run
+    from .grid import ABLATIONS, PEERS, GridConfig, ladders, markdown, run
 
     def names(s: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in s.split(",") if x.strip())
@@ -277,7 +279,9 @@ def grid(
                      base=replace(base.base, cost_model=str(cost_model), duration_s=duration,
                                   tokenizer=str(tokenizer) if tokenizer else None,
                                   max_requests=max_requests, max_rates=max_rates), jobs=jobs,
-                     deadline_s=deadline)
+                     deadline_s=deadline,
+                     known_rates=ladders(json.loads(loads_from.read_text())) if loads_from else ())
+
     def write(doc: dict) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1) + "\n")

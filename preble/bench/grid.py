@@ -69,6 +69,7 @@ class GridConfig:
         min_requests=400, max_requests=3000, max_rates=6))
     jobs: int = 2
     deadline_s: float | None = None  # stop starting runs this long after the start; the report says what ran
+    known_rates: tuple[tuple[tuple[str, int, str], tuple[float, ...]], ...] = ()  # ladders already climbed
 
     def compare_config(self, memory: str, seed: int) -> CompareConfig:
         return replace(self.base, num_pages=MEMORY[memory], seed=seed)
@@ -148,8 +149,11 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
         prepared = dict(zip(names, pool.map(_prepare_task, [cfg] * len(names), names, [tokenizer] * len(names))))
     log(f"prepared {', '.join(names)}")
     cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
+    known = {cell: list(rs) for cell, rs in cfg.known_rates}
+    climb = [c for c in cells if c not in known]
     with _pool(cfg.jobs, prepared) as pool:
-        rates = dict(zip(cells, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in cells]))))
+        climbed = dict(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb])))) if climb else {}
+    rates = {c: known[c] if c in known else climbed[c] for c in cells}
     log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
     points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
               for s in cfg.seeds for v in cfg.variants()]
@@ -214,6 +218,7 @@ def _capacities(cfg: GridConfig, pool, rates: dict) -> list[dict[str, Any]]:
 def _config_dict(cfg: GridConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["ablations"] = [asdict(v) for v in cfg.ablations]
+    d["known_rates"] = bool(cfg.known_rates)  # the loads themselves are in the document's "rates"
     d["memory_pages"] = {m: MEMORY[m] for m in cfg.memories}
     d["zipf_params"] = ZIPF_PARAMS
     return d
@@ -226,6 +231,12 @@ def _meta(cfg: GridConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ leaderboard
+
+
+def ladders(doc: dict[str, Any]) -> tuple[tuple[tuple[str, int, str], tuple[float, ...]], ...]:
+    """A grid document's climbed ladders, for a later grid that runs the same loads without
+    climbing them again (a ladder is a chain of runs, each waiting on the one before)."""
+    return tuple(((r["workload"], r["replicas"], r["memory"]), tuple(r["rates"])) for r in doc["rates"])
 
 
 def _key(row: dict) -> tuple:
