@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,15 @@ def test_an_empty_file_is_a_clear_error(tmp_path, content):
     assert info.value.line is None
     with pytest.raises(TraceError, match="cannot be read"):
         load_trace(tmp_path / "missing.jsonl")
+
+
+def test_the_error_survives_the_trip_from_a_worker_process(tmp_path):
+    """The benchmarks load traces in worker processes; the parent unpickles what they raise."""
+    with pytest.raises(TraceError) as info:
+        load_trace(tmp_path / "missing.jsonl")
+    back = pickle.loads(pickle.dumps(info.value))
+    assert (type(back), str(back), back.path, back.line, back.field) == (
+        TraceError, str(info.value), str(tmp_path / "missing.jsonl"), None, None)
 
 
 # --------------------------------------------------------------------------- the commands

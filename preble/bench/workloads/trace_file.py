@@ -66,9 +66,14 @@ class TraceError(ValueError):
     """A trace file that cannot be replayed; ``line`` and ``field`` say where (None: the file)."""
 
     def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
-        self.path, self.line, self.field = str(path), line, field
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
         where = self.path if line is None else f"{self.path}:{line}"
         super().__init__(f"{where}: field {field!r} {problem}" if field else f"{where}: {problem}")
+
+    def __reduce__(self):
+        """Rebuilt from its own arguments: the benchmarks prepare traces in worker processes, and
+        the default (the message as the only argument) could not be unpickled in the parent."""
+        return type(self), (self.path, self.line, self.field, self.problem)
 
 
 @dataclass(frozen=True, slots=True)
