@@ -269,15 +269,20 @@ def demo(
     out: Path = typer.Option(Path("preble-demo.png"), help="Where the comparison plot goes."),
     requests: int = typer.Option(96, help="Requests per policy."),
     rate: float = typer.Option(1.6, help="Poisson arrivals per second."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summaries here (with commit and date)."),
 ) -> None:
     """The showcase: a 2-worker cluster of the demo model serves a shared-prefix workload under
-    e2 and under round_robin; prints the comparison and writes a plot."""
+    the default policy and under round_robin; prints the comparison and writes a plot."""
+    import json
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench.demo import DemoConfig, plot, run_policy, summary, summary_table
+    from .bench.demo import DemoConfig, document, plot, run_policy, summary, summary_table
     from .models.demo import ensure_demo_model
 
     cfg = DemoConfig(num_requests=requests, rate=rate)
+    start = time.monotonic()
     with console.status("preparing the demo model (converted once, then cached)"):
         model = str(ensure_demo_model())
     console.print(f"{cfg.workers} workers x {cfg.num_pages} KV pages of {cfg.page_size} tokens; "
@@ -301,6 +306,9 @@ def demo(
         console.print(f"{a} vs {b}: {sb['mean_latency'] / sa['mean_latency']:.2f}x lower mean latency, "
                       f"{sb['p99_latency'] / sa['p99_latency']:.2f}x lower p99")
     console.print(f"plot written to {plot(results, out)}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(document(cfg, sums, time.monotonic() - start), indent=1) + "\n")
+        console.print(f"summaries written to {json_out}")
 
 
 @app.command()

@@ -8,16 +8,22 @@ import pytest
 from typer.testing import CliRunner
 
 from preble.cli import app
+from preble.core.routing import DEFAULT_POLICY
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_compares_e2_and_round_robin_and_writes_a_plot(tmp_path):
-    png = tmp_path / "demo.png"
-    result = CliRunner().invoke(app, ["demo", "--requests", "12", "--rate", "4", "--out", str(png)])
+def test_demo_compares_the_default_policy_and_round_robin_and_writes_a_plot(tmp_path):
+    png, doc_path = tmp_path / "demo.png", tmp_path / "demo.json"
+    result = CliRunner().invoke(app, ["demo", "--requests", "12", "--rate", "4", "--out", str(png),
+                                      "--json", str(doc_path)])
     assert result.exit_code == 0, result.output
-    assert "e2" in result.output and "round_robin" in result.output and "lower mean latency" in result.output
+    assert f"{DEFAULT_POLICY} vs round_robin" in result.output and "lower mean latency" in result.output
     assert png.stat().st_size > 10_000
+    doc = json.loads(doc_path.read_text())
+    assert list(doc["summaries"]) == [DEFAULT_POLICY, "round_robin"] and doc["commit"]
+    for s in doc["summaries"].values():
+        assert s["requests"] == 12 and s["errors"] == 0 and s["p99_latency"] >= s["mean_latency"] > 0
 
 
 def test_validate_plays_the_same_requests_live_and_simulated(tiny_models, tmp_path):

@@ -1,17 +1,20 @@
-"""`preble demo`: a 2-worker cluster of the demo model, e2 against round_robin, on one workload.
+"""`preble demo`: a 2-worker cluster of the demo model, the default policy against round_robin.
 
 The workload is a small Preble-style one: groups of requests share a long system prompt, and the
-workers' KV pools are sized so that one worker holds about half of the groups' prefixes. E2 keeps
-each group on one worker, so every prefix stays cached; round robin spreads every group over
-both workers, which then evict each other's prefixes and recompute them. Both runs send the same
-requests at the same Poisson arrival times.
+workers' KV pools are sized so that one worker holds about half of the groups' prefixes. A
+prefix-aware policy keeps each group on one worker, so every prefix stays cached; round robin
+spreads every group over both workers, which then evict each other's prefixes and recompute them.
+Both runs send the same requests at the same Poisson arrival times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from ..core.routing import DEFAULT_POLICY
 from ..sim.report import percentile, summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import LocalCluster
+from .provenance import source_revision
 from .workloads import make_workload
 
 
@@ -55,6 +59,13 @@ def run_policy(model: str, policy: str, cfg: DemoConfig,
 def summary(records: list[RequestRecord]) -> dict[str, Any]:
     ok = [r for r in records if r.error is None]
     return {**summarize(ok), "errors": len(records) - len(ok)}
+
+
+def document(cfg: DemoConfig, sums: dict[str, dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """The demo's results file: the summaries, the configuration, and where and from what they came."""
+    return {"benchmark": "demo", **source_revision(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "device": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "wall_s": round(wall_s, 1), "config": asdict(cfg), "summaries": sums}
 
 
 # (summary key, header): two-line headers keep the table whole on an 80-column terminal.
