@@ -10,8 +10,6 @@ Both runs send the same requests at the same Poisson arrival times.
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +20,7 @@ from ..core.routing import DEFAULT_POLICY
 from ..sim.report import percentile, summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import LocalCluster
-from .provenance import source_revision
+from .provenance import host_machine, source_revision
 from .workloads import make_workload
 
 
@@ -64,7 +62,7 @@ def summary(records: list[RequestRecord]) -> dict[str, Any]:
 def document(cfg: DemoConfig, sums: dict[str, dict[str, Any]], wall_s: float) -> dict[str, Any]:
     """The demo's results file: the summaries, the configuration, and where and from what they came."""
     return {"benchmark": "demo", **source_revision(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "device": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "device": host_machine(),
             "wall_s": round(wall_s, 1), "config": asdict(cfg), "summaries": sums}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
 from typing import Any
 
@@ -27,3 +28,14 @@ def source_revision() -> dict[str, Any]:
     if diff:
         out["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()[:16]
     return out
+
+
+def host_machine() -> dict[str, Any]:
+    """The CPU a result was measured on: model name, cores, Python and platform."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}

@@ -223,26 +223,14 @@ def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
 def document(results: dict[str, dict], **params) -> dict:
     """The results file: numbers plus what they were measured on, when and at which commit."""
     import datetime
-    import platform
 
-    from .provenance import source_revision
-
-    def cpu_model() -> str:
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or "unknown"
+    from .provenance import host_machine, source_revision
 
     return {
         "benchmark": "router_overhead",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **source_revision(),
-        "device": {"cpu": cpu_model(), "cores_used": 1, "python": platform.python_version(),
-                   "platform": platform.platform()},
+        "device": {**host_machine(), "cores_used": 1},
         "parameters": params,
         "results": results,
     }
