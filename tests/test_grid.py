@@ -9,7 +9,7 @@ import math
 import pytest
 
 from preble.bench.compare import CompareConfig
-from preble.bench.grid import GridConfig, gain_over_best_other, leaderboard, markdown, run
+from preble.bench.grid import GridConfig, GridMismatch, gain_over_best_other, leaderboard, markdown, merge, run
 
 
 def _row(policy, mean, p99, rate=1.0, workload="w", seed=0):
@@ -61,3 +61,35 @@ def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
 def test_a_deadline_keeps_whole_points_only(small):
     doc = run(GridConfig(**{**small.__dict__, "deadline_s": 0.0}), log=lambda _: None)
     assert doc["meta"]["runs"] < doc["meta"]["runs_planned"] and doc["rows"] == [] and doc["capacity"] == []
+
+
+def _doc(rows, rates, commit="abc", policies=("a", "b")):
+    return {"meta": {"commit": commit, "date": f"2026-01-0{len(rows)}", "runs": len(rows), "runs_planned": 4,
+                     "device": "simulated"},
+            "config": {"policies": list(policies), "ablations": [], "seeds": [0], "base": {"page_size": 16},
+                       "memory_pages": {"h200": 44_000}, "workloads": ["w"]},
+            "workloads": {"w": {}}, "rates": [{"workload": "w", "replicas": 2, "memory": "h200", "rates": rates}],
+            "rows": rows, "capacity": []}
+
+
+def test_merge_fills_the_points_a_deadline_cut_and_keeps_the_first_copy():
+    cut = _doc([_row("a", 1.0, 2.0), _row("b", 2.0, 3.0)], [1.0, 2.0])
+    rest = _doc([_row("a", 9.0, 9.0), _row("b", 9.0, 9.0), _row("a", 1.5, 2.5, rate=2.0), _row("b", 2.5, 3.5, rate=2.0)],
+                [1.0, 2.0])
+    doc = merge([cut, rest])
+    got = {(r["policy"], r["rate"]): r["mean_latency"] for r in doc["rows"]}
+    assert got == {("a", 1.0): 1.0, ("b", 1.0): 2.0, ("a", 2.0): 1.5, ("b", 2.0): 2.5}
+    assert (doc["meta"]["runs"], doc["meta"]["runs_planned"], doc["meta"]["date"]) == (4, 4, "2026-01-04")
+    assert len(doc["meta"]["merged_from"]) == 2 and "merged from 2 runs" in markdown(doc, default="a")
+
+
+def test_merge_refuses_grids_of_another_commit_or_configuration():
+    rows = [_row("a", 1.0, 2.0), _row("b", 2.0, 3.0)]
+    with pytest.raises(GridMismatch, match="commits"):
+        merge([_doc(rows, [1.0]), _doc(rows, [1.0], commit="def")])
+    with pytest.raises(GridMismatch, match="policies"):
+        merge([_doc(rows, [1.0]), _doc(rows, [1.0], policies=("a", "c"))])
+    other = _doc(rows, [1.0])
+    other["workloads"]["w"] = {"mean_prompt_tokens": 7}
+    with pytest.raises(GridMismatch, match="prepared differently"):
+        merge([_doc(rows, [1.0]), other])

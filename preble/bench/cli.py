@@ -254,6 +254,8 @@ def grid(
     deadline: float | None = typer.Option(None, help="Seconds after which no more runs start (partial grids "
                                           "keep whole points; the report says how many ran)."),
     report: Path | None = typer.Option(None, help="Run nothing: render this grid JSON's report."),
+    merge: list[Path] = typer.Option([], help="Run nothing: merge these grid JSONs (same commit and "
+                                     "configuration; repeat the option) into --out, with its report."),
     loads_from: Path | None = typer.Option(None, help="Take the loads of the points this grid JSON has "
                                            "(its climbed ladders) instead of climbing them again."),
     out: Path = typer.Option(Path("grid.json"), help="JSON here; the Markdown report next to it."),
@@ -263,13 +265,23 @@ def grid(
     from dataclasses import replace
 
     from .grid import ABLATIONS, PEERS, GridConfig, ladders, markdown, run
+    from .grid import merge as merge_grids
 
     def names(s: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in s.split(",") if x.strip())
 
+    def write_grid(doc: dict) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(doc))
+        console.print(f"written {out} and {out.with_suffix('.md')}")
+
     if report is not None:
         doc = json.loads(report.read_text())
         report.with_suffix(".md").write_text(markdown(doc))
+        return
+    if merge:
+        write_grid(merge_grids([json.loads(p.read_text()) for p in merge]))
         return
     base = GridConfig()
     cfg = GridConfig(workloads=names(workloads), replicas=tuple(map(int, names(replicas))),
@@ -282,13 +294,7 @@ def grid(
                      deadline_s=deadline,
                      known_rates=ladders(json.loads(loads_from.read_text())) if loads_from else ())
 
-    def write(doc: dict) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1) + "\n")
-        out.with_suffix(".md").write_text(markdown(doc))
-        console.print(f"written {out} and {out.with_suffix('.md')}")
-
-    write(run(cfg, log=lambda m: console.print(m), checkpoint=write))
+    write_grid(run(cfg, log=lambda m: console.print(m), checkpoint=write_grid))
 
 
 @bench_app.command("validate")

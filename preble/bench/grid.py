@@ -230,6 +230,53 @@ def _meta(cfg: GridConfig) -> dict[str, Any]:
             "cost_model": CostModel.load(cfg.base.cost_model).to_dict(), "host_cpus": os.cpu_count()}
 
 
+class GridMismatch(ValueError):
+    """Grid documents that cannot be merged: another commit or another configuration."""
+
+
+# What must agree for two grids' points to be comparable (the rest says which points ran).
+_SAME_CONFIG = ("policies", "ablations", "seeds", "traces", "base", "memory_pages", "zipf_params",
+                "slo_factor", "capacity_steps")
+
+
+def _comparable(value: Any) -> Any:
+    """A config value without the tokenizer's path: where it lives is no matter, what it makes of
+    the workloads is checked on their statistics."""
+    return {k: v for k, v in value.items() if k != "tokenizer"} if isinstance(value, dict) else value
+
+
+def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One grid from several run at the same commit and configuration (e.g. the points one run's
+    deadline cut, run later): each point's rows from the first document that has it."""
+    first = docs[0]
+    for d in docs[1:]:
+        if (d["meta"]["commit"], d["meta"].get("dirty")) != (first["meta"]["commit"], first["meta"].get("dirty")):
+            raise GridMismatch(f"commits differ: {first['meta']['commit']} and {d['meta']['commit']}")
+        for k in _SAME_CONFIG:
+            if _comparable(d["config"].get(k)) != _comparable(first["config"].get(k)):
+                raise GridMismatch(f"configurations differ in {k!r}")
+        for w in set(d["workloads"]) & set(first["workloads"]):
+            if d["workloads"][w] != first["workloads"][w]:
+                raise GridMismatch(f"workload {w!r} was prepared differently (its requests' statistics differ)")
+    rows, seen_points = [], set()
+    for d in docs:
+        points = {(_key(r), r["seed"]) for r in d["rows"]}
+        rows += [r for r in d["rows"] if (_key(r), r["seed"]) not in seen_points]
+        seen_points |= points
+    rates = {(r["workload"], r["replicas"], r["memory"]): r for d in docs for r in reversed(d["rates"])}
+    variants = len(first["config"]["policies"]) + len(first["config"].get("ablations", []))
+    planned = sum(len(r["rates"]) for r in rates.values()) * len(first["config"]["seeds"]) * variants
+    meta = {**first["meta"], "date": max(d["meta"]["date"] for d in docs), "runs": len(rows),
+            "runs_planned": planned,
+            "merged_from": [{k: d["meta"].get(k) for k in ("date", "host_cpus", "runs", "runs_planned")}
+                            for d in docs]}
+    return {"meta": meta, "config": {**first["config"], "workloads": list(dict.fromkeys(
+                w for d in docs for w in d["config"]["workloads"]))},
+            "workloads": {k: v for d in reversed(docs) for k, v in d["workloads"].items()},
+            "rates": list(rates.values()), "rows": rows,
+            "capacity": [c for d in docs for c in d.get("capacity", [])]}
+
+
 # ------------------------------------------------------------------------------ leaderboard
 
 
@@ -337,6 +384,7 @@ def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
              + f"; {seeds} seed(s) per point"
              + (f"; {meta['runs']} of {meta['runs_planned']} runs made before the deadline, whole points kept"
                 if meta.get("runs", 0) < meta.get("runs_planned", 0) else "")
+             + (f"; merged from {len(meta['merged_from'])} runs of the grid" if meta.get("merged_from") else "")
              + ". Ratios: a policy's latency over the best policy's at each point "
              "(seed means), among the policies listed first (ablations are compared to them, not the other way).",
              "", "## Leaderboard", "",
