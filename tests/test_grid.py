@@ -83,10 +83,16 @@ def test_merge_fills_the_points_a_deadline_cut_and_keeps_the_first_copy():
     assert len(doc["meta"]["merged_from"]) == 2 and "merged from 2 runs" in markdown(doc, default="a")
 
 
-def test_merge_refuses_grids_of_another_commit_or_configuration():
+def test_merge_takes_another_commit_only_where_shared_runs_agree_and_never_another_configuration():
     rows = [_row("a", 1.0, 2.0), _row("b", 2.0, 3.0)]
-    with pytest.raises(GridMismatch, match="commits"):
-        merge([_doc(rows, [1.0]), _doc(rows, [1.0], commit="def")])
+    with pytest.raises(GridMismatch, match="no run in common"):
+        merge([_doc(rows, [1.0]), _doc([_row("a", 1.0, 2.0, rate=2.0)], [2.0], commit="def")])
+    with pytest.raises(GridMismatch, match="1 of 2 runs in common give other results"):
+        merge([_doc(rows, [1.0]), _doc([rows[0], _row("b", 2.0, 3.5)], [1.0], commit="def")])
+    later = _doc([*rows, _row("a", 1.0, 1.0, rate=2.0), _row("b", 1.0, 1.0, rate=2.0)], [1.0, 2.0], commit="def")
+    merged = merge([_doc(rows, [1.0]), later])
+    assert [m["commit"] for m in merged["meta"]["merged_from"]] == ["abc", "def"]
+    assert "commit abc and def (the runs they share" in markdown(merged, default="a")
     with pytest.raises(GridMismatch, match="policies"):
         merge([_doc(rows, [1.0]), _doc(rows, [1.0], policies=("a", "c"))])
     other = _doc(rows, [1.0])

@@ -245,13 +245,28 @@ def _comparable(value: Any) -> Any:
     return {k: v for k, v in value.items() if k != "tokenizer"} if isinstance(value, dict) else value
 
 
+def _check_agreement(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Grids of two commits merge only where they ran a point in common and every run of it gave
+    the same result (the simulator is deterministic: what changed between them is not its code)."""
+    rows_a = {(_key(r), r["seed"], r["policy"]): r for r in a["rows"]}
+    shared = [(k, r) for r in b["rows"] if (k := (_key(r), r["seed"], r["policy"])) in rows_a]
+    if not shared:
+        raise GridMismatch(f"commits differ ({a['meta']['commit']}, {b['meta']['commit']}) and no run in "
+                           "common shows that they simulate alike")
+    differ = [k for k, r in shared if r != rows_a[k]]
+    if differ:
+        raise GridMismatch(f"commits differ ({a['meta']['commit']}, {b['meta']['commit']}) and {len(differ)} of "
+                           f"{len(shared)} runs in common give other results, e.g. {differ[0]}")
+
+
 def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One grid from several run at the same commit and configuration (e.g. the points one run's
-    deadline cut, run later): each point's rows from the first document that has it."""
+    """One grid from several run with the same configuration (e.g. the points one run's deadline
+    cut, run later), at one commit or at commits shown to agree (`_check_agreement`): each
+    point's rows from the first document that has it."""
     first = docs[0]
     for d in docs[1:]:
         if (d["meta"]["commit"], d["meta"].get("dirty")) != (first["meta"]["commit"], first["meta"].get("dirty")):
-            raise GridMismatch(f"commits differ: {first['meta']['commit']} and {d['meta']['commit']}")
+            _check_agreement(first, d)
         for k in _SAME_CONFIG:
             if _comparable(d["config"].get(k)) != _comparable(first["config"].get(k)):
                 raise GridMismatch(f"configurations differ in {k!r}")
@@ -268,7 +283,7 @@ def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     planned = sum(len(r["rates"]) for r in rates.values()) * len(first["config"]["seeds"]) * variants
     meta = {**first["meta"], "date": max(d["meta"]["date"] for d in docs), "runs": len(rows),
             "runs_planned": planned,
-            "merged_from": [{k: d["meta"].get(k) for k in ("date", "host_cpus", "runs", "runs_planned")}
+            "merged_from": [{k: d["meta"].get(k) for k in ("commit", "date", "host_cpus", "runs", "runs_planned")}
                             for d in docs]}
     return {"meta": meta, "config": {**first["config"], "workloads": list(dict.fromkeys(
                 w for d in docs for w in d["config"]["workloads"]))},
@@ -378,7 +393,8 @@ def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
     seeds = len(cfg["seeds"])
     lines = [f"# Routing grid ({meta['device']})", "",
              f"commit {meta['commit']}{' (uncommitted changes, diff ' + meta['diff_sha256'] + ')' if meta.get('dirty') else ''}"
-             f", {meta['date']}. Workloads {', '.join(dict.fromkeys(r['workload'] for r in doc['rows']))}; "
+             + _other_commits(meta)
+             + f", {meta['date']}. Workloads {', '.join(dict.fromkeys(r['workload'] for r in doc['rows']))}; "
              f"replicas {sorted({r['replicas'] for r in doc['rows']})}; memory "
              + ", ".join(f"{m} ({p} pages of {cfg['base']['page_size']} tokens)" for m, p in cfg["memory_pages"].items())
              + f"; {seeds} seed(s) per point"
@@ -401,6 +417,11 @@ def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
     lines += _capacity_table(doc)
     lines += _per_workload(doc, default, ablations)
     return "\n".join(lines) + "\n"
+
+
+def _other_commits(meta: dict[str, Any]) -> str:
+    others = list(dict.fromkeys(m["commit"] for m in meta.get("merged_from", []) if m["commit"] != meta["commit"]))
+    return f" and {', '.join(others)} (the runs they share gave the same results)" if others else ""
 
 
 def _where(at: list | None) -> str:
