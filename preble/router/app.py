@@ -72,6 +72,9 @@ class RouterMetrics:
         self.branches = Counter("preble_router_route_branch", "Routing decisions by policy branch",
                                 ["policy", "branch"], registry=r)
         self.retries = Counter("preble_router_retries", "Requests re-sent to another worker", registry=r)
+        self.failures = Counter("preble_router_failures", "Failures of the router's own code (logged with "
+                                "their traceback): policy callbacks, worker loops restarted", ["component"],
+                                registry=r)
         self.cut = Counter("preble_router_streams_cut", "Streams ended by an error event after a worker "
                            "failed mid-answer", registry=r)
         self.ttft = Histogram("preble_router_ttft_seconds", "Time to first token", buckets=LATENCY_BUCKETS,
@@ -194,8 +197,9 @@ class _Stream(StreamingResponse):
 
 def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: RoutingPolicy) -> FastAPI:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
-    pool = WorkerPool(worker_urls, policy, cfg.pool, api_key=cfg.worker_api_key)
     metrics = RouterMetrics()
+    pool = WorkerPool(worker_urls, policy, cfg.pool, api_key=cfg.worker_api_key,
+                      on_failure=lambda component: metrics.failures.labels(component).inc())
     admission = Admission(cfg.max_inflight, cfg.max_inflight_tokens, cfg.retry_after_s)
     decisions: deque[dict] = deque(maxlen=cfg.recent_decisions)
     timeline = Timeline(cfg.dashboard, time.time)

@@ -8,6 +8,11 @@ is removed from the policy (and with it every tree entry it held) until it answe
 it is re-added and its cache resynced. Reads from a worker's request streams run under
 `guard`, which cuts those that have stalled the moment the worker is marked down, so a hung
 worker holds no request much longer than the health check takes to notice it.
+
+A failure of the router's own code is not a worker's: a policy callback that raises is logged
+with its traceback and counted, and the worker's health is left to its probe; a loop that dies
+is logged, counted and restarted (a KV event follower then resyncs the worker's whole cache), so
+the router keeps routing on a fresh picture.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -67,7 +73,8 @@ class WorkerHandle:
 
 class WorkerPool:
     def __init__(self, urls: list[str], policy: RoutingPolicy, config: WorkerPoolConfig,
-                 on_change: Callable[[], None] | None = None, api_key: str | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, api_key: str | None = None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.policy = policy
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
@@ -78,6 +85,8 @@ class WorkerPool:
         if config.kv_events and len(config.kv_events) != len(urls):
             raise ValueError(f"{len(config.kv_events)} KV event endpoints for {len(urls)} workers")
         self._on_change = on_change
+        self._on_failure = on_failure
+        self.failures: Counter[str] = Counter()  # the router's own failures by component: policy, loops
 
     @property
     def external(self) -> bool:
@@ -91,7 +100,7 @@ class WorkerPool:
             handle = WorkerHandle(url, url if self.external else await self._identify(url))
             if self.config.kv_events:
                 handle.kv_events = self.config.kv_events[i]
-            handle.tasks = [asyncio.create_task(self._poll(handle))]
+            handle.tasks = [asyncio.create_task(self._restarting("health_check", self._poll, handle))]
             self.workers[handle.worker_id] = handle
 
     async def _identify(self, url: str) -> str:
@@ -141,12 +150,12 @@ class WorkerPool:
         handle.healthy = healthy
         if healthy:
             log.info("worker %s is healthy", handle.worker_id)
-            self.policy.add_worker(handle.worker_id)
+            self._call_policy(self.policy.add_worker, handle.worker_id)
             if not self.external or handle.kv_events is not None:
                 self._restart_events(handle)  # start over from a full resync of its cache, or a clear one
         else:
             log.warning("worker %s is unreachable; routing around it", handle.worker_id)
-            self.policy.remove_worker(handle.worker_id)
+            self._call_policy(self.policy.remove_worker, handle.worker_id)
             if handle.events_task is not None:
                 handle.events_task.cancel()
                 handle.events_task = None
@@ -160,7 +169,30 @@ class WorkerPool:
         if handle.events_task is not None:
             handle.events_task.cancel()
         follow = self._follow_events if handle.kv_events is None else self._follow_vllm_events
-        handle.events_task = asyncio.create_task(follow(handle))
+        handle.events_task = asyncio.create_task(self._restarting("kv_events", follow, handle))
+
+    def _failed(self, component: str, what: str) -> None:
+        log.exception("%s failed", what)
+        self.failures[component] += 1
+        if self._on_failure:
+            self._on_failure(component)
+
+    def _call_policy(self, callback: Callable, *args) -> None:
+        """A policy callback; if it raises, that is a bug in the policy, not the worker's fault."""
+        try:
+            callback(*args)
+        except Exception:
+            self._failed("policy", f"policy {self.policy.name!r}: {callback.__name__}")
+
+    async def _restarting(self, component: str, loop: Callable[[WorkerHandle], Awaitable[None]],
+                          handle: WorkerHandle) -> None:
+        """Run one of a worker's loops until it returns or is cancelled; restart it if it dies."""
+        while True:
+            try:
+                return await loop(handle)
+            except Exception:
+                self._failed(component, f"worker {handle.worker_id}: {component} loop (restarting it)")
+            await asyncio.sleep(self.config.reconnect_backoff_s)
 
     async def _poll(self, handle: WorkerHandle) -> None:
         """The health check: a worker is healthy while its probe answers (a Preble worker's
@@ -170,13 +202,15 @@ class WorkerPool:
         while True:
             try:
                 await probe(handle)
-                handle.last_ok = time.monotonic()
-                self._set_health(handle, True)
-                if handle.load is not None:
-                    self.policy.on_load(msgspec.structs.replace(handle.load, worker_id=handle.worker_id))
             except (httpx.HTTPError, msgspec.DecodeError, ValueError, KeyError, IndexError, TypeError):
                 if time.monotonic() - handle.last_ok > cfg.unhealthy_after_s:
                     self._set_health(handle, False)
+            else:
+                handle.last_ok = time.monotonic()
+                self._set_health(handle, True)
+                if handle.load is not None:
+                    self._call_policy(self.policy.on_load,
+                                      msgspec.structs.replace(handle.load, worker_id=handle.worker_id))
             await asyncio.sleep(cfg.load_interval_s)
 
     async def _probe_load(self, handle: WorkerHandle) -> None:
