@@ -136,7 +136,7 @@ def test_mismatched_page_size_and_gaps_are_rejected():
 def test_routed_entries_expire_and_are_collected():
     clock = Clock()
     tree = GlobalTree(2, clock, window_s=10.0, window_buckets=2)
-    tree.insert_routed([1, 2, 3, 4, 5], "x", expires_at=5.0)
+    tree.insert(tree.match([1, 2, 3, 4, 5]), "x", 5.0)
     assert tree.match([1, 2, 3, 4]).held == {"x": 4}
     assert tree.num_nodes == 2
     clock.t = 5.0

@@ -321,10 +321,6 @@ class GlobalTree:
             self._schedule(node, now + self.window.seconds)
         return path
 
-    def insert_routed(self, tokens: list[int], worker_id: str, expires_at: float) -> list[Node]:
-        """Count `tokens` (full pages) as held by the worker until `expires_at`."""
-        return self.insert(self.match(tokens), worker_id, expires_at)
-
     def drop_routed(self, worker_id: str, expiring_by: float) -> None:
         """Forget the worker's router-side holdings that expire at or before `expiring_by`."""
         slot = self._slots.get(worker_id)

@@ -53,12 +53,10 @@ class MatchResult:
 
 @dataclass
 class CacheStats:
-    queries: int = 0
     query_tokens: int = 0
     hit_tokens: int = 0
 
     def record(self, query_tokens: int, hit_tokens: int) -> None:
-        self.queries += 1
         self.query_tokens += query_tokens
         self.hit_tokens += hit_tokens
 

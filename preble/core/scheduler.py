@@ -13,7 +13,6 @@ The scheduler does no I/O and never touches tensors: the engine runs the forward
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,7 +79,6 @@ class Scheduler:
         self.clock = clock
         self.waiting = make_waiting_queue(config.local_policy)
         self.running: list[Request] = []
-        self._ids = itertools.count()
         self.num_preemptions = 0
         ps = allocator.page_size
         self._watermark_pages = int(config.kv_watermark * allocator.num_pages)

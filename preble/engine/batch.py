@@ -22,9 +22,5 @@ class ForwardBatch:
     page_size: int
 
     @property
-    def num_seqs(self) -> int:
-        return len(self.lens)
-
-    @property
     def is_decode_only(self) -> bool:
         return all(n == 1 for n in self.lens)
