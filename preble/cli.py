@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .bench.cli import bench_app
+from .bench.workloads.trace import BLOCK
 from .core.routing import DEFAULT_POLICY, POLICIES
+from .core.sampling_params import SamplingParams
+from .core.scheduler_config import SchedulerConfig
+from .engine.config import EngineConfig
+from .launch_config import ServeConfig
+from .router.config import RouterServerConfig
+from .server.config import WorkerConfig
 
 POLICY_HELP = "Routing policy: " + " | ".join(POLICIES) + "."
 
@@ -36,10 +43,7 @@ DEMO_QUESTIONS = (
 
 def engine_config(model: Path, device: str, dtype: str | None, page_size: int,
                   num_pages: int | None, kv_cache_gib: float | None, max_num_batched_tokens: int,
-                  max_running_requests: int, max_model_len: int | None, local_policy: str, tp: int = 1):
-    from .core.scheduler import SchedulerConfig
-    from .engine.config import EngineConfig
-
+                  max_running_requests: int, max_model_len: int | None, local_policy: str, tp: int):
     return EngineConfig(
         model=str(model), device=device, dtype=dtype, page_size=page_size, num_pages=num_pages,
         kv_cache_gib=kv_cache_gib, tensor_parallel_size=tp,
@@ -51,28 +55,30 @@ def engine_config(model: Path, device: str, dtype: str | None, page_size: int,
 @app.command()
 def worker(
     model: Path = typer.Option(..., help="HF model folder."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
-    port: int = typer.Option(8100),
-    worker_id: str | None = typer.Option(None, help="Name reported to routers; default host:port."),
-    device: str = typer.Option("cpu"),
-    dtype: str | None = typer.Option(None),
-    page_size: int = typer.Option(16),
-    num_pages: int | None = typer.Option(None),
-    kv_cache_gib: float | None = typer.Option(None),
-    max_num_batched_tokens: int = typer.Option(2048),
-    max_running_requests: int = typer.Option(256),
-    max_model_len: int | None = typer.Option(None),
-    local_policy: str = typer.Option("preble", help="fcfs | lpm | preble"),
-    threads: int | None = typer.Option(None, help="torch CPU threads for the engine (each rank's, with --tp)."),
-    tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: ranks the model is split over (GPUs "
-                                                   "from --device's on, or CPU processes)."),
-    max_inflight: int = typer.Option(512, help="Requests admitted at once; beyond, 429."),
-    api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
+    host: str = typer.Option(WorkerConfig.host, help="Interface to bind; loopback by default."),
+    port: int = typer.Option(WorkerConfig.port),
+    worker_id: str | None = typer.Option(WorkerConfig.worker_id, help="Name reported to routers; default host:port."),
+    device: str = typer.Option(EngineConfig.device),
+    dtype: str | None = typer.Option(EngineConfig.dtype),
+    page_size: int = typer.Option(EngineConfig.page_size),
+    num_pages: int | None = typer.Option(EngineConfig.num_pages),
+    kv_cache_gib: float | None = typer.Option(EngineConfig.kv_cache_gib),
+    max_num_batched_tokens: int = typer.Option(SchedulerConfig.max_num_batched_tokens),
+    max_running_requests: int = typer.Option(SchedulerConfig.max_running_requests),
+    max_model_len: int | None = typer.Option(SchedulerConfig.max_model_len),
+    local_policy: str = typer.Option(SchedulerConfig.local_policy, help="fcfs | lpm | preble"),
+    threads: int | None = typer.Option(WorkerConfig.num_threads,
+                                       help="torch CPU threads for the engine (each rank's, with --tp)."),
+    tp: int = typer.Option(EngineConfig.tensor_parallel_size, "--tp", min=1,
+                           help="Tensor parallelism: ranks the model is split over (GPUs from --device's on, "
+                                "or CPU processes)."),
+    max_inflight: int = typer.Option(WorkerConfig.max_inflight, help="Requests admitted at once; beyond, 429."),
+    api_key: str | None = typer.Option(WorkerConfig.api_key, envvar="PREBLE_WORKER_API_KEY",
                                        help="Require this key on every endpoint but /health."),
-    log_json: bool = typer.Option(False, help="Log JSON lines."),
+    log_json: bool = typer.Option(WorkerConfig.log_json, help="Log JSON lines."),
 ) -> None:
     """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
-    from .server.worker import WorkerConfig, run_worker
+    from .server.worker import run_worker
 
     cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
                         max_num_batched_tokens, max_running_requests, max_model_len, local_policy, tp)
@@ -84,29 +90,32 @@ def worker(
 def router(
     model: Path = typer.Option(..., help="HF model folder (tokenizer, chat template, context window)."),
     worker: list[str] = typer.Option(..., "--worker", help="Worker base URL; repeat for each worker."),
-    policy: str = typer.Option(DEFAULT_POLICY, help=POLICY_HELP),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
-    port: int = typer.Option(8000),
-    max_inflight: int = typer.Option(1024, help="Requests admitted at once; beyond, 429."),
-    api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
+    policy: str = typer.Option(RouterServerConfig.policy, help=POLICY_HELP),
+    host: str = typer.Option(RouterServerConfig.host, help="Interface to bind; loopback by default."),
+    port: int = typer.Option(RouterServerConfig.port),
+    max_inflight: int = typer.Option(RouterServerConfig.max_inflight, help="Requests admitted at once; beyond, 429."),
+    api_key: str | None = typer.Option(RouterServerConfig.api_key, envvar="PREBLE_API_KEY",
                                        help="Require this key from clients (Authorization: Bearer)."),
-    worker_api_key: str | None = typer.Option(None, envvar="PREBLE_WORKER_API_KEY",
+    worker_api_key: str | None = typer.Option(RouterServerConfig.worker_api_key, envvar="PREBLE_WORKER_API_KEY",
                                               help="The key the workers require."),
-    dashboard_full_text: bool = typer.Option(False, help="Show whole prefixes on /dashboard, not a preview."),
-    log_json: bool = typer.Option(False, help="Log JSON lines."),
-    worker_kind: str = typer.Option("preble", help="preble | openai | vllm | sglang: the workers are Preble "
-                                    "workers, or OpenAI-compatible engines (tracked by what is routed to them)."),
-    cost_model: Path | None = typer.Option(None, help="e2's cost model: a JSON from `preble profile` for the "
-                                                     "workers' device; default: built-in (Llama-3-8B on H100)."),
-    health_timeout: float | None = typer.Option(None, min=0.1, help="Seconds without an answer to the health "
-                                                "check before a worker is routed around and requests stalled on it "
-                                                "retried (default 1.5); raise it on hosts so loaded that live "
-                                                "workers answer late."),
+    dashboard_full_text: bool = typer.Option(RouterServerConfig.dashboard_full_text,
+                                             help="Show whole prefixes on /dashboard, not a preview."),
+    log_json: bool = typer.Option(RouterServerConfig.log_json, help="Log JSON lines."),
+    worker_kind: str = typer.Option(RouterServerConfig.worker_kind, help="preble | openai | vllm | sglang: the "
+                                    "workers are Preble workers, or OpenAI-compatible engines (tracked by what is "
+                                    "routed to them)."),
+    cost_model: Path | None = typer.Option(RouterServerConfig.cost_model, help="e2's cost model: a JSON from "
+                                           "`preble profile` for the workers' device; default: built-in "
+                                           "(Llama-3-8B on H100)."),
+    health_timeout: float = typer.Option(RouterServerConfig.health_timeout_s, min=0.1, help="Seconds without an "
+                                         "answer to the health check before a worker is routed around and requests "
+                                         "stalled on it retried; raise it on hosts so loaded that live workers "
+                                         "answer late."),
     kv_events: list[str] = typer.Option([], "--kv-events", help="With --worker-kind vllm: a worker's KV event "
                                         "endpoint (ZMQ, e.g. tcp://127.0.0.1:5557); one per --worker, in order."),
 ) -> None:
     """Front workers that run elsewhere with the global scheduler (dashboard at /dashboard)."""
-    from .router.server import RouterServerConfig, run_router
+    from .router.server import run_router
 
     if worker_kind not in ("preble", "openai", "vllm", "sglang"):
         raise typer.BadParameter(f"unknown worker kind {worker_kind!r}", param_hint="--worker-kind")
@@ -117,33 +126,36 @@ def router(
                                   dashboard_full_text=dashboard_full_text, log_json=log_json,
                                   worker_kind=worker_kind, kv_events=kv_events,
                                   cost_model=str(cost_model) if cost_model else None,
-                                  **({"health_timeout_s": health_timeout} if health_timeout else {})))
+                                  health_timeout_s=health_timeout))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
     ctx: typer.Context,
     model: Path | None = typer.Option(None, help="HF model folder; default: the embedded demo model."),
-    workers: int = typer.Option(2, help="Workers: model replicas, each on --tp GPUs with --device cuda."),
-    tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: GPUs (or CPU processes) per replica."),
-    device: str = typer.Option("cpu"),
-    policy: str = typer.Option(DEFAULT_POLICY, help=POLICY_HELP),
-    host: str = typer.Option("127.0.0.1", help="Router interface; loopback by default."),
-    port: int = typer.Option(8000),
-    max_inflight: int = typer.Option(1024, help="Requests the router admits at once; beyond, 429."),
-    api_key: str | None = typer.Option(None, envvar="PREBLE_API_KEY",
+    workers: int = typer.Option(ServeConfig.workers, help="Workers: model replicas, each on --tp GPUs with "
+                                                          "--device cuda."),
+    tp: int = typer.Option(ServeConfig.tp, "--tp", min=1, help="Tensor parallelism: GPUs (or CPU processes) per "
+                                                               "replica."),
+    device: str = typer.Option(ServeConfig.device),
+    policy: str = typer.Option(ServeConfig.policy, help=POLICY_HELP),
+    host: str = typer.Option(ServeConfig.host, help="Router interface; loopback by default."),
+    port: int = typer.Option(ServeConfig.port),
+    max_inflight: int = typer.Option(ServeConfig.max_inflight, help="Requests the router admits at once; beyond, 429."),
+    api_key: str | None = typer.Option(ServeConfig.api_key, envvar="PREBLE_API_KEY",
                                        help="Require this key from clients (Authorization: Bearer)."),
-    log_json: bool = typer.Option(False, help="Router and workers log JSON lines."),
-    cost_model: Path | None = typer.Option(None, help="e2's cost model: a JSON from `preble profile` for the "
-                                                     "workers' device; default: built-in (Llama-3-8B on H100)."),
-    ray: bool = typer.Option(False, "--ray", help="Place workers as Ray actors (each on --tp GPUs, or a share of "
-                                                  "CPUs) across a Ray cluster."),
-    ray_address: str | None = typer.Option(None, help="With --ray: the cluster's address (host:port); "
-                                                      "default: start a Ray instance here, on loopback."),
+    log_json: bool = typer.Option(ServeConfig.log_json, help="Router and workers log JSON lines."),
+    cost_model: Path | None = typer.Option(ServeConfig.cost_model, help="e2's cost model: a JSON from `preble "
+                                           "profile` for the workers' device; default: built-in (Llama-3-8B on "
+                                           "H100)."),
+    ray: bool = typer.Option(ServeConfig.ray, "--ray", help="Place workers as Ray actors (each on --tp GPUs, or "
+                                                            "a share of CPUs) across a Ray cluster."),
+    ray_address: str | None = typer.Option(ServeConfig.ray_address, help="With --ray: the cluster's address "
+                                           "(host:port); default: start a Ray instance here, on loopback."),
 ) -> None:
     """Start N workers and the router; Ctrl-C or SIGTERM stops them all, a crashed worker is
     restarted. Extra options go to each worker."""
-    from .launch import NotEnoughGPUs, ServeConfig, gpu_plan, visible_gpus
+    from .launch import NotEnoughGPUs, gpu_plan, visible_gpus
     from .launch import serve as run_serve
     from .models.demo import ensure_demo_model
 
@@ -193,7 +205,7 @@ def sim(
     workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
     trace: Path | None = typer.Option(None, help="A JSONL trace to replay instead of --workload: Mooncake-style "
                                                  "or token ids (docs/cli/sim.md); all of it unless --num-requests."),
-    trace_block_size: int = typer.Option(512, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
+    trace_block_size: int = typer.Option(BLOCK, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
     replicas: int = typer.Option(4),
     policy: str = typer.Option(DEFAULT_POLICY, help=POLICY_HELP),
     rate: float | None = typer.Option(None, help="Poisson arrivals per second; default: the workload's own times."),
@@ -314,11 +326,11 @@ def demo(
 @app.command()
 def chat(
     model: Path | None = typer.Option(None, help="HF model folder; default: the embedded demo model."),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+    device: str = typer.Option(EngineConfig.device, help="cpu or cuda"),
     max_tokens: int = typer.Option(32, help="Tokens to generate per answer."),
 ) -> None:
     """One engine in-process: chat questions that share a system prompt, showing prefix-cache reuse."""
-    from . import LLM, SamplingParams
+    from . import LLM
     from .models.demo import ensure_demo_model
 
     with console.status("preparing the demo model (converted once, then cached)"):
@@ -352,14 +364,14 @@ def chat(
 def generate(
     model: Path = typer.Option(..., help="HF model folder."),
     prompt: list[str] = typer.Argument(..., help="Prompts (plain text, no chat template)."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option(EngineConfig.device),
     max_tokens: int = typer.Option(64),
     temperature: float = typer.Option(0.0),
-    top_p: float = typer.Option(1.0),
-    seed: int | None = typer.Option(None),
+    top_p: float = typer.Option(SamplingParams.top_p),
+    seed: int | None = typer.Option(SamplingParams.seed),
 ) -> None:
     """Offline generation for a few prompts."""
-    from . import LLM, SamplingParams
+    from . import LLM
 
     llm = LLM(str(model), device=device)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)

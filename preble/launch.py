@@ -17,35 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import httpx
 
 from .child_process import spawn_tied
-from .core.routing import DEFAULT_POLICY
+from .launch_config import ServeConfig
+from .router.config import RouterServerConfig
 
 log = logging.getLogger("preble.serve")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    model: str
-    workers: int = 2
-    tp: int = 1  # tensor-parallel ranks per worker: GPUs i*tp .. i*tp+tp-1 serve worker i
-    device: str = "cpu"
-    policy: str = DEFAULT_POLICY
-    host: str = "127.0.0.1"
-    port: int = 8000
-    worker_base_port: int | None = None  # default: port + 1, port + 2, ...
-    worker_args: list[str] = field(default_factory=list)  # extra `preble worker` options
-    startup_timeout_s: float = 300.0
-    max_inflight: int = 1024  # requests the router admits at once
-    api_key: str | None = None  # required from the router's clients
-    supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
-    log_json: bool = False  # router and workers log JSON lines
-    cost_model: str | None = None  # e2's cost model (`preble profile` JSON); None: built-in
-    ray: bool = False  # place workers as Ray actors (each on --tp GPUs, or a share of CPUs) instead of local children
-    ray_address: str | None = None  # an existing Ray cluster; None: start one on this host, on loopback
 
 
 class NotEnoughGPUs(RuntimeError):
@@ -194,7 +173,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def serve(cfg: ServeConfig) -> None:
-    from .router.server import RouterServerConfig, run_router
+    from .router.server import run_router
 
     if cfg.ray:
         from .ray_workers import RayWorkers

@@ -14,7 +14,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from .launch import ServeConfig, WorkerProcess, stop_workers, supervise, wait_healthy, worker_api_key, worker_command
+from .launch import WorkerProcess, stop_workers, supervise, wait_healthy, worker_api_key, worker_command
+from .launch_config import ServeConfig
 
 LOOPBACK = "127.0.0.1"
 

@@ -14,7 +14,8 @@ import pytest
 
 from preble.bench.local_cluster import LocalCluster
 from preble.core.global_tree import REQUESTS, GlobalTree
-from preble.router.dashboard import DashboardConfig, Timeline, preview
+from preble.router.config import DashboardConfig
+from preble.router.dashboard import Timeline, preview
 
 KEY = "dash-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -14,7 +14,8 @@ import msgspec
 from preble.core.kv_events import ROOT_HASH, PagesStored, chain_hashes
 from preble.core.messages import KVEventBatch, LoadReport
 from preble.core.routing.e2 import E2Config, E2Policy
-from preble.router.workers import WorkerPool, WorkerPoolConfig
+from preble.router.config import WorkerPoolConfig
+from preble.router.workers import WorkerPool
 
 PAGE = 4
 

@@ -10,7 +10,8 @@ from preble.core.pages import PageAllocator
 from preble.core.radix_cache import RadixCache
 from preble.core.request import Request, Status
 from preble.core.sampling_params import SamplingParams
-from preble.core.scheduler import RequestTooLong, Scheduler, SchedulerConfig
+from preble.core.scheduler import RequestTooLong, Scheduler
+from preble.core.scheduler_config import SchedulerConfig
 
 EOS = 0
 

@@ -10,7 +10,7 @@ import pytest
 
 from preble.core.cost_model import CostModel
 from preble.core.routing import POLICIES
-from preble.core.scheduler import SchedulerConfig
+from preble.core.scheduler_config import SchedulerConfig
 from preble.sim import SimCluster, SimConfig, SimRecord, SimRequest, simulate, summarize
 from preble.sim.cluster import step_time
 

@@ -18,8 +18,9 @@ import zmq.asyncio
 from preble.core.kv_events import CacheCleared, PagesRemoved, PagesStored, chain_hashes
 from preble.core.routing.base import RouteRequest
 from preble.core.routing.e2 import E2Config, E2Policy
+from preble.router.config import WorkerPoolConfig
 from preble.router.vllm_events import VllmEventTranslator, follow_vllm_events
-from preble.router.workers import WorkerPool, WorkerPoolConfig
+from preble.router.workers import WorkerPool
 
 PS = 16  # the router's page size
 BS = 32  # vLLM's block size

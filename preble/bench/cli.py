@@ -13,7 +13,9 @@ from rich.table import Table
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Benchmarks.")
 
 from ..core.routing import DEFAULT_POLICY
+from ..router.config import RouterServerConfig
 from .workloads.report import PREBLE_WORKLOADS
+from .workloads.trace import BLOCK
 
 console = Console()
 SUMMARY_KEYS = ("p50_ms", "p99_ms", "decisions_per_s", "rss_mb")
@@ -114,11 +116,12 @@ def trace_workload(ctx: typer.Context, trace: Path, block_size: int, num_request
 @bench_app.command("serve")
 def serve(
     ctx: typer.Context,
-    url: str = typer.Option("http://127.0.0.1:8000", help="Router or server base URL (OpenAI API)."),
+    url: str = typer.Option(f"http://{RouterServerConfig.host}:{RouterServerConfig.port}",
+                            help="Router or server base URL (OpenAI API)."),
     workload: str = typer.Option("shared_prefix", help="A workload name (see preble.bench.workloads)."),
     trace: Path | None = typer.Option(None, help="A JSONL trace to replay instead of --workload: Mooncake-style "
                                                  "or token ids (docs/cli/sim.md); all of it unless --num-requests."),
-    trace_block_size: int = typer.Option(512, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
+    trace_block_size: int = typer.Option(BLOCK, min=1, help="Tokens per hash id of a Mooncake-style --trace."),
     num_requests: int = typer.Option(200),
     rate: list[float] = typer.Option([], help="Poisson arrivals per second; repeat for a sweep. "
                                               "None: the workload's own times."),

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..core.cost_model import CostModel
 from ..core.routing import default_config
-from ..core.scheduler import SchedulerConfig
+from ..core.scheduler_config import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
 from .provenance import source_revision

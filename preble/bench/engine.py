@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import torch
 
 from ..core.sampling_params import SamplingParams
-from ..core.scheduler import SchedulerConfig
+from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
 from ..engine.engine import LLMEngine
 

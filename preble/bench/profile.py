@@ -16,7 +16,7 @@ import torch
 
 from ..core.cost_model import CostModel
 from ..core.sampling_params import SamplingParams
-from ..core.scheduler import SchedulerConfig
+from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
 from ..engine.engine import LLMEngine
 from .engine import environment, sync_device

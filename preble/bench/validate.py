@@ -20,7 +20,7 @@ from typing import Any
 from ..core.cost_model import CostModel
 from ..core.routing import DEFAULT_POLICY
 from ..core.sampling_params import SamplingParams
-from ..core.scheduler import SchedulerConfig
+from ..core.scheduler_config import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load

@@ -20,20 +20,11 @@ from .local_policy import make_waiting_queue
 from .pages import PageAllocator
 from .radix_cache import RadixCache
 from .request import Request, Status
+from .scheduler_config import SchedulerConfig
 
 
 class RequestTooLong(ValueError):
     """The prompt cannot fit the context window or the KV pool."""
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_batched_tokens: int = 2048  # token budget of one forward pass
-    max_prefill_chunk: int | None = None  # cap on one request's prefill tokens per step
-    max_running_requests: int = 256
-    max_model_len: int | None = None  # context window (prompt + output); None: the KV pool's size
-    kv_watermark: float = 0.01  # fraction of pages admissions leave free for decodes
-    local_policy: str = "preble"  # fcfs | lpm | preble
 
 
 @dataclass(frozen=True)

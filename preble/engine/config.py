@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
-from ..core.scheduler import SchedulerConfig
+from ..core.scheduler_config import SchedulerConfig
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Prompt = str | list[int]
 
 
 class LLM:
-    def __init__(self, model: str, device: str = "cpu", **engine_options) -> None:
+    def __init__(self, model: str, device: str = EngineConfig.device, **engine_options) -> None:
         self.engine = LLMEngine(EngineConfig.from_options(model, device=device, **engine_options))
         self.tokenizer = self.engine.tokenizer
 

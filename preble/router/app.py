@@ -20,7 +20,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,8 +34,9 @@ from ..server import openai_protocol as oai
 from ..server.http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
 from ..server.logs import REQUEST_ID_HEADER
 from . import dashboard as dash
-from .dashboard import DashboardConfig, Timeline
-from .workers import WorkerDown, WorkerPool, WorkerPoolConfig
+from .config import RouterConfig
+from .dashboard import Timeline
+from .workers import WorkerDown, WorkerPool
 
 log = logging.getLogger("preble.router")
 
@@ -44,25 +44,6 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 ROUTE_HEADER = "x-preble-route"
 DASHBOARD_PAGE = (Path(__file__).parent / "static" / "dashboard.html").read_text()
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    model_path: str  # tokenizer and chat template source
-    served_model_name: str
-    max_model_len: int
-    default_max_tokens: int = 256  # for chat requests that give no limit
-    max_attempts: int = 3  # workers tried for a request whose answer has not started
-    retry_backoff_s: float = 0.05  # pause before the second attempt, doubling for each later one
-    max_inflight: int = 1024  # requests admitted at once; beyond, 429
-    max_inflight_tokens: int = 8_000_000  # prompt tokens of admitted requests; beyond, 429
-    retry_after_s: int = 1  # the Retry-After of a 429
-    max_body_bytes: int = 16 << 20
-    api_key: str | None = None  # clients must present it (all but /health)
-    worker_api_key: str | None = None  # presented to the workers
-    recent_decisions: int = 1000  # routing decisions kept for /routes
-    pool: WorkerPoolConfig = WorkerPoolConfig()
-    dashboard: DashboardConfig = DashboardConfig()
 
 
 class RouterMetrics:

@@ -14,17 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class DashboardConfig:
-    bucket_s: float = 5.0  # resolution of the rates over time
-    span_s: float = 300.0  # how far back they go
-    samples_per_bucket: int = 2000  # TTFTs kept per bucket for its percentiles (a uniform sample)
-    preview_tokens: int = 12  # tokens shown from each end of a prefix
-    full_text: bool = False  # show whole prefixes (the operator's choice: prompts may be private)
-    max_prefixes: int = 50
-    max_decisions: int = 200
-    prefix_scan_budget: int = 4096  # tree nodes a prefix query looks at
+from .config import DashboardConfig
 
 
 @dataclass

@@ -4,46 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import uvicorn
 
 from ..core.cost_model import CostModel
-from ..core.routing import DEFAULT_PAGE_SIZE, DEFAULT_POLICY, make_policy, reads_caches
+from ..core.routing import DEFAULT_PAGE_SIZE, make_policy, reads_caches
 from ..engine.model.config import ModelConfig
 from ..server.logs import configure_logging
-from .app import RouterConfig, create_router_app
-from .dashboard import DashboardConfig
+from .app import create_router_app
+from .config import DashboardConfig, RouterConfig, RouterServerConfig, WorkerPoolConfig
 from .gc_tuning import tune_gc
-from .workers import WorkerPoolConfig
 
 log = logging.getLogger("preble.router")
-
-
-@dataclass(frozen=True)
-class RouterServerConfig:
-    model: str  # HF folder: tokenizer, chat template, context window
-    workers: list[str] = field(default_factory=list)  # worker base URLs
-    policy: str = DEFAULT_POLICY
-    host: str = "127.0.0.1"
-    port: int = 8000
-    served_model_name: str | None = None
-    max_model_len: int | None = None
-    page_size: int | None = None  # the workers' KV page size; None: read from their load reports
-    discovery_timeout_s: float = 10.0  # how long to wait for a worker to tell its page size
-    seed: int = 0
-    max_inflight: int = 1024  # requests admitted at once; beyond, 429
-    api_key: str | None = None  # required from clients
-    worker_api_key: str | None = None  # presented to workers
-    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
-    dashboard_full_text: bool = False  # the dashboard shows whole prefixes, not just a preview
-    log_json: bool = False  # log lines as JSON objects
-    worker_kind: str = "preble"  # preble | openai (vllm, sglang: OpenAI-compatible engines)
-    kv_events: list[str] = field(default_factory=list)  # vLLM workers' KV event endpoints (ZMQ), one per worker
-    cost_model: str | None = None  # e2's cost model, a `preble profile` JSON; None: built-in (8B on H100)
-    health_timeout_s: float = WorkerPoolConfig.unhealthy_after_s  # a worker silent this long is routed around
 
 
 def discover_page_size(urls: list[str], timeout_s: float, api_key: str | None = None) -> int | None:

@@ -31,26 +31,14 @@ import zmq
 
 from ..core.kv_events import PagesStored
 from ..core.messages import KVEventBatch, LoadReport
-from ..core.routing import DEFAULT_PAGE_SIZE
 from ..core.routing.base import RoutingPolicy
+from .config import WorkerPoolConfig
 from .vllm_events import VllmEventTranslator, follow_vllm_events
 
 log = logging.getLogger(__name__)
 
 _batch_decoder = msgspec.json.Decoder(KVEventBatch)
 _load_decoder = msgspec.json.Decoder(LoadReport)
-
-
-@dataclass(frozen=True)
-class WorkerPoolConfig:
-    load_interval_s: float = 0.25  # load poll period; also the health check
-    unhealthy_after_s: float = 1.5  # no answer for this long: routed around
-    connect_timeout_s: float = 1.0
-    reconnect_backoff_s: float = 0.5
-    stall_grace_s: float = 1.0  # a read from a worker marked down is cut once it has waited this long
-    worker_kind: str = "preble"  # preble | openai: any OpenAI-compatible engine (vLLM, SGLang, ...)
-    kv_events: tuple[str, ...] = ()  # vLLM engines' KV event publishers (ZMQ), one per worker URL, in order
-    page_size: int = DEFAULT_PAGE_SIZE  # the router's KV page size: vLLM blocks are split into such pages
 
 
 class WorkerDown(Exception):

@@ -8,34 +8,19 @@ import os
 import signal
 import tempfile
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
 
-from ..engine.config import EngineConfig
 from ..engine.model.config import ModelConfig
+from .config import FrontendConfig, WorkerConfig
 from .engine_client import EngineClient
 from .engine_proc import EngineProcConfig, run_engine_process
 from .logs import configure_logging
-from .worker_app import FrontendConfig, create_worker_app
+from .worker_app import create_worker_app
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    engine: EngineConfig
-    host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = 8100
-    worker_id: str | None = None  # default: host:port
-    served_model_name: str | None = None  # default: the model folder's name
-    num_threads: int | None = None  # torch CPU threads of the engine
-    default_max_tokens: int = 256
-    max_inflight: int = 512  # requests admitted at once; beyond, 429
-    api_key: str | None = None  # required on every endpoint but /health
-    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
-    log_json: bool = False  # log lines as JSON objects
 
 
 def run_worker(cfg: WorkerConfig) -> None:

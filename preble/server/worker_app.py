@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 
 from ..core.sampling_params import SamplingParams
 from . import openai_protocol as oai
+from .config import FrontendConfig
 from .engine_client import EngineClient
 from .http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
 from .logs import REQUEST_ID_HEADER
@@ -31,22 +32,6 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 log = logging.getLogger("preble.worker")
-
-
-@dataclass(frozen=True)
-class FrontendConfig:
-    worker_id: str
-    model_path: str
-    served_model_name: str
-    max_model_len: int
-    default_max_tokens: int = 256  # for chat and /generate requests that give no limit
-    health_timeout_s: float = 2.0  # the engine counts as dead after this long without a word
-    subscriber_queue: int = 10_000  # KV event batches buffered per subscriber before cutting it off
-    max_inflight: int = 512  # requests (choices) admitted at once; beyond, 429
-    max_inflight_tokens: int = 2_000_000  # their prompt tokens; beyond, 429
-    retry_after_s: int = 1  # the Retry-After of a 429
-    max_body_bytes: int = 16 << 20
-    api_key: str | None = None  # every endpoint but /health needs it (a router presents it)
 
 
 @dataclass

@@ -40,7 +40,8 @@ from ..core.request import Request
 from ..core.routing import DEFAULT_POLICY, make_policy
 from ..core.routing.base import RequestDone, RouteRequest, RoutingPolicy
 from ..core.sampling_params import SamplingParams
-from ..core.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from ..core.scheduler import Scheduler, SchedulerOutput
+from ..core.scheduler_config import SchedulerConfig
 from ..core.step_stats import StepMeter, split_pass
 
 

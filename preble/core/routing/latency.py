@@ -42,6 +42,7 @@ from ..cost_model import CostModel
 from ..global_tree import TreeMatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
+from ..scheduler_config import SchedulerConfig
 from ..window_stats import WindowSpec, WindowSums
 from .base import RequestDone, RouteDecision, RouteRequest
 from .cache_view import CacheView, CacheViewConfig, Holding
@@ -56,7 +57,7 @@ class LatencyConfig:
     routed_ttl_s: float = 300.0  # ... and this long by a worker that sends none (corrected by cached_tokens)
     tree_window_s: float = 180.0  # tree nodes no worker holds are freed after this long unused
     gc_budget: int = 64  # tree nodes the collector examines per routing decision
-    step_tokens: int = 2048  # a worker's token budget per pass until its load report says (the workers' default)
+    step_tokens: int = SchedulerConfig.max_num_batched_tokens  # a worker's tokens per pass until its load report says
     output_window_s: float = 180.0  # expected output = the mean of requests finished in this window ...
     output_window_buckets: int = 6  # ... kept in this many buckets (capped by the request's max_tokens)
     wait: bool = True  # terms of the prediction; off only for ablations

@@ -1,0 +1,44 @@
+"""A worker's configuration: every default of the worker and its HTTP frontend.
+
+Apart from the code it configures (fastapi, transformers, uvicorn), so that the command line
+reads its defaults from here and still starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine.config import EngineConfig
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    worker_id: str
+    model_path: str
+    served_model_name: str
+    max_model_len: int
+    default_max_tokens: int = 256  # for chat and /generate requests that give no limit
+    health_timeout_s: float = 2.0  # the engine counts as dead after this long without a word
+    subscriber_queue: int = 10_000  # KV event batches buffered per subscriber before cutting it off
+    max_inflight: int = 512  # requests (choices) admitted at once; beyond, 429
+    max_inflight_tokens: int = 2_000_000  # their prompt tokens; beyond, 429
+    retry_after_s: int = 1  # the Retry-After of a 429
+    max_body_bytes: int = 16 << 20
+    api_key: str | None = None  # every endpoint but /health needs it (a router presents it)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """`preble worker`'s options: the engine's, and what run_worker turns into a FrontendConfig."""
+
+    engine: EngineConfig
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8100
+    worker_id: str | None = None  # default: host:port
+    served_model_name: str | None = None  # default: the model folder's name
+    num_threads: int | None = None  # torch CPU threads of the engine
+    default_max_tokens: int = FrontendConfig.default_max_tokens
+    max_inflight: int = FrontendConfig.max_inflight
+    api_key: str | None = None  # required on every endpoint but /health
+    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    log_json: bool = False  # log lines as JSON objects

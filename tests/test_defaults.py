@@ -1,0 +1,63 @@
+"""Each default is said once: the command line's options take theirs from the config dataclasses,
+which it imports without torch or the web stack, so `preble --help` stays fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import MISSING, fields
+
+import pytest
+import typer
+
+from preble.cli import app
+from preble.core.routing import DEFAULT_PAGE_SIZE
+from preble.core.scheduler_config import SchedulerConfig
+from preble.engine.config import EngineConfig
+from preble.launch_config import ServeConfig
+from preble.router.config import RouterServerConfig
+from preble.server.config import WorkerConfig
+
+# command -> the config dataclasses its options fill (an option: the first one's field of its name),
+# and its options named apart from their field
+SOURCES = {
+    "worker": ((WorkerConfig, EngineConfig, SchedulerConfig),
+               {"threads": (WorkerConfig, "num_threads"), "tp": (EngineConfig, "tensor_parallel_size")}),
+    "router": ((RouterServerConfig,), {"health_timeout": (RouterServerConfig, "health_timeout_s")}),
+    "serve": ((ServeConfig,), {}),
+}
+
+
+def field_default(classes, name: str):
+    """The default of the first of `classes` with a field `name`; MISSING: none, or it has none."""
+    for cls in classes:
+        for f in fields(cls):
+            if f.name == name:
+                return f.default
+    return MISSING
+
+
+@pytest.mark.parametrize("command", SOURCES)
+def test_options_default_to_their_config_fields(command):
+    classes, renamed = SOURCES[command]
+    compared = {}
+    for param in typer.main.get_command(app).commands[command].params:
+        cls, name = renamed.get(param.name, (None, param.name))
+        default = field_default((cls,) if cls else classes, name)
+        if default is not MISSING:
+            compared[param.name] = (param.default, default)
+    assert {k: v for k, v in compared.items() if v[0] != v[1]} == {}
+    assert {"host", "port", "max_inflight", *renamed} <= set(compared)
+
+
+def test_the_router_assumes_the_workers_default_page_size():
+    """A mirror, not a reference: the policies also run in the simulator, which imports no engine code."""
+    assert DEFAULT_PAGE_SIZE == EngineConfig.page_size
+
+
+def test_the_command_line_imports_neither_torch_nor_the_web_stack():
+    heavy = ("torch", "transformers", "fastapi", "uvicorn", "httpx")
+    code = f"import sys, preble.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
