@@ -89,7 +89,8 @@ def test_merge_takes_another_commit_only_where_shared_runs_agree_and_never_anoth
         merge([_doc(rows, [1.0]), _doc([_row("a", 1.0, 2.0, rate=2.0)], [2.0], commit="def")])
     with pytest.raises(GridMismatch, match="1 of 2 runs in common give other results"):
         merge([_doc(rows, [1.0]), _doc([rows[0], _row("b", 2.0, 3.5)], [1.0], commit="def")])
-    later = _doc([*rows, _row("a", 1.0, 1.0, rate=2.0), _row("b", 1.0, 1.0, rate=2.0)], [1.0, 2.0], commit="def")
+    rounded = [rows[0], _row("b", 2.0, 3.0 * (1 + 1e-15))]  # the same run summed in another order
+    later = _doc([*rounded, _row("a", 1.0, 1.0, rate=2.0), _row("b", 1.0, 1.0, rate=2.0)], [1.0, 2.0], commit="def")
     merged = merge([_doc(rows, [1.0]), later])
     assert [m["commit"] for m in merged["meta"]["merged_from"]] == ["abc", "def"]
     assert "commit abc and def (the runs they share" in markdown(merged, default="a")

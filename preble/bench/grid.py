@@ -245,6 +245,14 @@ def _comparable(value: Any) -> Any:
     return {k: v for k, v in value.items() if k != "tokenizer"} if isinstance(value, dict) else value
 
 
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal results, floats to rounding (Python 3.12's `sum` rounds differently from 3.11's)."""
+    if a.keys() != b.keys():
+        return False
+    return all(math.isclose(x, b[k], rel_tol=1e-9, abs_tol=1e-12) if isinstance(x, float) else x == b[k]
+               for k, x in a.items())
+
+
 def _check_agreement(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Grids of two commits merge only where they ran a point in common and every run of it gave
     the same result (the simulator is deterministic: what changed between them is not its code)."""
@@ -253,7 +261,7 @@ def _check_agreement(a: dict[str, Any], b: dict[str, Any]) -> None:
     if not shared:
         raise GridMismatch(f"commits differ ({a['meta']['commit']}, {b['meta']['commit']}) and no run in "
                            "common shows that they simulate alike")
-    differ = [k for k, r in shared if r != rows_a[k]]
+    differ = [k for k, r in shared if not _same_run(r, rows_a[k])]
     if differ:
         raise GridMismatch(f"commits differ ({a['meta']['commit']}, {b['meta']['commit']}) and {len(differ)} of "
                            f"{len(shared)} runs in common give other results, e.g. {differ[0]}")
