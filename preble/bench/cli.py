@@ -257,8 +257,9 @@ def grid(
     deadline: float | None = typer.Option(None, help="Seconds after which no more runs start (partial grids "
                                           "keep whole points; the report says how many ran)."),
     report: Path | None = typer.Option(None, help="Run nothing: render this grid JSON's report."),
-    merge: list[Path] = typer.Option([], help="Run nothing: merge these grid JSONs (same commit and "
-                                     "configuration; repeat the option) into --out, with its report."),
+    merge: list[Path] = typer.Option([], help="Run nothing: merge these grid JSONs (repeat the option) into "
+                                     "--out, with its report: same configuration, and one commit or runs in "
+                                     "common that agree."),
     loads_from: Path | None = typer.Option(None, help="Take the loads of the points this grid JSON has "
                                            "(its climbed ladders) instead of climbing them again."),
     out: Path = typer.Option(Path("grid.json"), help="JSON here; the Markdown report next to it."),
