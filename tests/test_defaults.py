@@ -50,6 +50,30 @@ def test_options_default_to_their_config_fields(command):
     assert {"host", "port", "max_inflight", *renamed} <= set(compared)
 
 
+@pytest.mark.parametrize("command", ["compare", "grid"])
+def test_simulator_benchmarks_default_to_their_config(command):
+    """`bench compare` and `bench grid` read their defaults from CompareConfig and GridConfig (a
+    tuple field is written comma-separated). The grid's --policies '' means all of them, its
+    --ablations is a switch over the config's list and its --jobs is one per core."""
+    from preble.bench.compare import CompareConfig
+    from preble.bench.grid import GridConfig
+
+    configs = {"compare": (CompareConfig(),), "grid": (GridConfig(), GridConfig().base)}[command]
+    apart = {"compare": set(), "grid": {"policies", "ablations", "jobs"}}[command]
+    bench = typer.main.get_command(app).commands["bench"]
+    compared = {}
+    for param in bench.commands[command].params:
+        for cfg in configs:
+            name = {"duration": "duration_s"}.get(param.name, param.name)
+            if name in {f.name for f in fields(cfg)} and param.default is not None and name not in apart:
+                value = getattr(cfg, name)
+                value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+                compared[param.name] = (type(value)(param.default), value)
+                break
+    assert {k: v for k, v in compared.items() if v[0] != v[1]} == {}
+    assert {"workloads", "replicas", "duration", "max_requests", "cost_model"} <= set(compared)
+
+
 def test_the_router_assumes_the_workers_default_page_size():
     """A mirror, not a reference: the policies also run in the simulator, which imports no engine code."""
     assert DEFAULT_PAGE_SIZE == EngineConfig.page_size

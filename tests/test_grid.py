@@ -58,6 +58,18 @@ def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
     assert "## Leaderboard" in text and "Capacity at the TTFT SLO" in text and "### zipf, 2 replicas, h200" in text
 
 
+def test_the_capacity_search_needs_a_ladder_not_the_grids_points(small):
+    """Capacity at a replica count the grid has no points at: its ladder is climbed (or taken from
+    known rates) for the search's bracket, and no point is run."""
+    known = (((("zipf", 3, "h200")), (2.0, 4.0)),)
+    doc = run(GridConfig(**{**small.__dict__, "replicas": (), "capacity_replicas": (2, 3), "known_rates": known}),
+              log=lambda _: None)
+    assert doc["rows"] == [] and doc["rates"] == [] and doc["meta"]["runs_planned"] == 0
+    assert sorted((c["replicas"], c["policy"]) for c in doc["capacity"]) == [
+        (2, "latency"), (2, "round_robin"), (3, "latency"), (3, "round_robin")]
+    assert "Capacity at the TTFT SLO" in markdown(doc)
+
+
 def test_a_deadline_keeps_whole_points_only(small):
     doc = run(GridConfig(**{**small.__dict__, "deadline_s": 0.0}), log=lambda _: None)
     assert doc["meta"]["runs"] < doc["meta"]["runs_planned"] and doc["rows"] == [] and doc["capacity"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -14,6 +15,8 @@ bench_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_
 
 from ..core.routing import DEFAULT_POLICY
 from ..router.config import RouterServerConfig
+from .compare import CompareConfig
+from .grid import GridConfig
 from .workloads.report import PREBLE_WORKLOADS
 from .workloads.trace import BLOCK
 
@@ -194,21 +197,33 @@ def serve(
             print(f"plot written to {plot}")
 
 
+def _csv(values) -> str:
+    return ",".join(map(str, values))
+
+
+def _names(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+_COMPARE = CompareConfig()
+
+
 @bench_app.command("compare")
 def compare(
-    workloads: str = typer.Option(",".join(PREBLE_WORKLOADS), help="Comma-separated workload names."),
-    policies: str = typer.Option("round_robin,least_load,cache_aware,prefix_hash,e2"),
-    replicas: str = typer.Option("2,4,8", help="Comma-separated replica counts of the main comparison."),
-    scaling_replicas: str = typer.Option("16,32,64", help="Replica counts of the scaling study; '' skips it."),
-    cost_model: Path = typer.Option(Path("results/cost_models/h100_llama3-8b.json")),
+    workloads: str = typer.Option(_csv(_COMPARE.workloads), help="Comma-separated workload names."),
+    policies: str = typer.Option(_csv(_COMPARE.policies)),
+    replicas: str = typer.Option(_csv(_COMPARE.replicas), help="Comma-separated replica counts of the main comparison."),
+    scaling_replicas: str = typer.Option(_csv(_COMPARE.scaling_replicas),
+                                         help="Replica counts of the scaling study; '' skips it."),
+    cost_model: Path = typer.Option(Path(_COMPARE.cost_model)),
     tokenizer: Path | None = typer.Option(None, help="HF folder for text workloads; default: the demo model's."),
-    num_pages: int = typer.Option(24_000, help="KV pages per replica."),
-    duration: float = typer.Option(120.0, help="Seconds of arrivals per run."),
-    max_requests: int = typer.Option(6000, help="Requests per run at most (main comparison)."),
-    max_rates: int = typer.Option(8, help="Rates per ladder at most."),
-    min_requests: int = typer.Option(300, help="Requests per run at least."),
-    jobs: int = typer.Option(2, help="Worker processes."),
-    seed: int = typer.Option(0),
+    num_pages: int = typer.Option(_COMPARE.num_pages, help="KV pages per replica."),
+    duration: float = typer.Option(_COMPARE.duration_s, help="Seconds of arrivals per run."),
+    max_requests: int = typer.Option(_COMPARE.max_requests, help="Requests per run at most (main comparison)."),
+    max_rates: int = typer.Option(_COMPARE.max_rates, help="Rates per ladder at most."),
+    min_requests: int = typer.Option(_COMPARE.min_requests, help="Requests per run at least."),
+    jobs: int = typer.Option(_COMPARE.jobs, help="Worker processes."),
+    seed: int = typer.Option(_COMPARE.seed),
     plots: bool = typer.Option(True, help="Write the PNG plots (needs matplotlib)."),
     merge: list[Path] = typer.Option([], help="Run nothing: merge these results (runs of the same config "
                                              "over different workloads) and write their report."),
@@ -216,18 +231,14 @@ def compare(
 ) -> None:
     """The paper's comparison in the simulator: workloads x policies x rates x replicas, plus the
     local-queue, ablation and scaling studies."""
-    from .compare import CompareConfig, markdown, merged, plot, run
+    from .compare import markdown, merged, plot, run
 
-    def names(s: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in s.split(",") if x.strip())
-
-    cfg = CompareConfig(workloads=names(workloads), policies=names(policies),
-                        replicas=tuple(map(int, names(replicas))),
-                        scaling_replicas=tuple(map(int, names(scaling_replicas))),
-                        cost_model=str(cost_model), tokenizer=str(tokenizer) if tokenizer else None,
-                        num_pages=num_pages, duration_s=duration, max_requests=max_requests,
-                        min_requests=min_requests,
-                        max_rates=max_rates, jobs=jobs, seed=seed)
+    cfg = replace(_COMPARE, workloads=_names(workloads), policies=_names(policies),
+                  replicas=tuple(map(int, _names(replicas))),
+                  scaling_replicas=tuple(map(int, _names(scaling_replicas))),
+                  cost_model=str(cost_model), tokenizer=str(tokenizer) if tokenizer else None,
+                  num_pages=num_pages, duration_s=duration, max_requests=max_requests,
+                  min_requests=min_requests, max_rates=max_rates, jobs=jobs, seed=seed)
     doc = merged([json.loads(p.read_text()) for p in merge]) if merge else run(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
@@ -238,22 +249,28 @@ def compare(
     print(text)
 
 
+_GRID = GridConfig()
+
+
 @bench_app.command("grid")
 def grid(
-    workloads: str = typer.Option("toolbench,agent,programming,videoqa,loogle,mooncake,zipf",
+    workloads: str = typer.Option(_csv(_GRID.workloads),
                                   help="Comma-separated workloads (zipf: the Zipf shared-prefix synthetic)."),
-    replicas: str = typer.Option("2,4,8,16,32,64", help="Comma-separated replica counts."),
-    memories: str = typer.Option("h200,paper", help="KV memory regimes: h200 (44,000 pages), paper (15,200)."),
+    replicas: str = typer.Option(_csv(_GRID.replicas), help="Comma-separated replica counts of the grid's points."),
+    memories: str = typer.Option(_csv(_GRID.memories), help="KV memory regimes: h200 (44,000 pages), paper (15,200)."),
     policies: str = typer.Option("", help="Comma-separated policies; default: every peer and the default policy."),
     ablations: bool = typer.Option(True, help="Also run the default policy with each of its terms off."),
-    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each point's arrivals)."),
-    capacity_replicas: str = typer.Option("8,16", help="Replica counts of the capacity search ('' skips it)."),
-    cost_model: Path = typer.Option(Path("results/cost_models/h200_llama3-8b.json")),
+    seeds: str = typer.Option(_csv(_GRID.seeds), help="Comma-separated seeds (each point's arrivals)."),
+    capacity_replicas: str = typer.Option(_csv(_GRID.capacity_replicas),
+                                          help="Replica counts of the capacity search ('' skips it); they need "
+                                               "a ladder, not points, so --replicas need not list them."),
+    cost_model: Path = typer.Option(Path(_GRID.base.cost_model)),
     tokenizer: Path | None = typer.Option(None, help="HF folder for text workloads; default: the demo model's."),
-    duration: float = typer.Option(120.0, help="Seconds of Poisson arrivals per run."),
-    max_requests: int = typer.Option(3000, help="Requests per run at most (a trace is replayed up to this)."),
-    max_rates: int = typer.Option(6, help="Rates per ladder at most."),
-    jobs: int = typer.Option(os.cpu_count() or 2, help="Worker processes."),
+    duration: float = typer.Option(_GRID.base.duration_s, help="Seconds of Poisson arrivals per run."),
+    max_requests: int = typer.Option(_GRID.base.max_requests,
+                                     help="Requests per run at most (a trace is replayed up to this)."),
+    max_rates: int = typer.Option(_GRID.base.max_rates, help="Rates per ladder at most."),
+    jobs: int = typer.Option(os.cpu_count() or _GRID.jobs, help="Worker processes (default: one per core)."),
     deadline: float | None = typer.Option(None, help="Seconds after which no more runs start (partial grids "
                                           "keep whole points; the report says how many ran)."),
     report: Path | None = typer.Option(None, help="Run nothing: render this grid JSON's report."),
@@ -266,13 +283,8 @@ def grid(
 ) -> None:
     """Every routing policy at every point of workloads x replicas x loads x memory x seeds in the
     simulator, with a leaderboard against the best policy at each point."""
-    from dataclasses import replace
-
-    from .grid import ABLATIONS, PEERS, GridConfig, ladders, markdown, run
+    from .grid import ABLATIONS, PEERS, ladders, markdown, run
     from .grid import merge as merge_grids
-
-    def names(s: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in s.split(",") if x.strip())
 
     def write_grid(doc: dict) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,16 +299,15 @@ def grid(
     if merge:
         write_grid(merge_grids([json.loads(p.read_text()) for p in merge]))
         return
-    base = GridConfig()
-    cfg = GridConfig(workloads=names(workloads), replicas=tuple(map(int, names(replicas))),
-                     memories=names(memories), policies=names(policies) or PEERS + (DEFAULT_POLICY,),
-                     ablations=ABLATIONS if ablations else (), seeds=tuple(map(int, names(seeds))),
-                     capacity_replicas=tuple(map(int, names(capacity_replicas))),
-                     base=replace(base.base, cost_model=str(cost_model), duration_s=duration,
-                                  tokenizer=str(tokenizer) if tokenizer else None,
-                                  max_requests=max_requests, max_rates=max_rates), jobs=jobs,
-                     deadline_s=deadline,
-                     known_rates=ladders(json.loads(loads_from.read_text())) if loads_from else ())
+    cfg = replace(_GRID, workloads=_names(workloads), replicas=tuple(map(int, _names(replicas))),
+                  memories=_names(memories), policies=_names(policies) or PEERS + (DEFAULT_POLICY,),
+                  ablations=ABLATIONS if ablations else (), seeds=tuple(map(int, _names(seeds))),
+                  capacity_replicas=tuple(map(int, _names(capacity_replicas))),
+                  base=replace(_GRID.base, cost_model=str(cost_model), duration_s=duration,
+                               tokenizer=str(tokenizer) if tokenizer else None,
+                               max_requests=max_requests, max_rates=max_rates), jobs=jobs,
+                  deadline_s=deadline,
+                  known_rates=ladders(json.loads(loads_from.read_text())) if loads_from else ())
 
     write_grid(run(cfg, log=lambda m: console.print(m), checkpoint=write_grid))
 

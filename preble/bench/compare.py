@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cost_model import CostModel
-from ..core.routing import default_config
+from ..core.routing import DEFAULT_POLICY, default_config
 from ..core.scheduler_config import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
@@ -34,7 +34,8 @@ from .provenance import source_revision
 from .workloads import Workload, make_workload
 from .workloads.report import PREBLE_WORKLOADS, compare_to_paper
 
-POLICIES = ("round_robin", "least_load", "cache_aware", "prefix_hash", "e2")
+# the paper's comparison, and the router's default policy
+POLICIES = ("round_robin", "least_load", "cache_aware", "prefix_hash", "e2", DEFAULT_POLICY)
 METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p90_ttft", "p99_ttft", "mean_tpot",
            "throughput", "hit_ratio")
 
@@ -86,7 +87,7 @@ class CompareConfig:
     warmup_fraction: float = 0.2  # the first arrivals of a run, left out of its statistics (cold caches)
     scaling_replicas: tuple[int, ...] = (16, 32, 64)
     scaling_workloads: tuple[str, ...] = ("toolbench", "videoqa", "loogle")
-    scaling_policies: tuple[str, ...] = ("round_robin", "least_load", "cache_aware", "e2")
+    scaling_policies: tuple[str, ...] = ("round_robin", "least_load", "cache_aware", "e2", DEFAULT_POLICY)
     scaling_max_requests: int = 20_000
     study_replicas: int = 4  # replicas of the local-queue and ablation studies
     seed: int = 0

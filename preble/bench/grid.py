@@ -150,10 +150,11 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
     log(f"prepared {', '.join(names)}")
     cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
     known = {cell: list(rs) for cell, rs in cfg.known_rates}
-    climb = [c for c in cells if c not in known]
+    climb = [c for c in dict.fromkeys(cells + _capacity_cells(cfg)) if c not in known]
     with _pool(cfg.jobs, prepared) as pool:
         climbed = dict(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb])))) if climb else {}
-    rates = {c: known[c] if c in known else climbed[c] for c in cells}
+    ladders = {**known, **climbed}
+    rates = {c: ladders[c] for c in cells}
     log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
     points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
               for s in cfg.seeds for v in cfg.variants()]
@@ -168,7 +169,7 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
         checkpoint(doc)
     if complete:
         with _pool(cfg.jobs, prepared) as pool:
-            doc["capacity"] = _capacities(cfg, pool, rates)
+            doc["capacity"] = _capacities(cfg, pool, ladders)
     return doc
 
 
@@ -201,16 +202,19 @@ def _whole_points(rows: list[dict], variants: int) -> list[dict]:
     return [r for r in rows if count[_key(r), r["seed"]] == variants]
 
 
-def _capacities(cfg: GridConfig, pool, rates: dict) -> list[dict[str, Any]]:
+def _capacity_cells(cfg: GridConfig) -> list[tuple[str, int, str]]:
+    """The (workload, replicas, memory) cells of the capacity search; they need a ladder (its
+    bracket), not the grid's points: `--replicas` need not include them."""
+    return [(w, r, m) for w in cfg.capacity_workloads if w in cfg.workloads
+            for r in cfg.capacity_replicas for m in cfg.memories]
+
+
+def _capacities(cfg: GridConfig, pool, ladders: dict) -> list[dict[str, Any]]:
     jobs = []
-    for w in cfg.capacity_workloads:
-        for r in cfg.capacity_replicas:
-            for m in cfg.memories:
-                ladder = rates.get((w, r, m))
-                if not ladder:
-                    continue
-                lo, hi = ladder[0] / 4, ladder[-1] * 2
-                jobs += [(cfg, w, r, m, v, lo, hi) for v in cfg.variants()]
+    for w, r, m in _capacity_cells(cfg):
+        ladder = ladders[w, r, m]
+        lo, hi = ladder[0] / 4, ladder[-1] * 2
+        jobs += [(cfg, w, r, m, v, lo, hi) for v in cfg.variants()]
     done = list(pool.map(_capacity_task, *zip(*jobs))) if jobs else []
     return [{"workload": j[1], "replicas": j[2], "memory": j[3], **d} for j, d in zip(jobs, done)]
 
