@@ -150,12 +150,14 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
     log(f"prepared {', '.join(names)}")
     cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
     known = {cell: list(rs) for cell, rs in cfg.known_rates}
-    climb = [c for c in dict.fromkeys(cells + _capacity_cells(cfg)) if c not in known]
+    needed = list(dict.fromkeys(cells + _capacity_cells(cfg)))
+    climb = [c for c in needed if c not in known]
     with _pool(cfg.jobs, prepared) as pool:
         climbed = dict(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb])))) if climb else {}
     ladders = {**known, **climbed}
     rates = {c: ladders[c] for c in cells}
-    log(f"ladders climbed: {sum(map(len, rates.values()))} loads")
+    log(f"ladders: {len(climb)} climbed, {len(needed) - len(climb)} given; {sum(map(len, rates.values()))} "
+        "loads of the grid's points")
     points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
               for s in cfg.seeds for v in cfg.variants()]
     rows = _until_deadline(cfg.jobs, prepared, _point_task, points, start, cfg.deadline_s)

@@ -2,8 +2,10 @@
 
 Only whole pages are cached, so every edge holds a multiple of `page_size` tokens and matches are
 found at page granularity. Running requests lock the path to the node they use; eviction takes
-the least recently used unlocked leaf, from its tail, only as many pages as asked for. Every
-change is reported as a KV event, so a router can mirror the tree exactly.
+the least recently used unlocked leaf, from its tail, only as many pages as asked for. The
+evictable leaves wait in a heap ordered by last use, updated where a node becomes one or is used,
+so an eviction costs the pages it frees, not a walk of the tree. Every change is reported as a KV
+event, so a router can mirror the tree exactly.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ class RadixCache:
         self.root.lock_ref = 1  # the root is never evicted
         self.evictable_pages = 0
         self.locked_pages = 0
+        self.num_nodes = 1
+        # (last_access, id, node) of each evictable leaf; entries made stale by a later use, a
+        # lock, a child or removal are skipped when popped (`_evictable`), and compacted away
+        self._lru: list[tuple[float, int, TreeNode]] = []
 
     # ------------------------------------------------------------------ queries
 
@@ -129,6 +135,7 @@ class RadixCache:
             child.last_access = now
             pages.extend(child.pages)
             node = child
+        self._offer(node)
         return MatchResult(pages, node)
 
     # ------------------------------------------------------------------ updates
@@ -167,10 +174,12 @@ class RadixCache:
                 hashes.append(parent)
             leaf = TreeNode(next(self._ids), node, list(new_tokens), list(new_pages), hashes, now)
             node.children[self._key(new_tokens, 0)] = leaf
+            self.num_nodes += 1
             self.evictable_pages += len(new_pages)
             self._emit(PagesStored(node.last_hash, hashes, list(new_tokens)))
             out.extend(new_pages)
             node = leaf
+        self._offer(node)
         return MatchResult(out, node)
 
     def lock(self, node: TreeNode) -> None:
@@ -190,15 +199,13 @@ class RadixCache:
             if node.lock_ref == 0:
                 self.evictable_pages += len(node.pages)
                 self.locked_pages -= len(node.pages)
+                self._offer(node)
             node = node.parent
 
     def evict(self, num_pages: int) -> int:
         """Free up to `num_pages` pages from least recently used unlocked leaves; return freed."""
-        heap = [(n.last_access, n.id, n) for n in self._leaves() if n.lock_ref == 0]
-        heapq.heapify(heap)
         freed = 0
-        while freed < num_pages and heap:
-            _, _, leaf = heapq.heappop(heap)
+        while freed < num_pages and (leaf := self._pop_lru()) is not None:
             take = min(num_pages - freed, len(leaf.pages))
             keep = len(leaf.pages) - take
             removed_pages, removed_hashes = leaf.pages[keep:], leaf.hashes[keep:]
@@ -208,11 +215,13 @@ class RadixCache:
             self._emit(PagesRemoved(removed_hashes))
             if keep:
                 del leaf.pages[keep:], leaf.hashes[keep:], leaf.tokens[keep * self.page_size:]
+                self._offer(leaf)
                 continue
             parent = leaf.parent
             del parent.children[self._key(leaf.tokens, 0)]
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(heap, (parent.last_access, parent.id, parent))
+            leaf.parent = None  # detached: its heap entries are stale
+            self.num_nodes -= 1
+            self._offer(parent)
         return freed
 
     def clear(self) -> None:
@@ -223,6 +232,8 @@ class RadixCache:
         self.allocator.free(pages)
         self.root.children.clear()
         self.evictable_pages = 0
+        self.num_nodes = 1
+        self._lru.clear()
         self._emit(CacheCleared())
 
     def dump_events(self) -> list[PagesStored]:
@@ -242,6 +253,7 @@ class RadixCache:
         node.tokens, node.pages, node.hashes = node.tokens[cut:], node.pages[n_pages:], node.hashes[n_pages:]
         node.parent = upper
         upper.children[self._key(node.tokens, 0)] = node
+        self.num_nodes += 1
         return upper
 
     def _nodes(self):
@@ -251,8 +263,29 @@ class RadixCache:
             yield node
             stack.extend(node.children.values())
 
-    def _leaves(self):
-        return (n for n in self._nodes() if not n.children and n is not self.root)
+    def _evictable(self, node: TreeNode) -> bool:
+        return node.parent is not None and node.lock_ref == 0 and not node.children
+
+    def _offer(self, node: TreeNode) -> None:
+        """Queue `node` for eviction if it is an evictable leaf (again: after a use, its last)."""
+        if self._evictable(node):
+            heapq.heappush(self._lru, (node.last_access, node.id, node))
+            if len(self._lru) > 2 * self.num_nodes + 64:
+                self._compact()
+
+    def _pop_lru(self) -> TreeNode | None:
+        """The least recently used evictable leaf, off the heap; None if there is none."""
+        while self._lru:
+            last_access, _, node = heapq.heappop(self._lru)
+            if self._evictable(node) and node.last_access == last_access:
+                return node
+        return None
+
+    def _compact(self) -> None:
+        """Keep one current entry per evictable leaf (a clock that did not tick can repeat one)."""
+        live = {e[1]: e for e in self._lru if self._evictable(e[2]) and e[2].last_access == e[0]}
+        self._lru = list(live.values())
+        heapq.heapify(self._lru)
 
     def _emit(self, event: KVEvent) -> None:
         if self.on_event is not None:
