@@ -11,7 +11,6 @@ import pytest
 import typer
 
 from preble.cli import app
-from preble.core.routing import DEFAULT_PAGE_SIZE
 from preble.core.scheduler_config import SchedulerConfig
 from preble.engine.config import EngineConfig
 from preble.launch_config import ServeConfig
@@ -72,11 +71,6 @@ def test_simulator_benchmarks_default_to_their_config(command):
                 break
     assert {k: v for k, v in compared.items() if v[0] != v[1]} == {}
     assert {"workloads", "replicas", "duration", "max_requests", "cost_model"} <= set(compared)
-
-
-def test_the_router_assumes_the_workers_default_page_size():
-    """A mirror, not a reference: the policies also run in the simulator, which imports no engine code."""
-    assert DEFAULT_PAGE_SIZE == EngineConfig.page_size
 
 
 def test_the_command_line_imports_neither_torch_nor_the_web_stack():

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cost_model import CostModel
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.routing import DEFAULT_POLICY, default_config
 from ..core.scheduler_config import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
@@ -72,7 +73,7 @@ class CompareConfig:
     cost_model: str = "results/cost_models/h100_llama3-8b.json"
     tokenizer: str | None = None  # HF folder for text workloads; None: the demo model's
     num_pages: int = 24_000  # KV pages per replica (an H100 80GB holds ~400k Llama-3-8B tokens)
-    page_size: int = 16
+    page_size: int = DEFAULT_PAGE_SIZE
     max_num_batched_tokens: int = 8192  # the local scheduler's token budget per step
     max_model_len: int = 32_768  # context window (Llama-3.1-8B's is longer; longer prompts are cut)
     duration_s: float = 120.0  # span of arrivals of each run

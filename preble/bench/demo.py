@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.routing import DEFAULT_POLICY
 from ..sim.report import percentile, summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
@@ -32,7 +33,7 @@ class DemoConfig:
                                                       output_len=16, popularity="uniform"))
     num_requests: int = 96
     rate: float = 1.6  # requests/s
-    page_size: int = 16
+    page_size: int = DEFAULT_PAGE_SIZE
     num_pages: int = 160  # per worker: about 5 of the 8 group prefixes
     max_num_batched_tokens: int = 512
     seed: int = 0

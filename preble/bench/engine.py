@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import torch
 
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
@@ -28,7 +29,7 @@ class EngineBenchConfig:
     device: str = "cuda"
     dtype: str | None = None
     attention_backend: str | None = None
-    page_size: int = 16
+    page_size: int = DEFAULT_PAGE_SIZE
     prefill_lengths: tuple[int, ...] = (512, 2048, 8192)
     cached_prefix: int = 8192  # TTFT with this many cached tokens ...
     new_tokens: int = 128  # ... followed by this many new ones

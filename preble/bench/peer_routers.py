@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from ..child_process import spawn_tied
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import free_port_block
@@ -127,7 +128,7 @@ class PeerBenchConfig:
     prefix_cap: int | None = 1024  # shared-prefix tokens kept per prompt; None: all
     max_output_tokens: int | None = 32
     worker_threads: int | None = None  # torch threads per worker; None: the cores shared out
-    page_size: int = 16
+    page_size: int = DEFAULT_PAGE_SIZE
     num_pages: int = 384  # KV pages per worker: 6,144 tokens, about half a workload's distinct prefixes
     max_num_batched_tokens: int = 512
     seed: int = 0

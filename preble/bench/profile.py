@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..core.cost_model import CostModel
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
@@ -27,7 +28,7 @@ class ProfileConfig:
     model: str = "random:llama3-8b"
     device: str = "cuda"
     dtype: str | None = None
-    page_size: int = 16
+    page_size: int = DEFAULT_PAGE_SIZE
     new_tokens: tuple[int, ...] = (32, 128, 512, 2048, 8192)
     cached_tokens: tuple[int, ...] = (0, 2048, 8192)
     decode_batches: tuple[int, ...] = (1, 8, 32, 64, 128)

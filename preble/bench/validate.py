@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.cost_model import CostModel
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.routing import DEFAULT_POLICY
 from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
@@ -41,7 +42,7 @@ class ValidateConfig:
     params: dict = field(default_factory=lambda: dict(groups=6, system_len=384, question_len=48, output_len=24))
     num_requests: int = 150
     rate: float = 1.0
-    page_size: int = 16
+    page_size: int = DEFAULT_PAGE_SIZE
     num_pages: int | None = 256  # per worker; None: what the device's memory holds (in-process only)
     max_num_batched_tokens: int = 512
     local_policy: str = "preble"

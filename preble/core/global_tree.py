@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .kv_events import ROOT_HASH, CacheCleared, KVEvent, PagesRemoved, PagesStored
-from .window_stats import WindowSpec, WindowSums
+from .window_stats import ROUTER_WINDOW, WindowSpec, WindowSums
 
 # Windowed sums kept per node and worker.
 REQUESTS, PREFILL_S, OUTPUT_TOKENS = 0, 1, 2
@@ -88,8 +88,8 @@ def _bits(mask: int) -> list[int]:
 
 
 class GlobalTree:
-    def __init__(self, page_size: int, clock: Callable[[], float], window_s: float = 180.0,
-                 window_buckets: int = 6) -> None:
+    def __init__(self, page_size: int, clock: Callable[[], float], window_s: float = ROUTER_WINDOW.seconds,
+                 window_buckets: int = ROUTER_WINDOW.buckets) -> None:
         if page_size <= 0:
             raise ValueError("page_size must be positive")
         self.page_size = page_size

@@ -6,6 +6,8 @@ the engine owns the tensors behind them and the simulator owns none, which is wh
 
 from __future__ import annotations
 
+DEFAULT_PAGE_SIZE = 16  # token slots per KV page: the engine's, the router's and the simulator's default
+
 
 class OutOfPages(RuntimeError):
     """Raised when an allocation asks for more pages than are free."""

@@ -26,6 +26,10 @@ class WindowSpec:
         return int(t * self.buckets // self.seconds)
 
 
+# The router's statistics window: the Preble paper's H of 3 minutes, kept in 30 s buckets.
+ROUTER_WINDOW = WindowSpec(180.0, 6)
+
+
 class WindowSums:
     """`k` running sums over the last `n` buckets."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.scheduler_config import SchedulerConfig
 
 
@@ -12,7 +13,7 @@ class EngineConfig:
     model: str  # Hugging Face folder: config.json, *.safetensors, tokenizer files
     device: str = "cpu"
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float32 on CPU, else the checkpoint's half type
-    page_size: int = 16  # token slots per KV page; the prefix cache shares whole pages
+    page_size: int = DEFAULT_PAGE_SIZE  # token slots per KV page; the prefix cache shares whole pages
     num_pages: int | None = None  # KV pool size; default: from the memory budget below
     kv_cache_gib: float | None = None  # KV pool memory; default: 1 GiB on CPU, else from gpu_memory_utilization
     gpu_memory_utilization: float = 0.85  # share of the GPU memory weights + KV pool may take

@@ -30,6 +30,11 @@ from .sampler import Sampler
 from .tp_ranks import TPRanks, rank_device
 
 GIB = 1 << 30
+CPU_KV_BUDGET = GIB  # KV memory on a CPU when neither kv_cache_gib nor num_pages is set
+# Tokens decoded beyond the longest stop string's length when looking for it in the output's tail:
+# a byte-level tokenizer may need up to 4 tokens for one UTF-8 character, so the tail starts at a
+# whole character.
+STOP_TAIL_EXTRA_TOKENS = 4
 
 
 class InvalidPrompt(ValueError):
@@ -45,7 +50,7 @@ def _num_pages(config: EngineConfig, bytes_per_page: int, device: torch.device) 
         free, total = torch.cuda.mem_get_info(device)
         budget = free - (1 - config.gpu_memory_utilization) * total
     else:
-        budget = GIB
+        budget = CPU_KV_BUDGET
     if budget < bytes_per_page:
         raise RuntimeError(f"no memory left for the KV cache on {device} (budget {budget / GIB:.2f} GiB); "
                            "set kv_cache_gib or num_pages, or free the device")
@@ -160,6 +165,6 @@ class LLMEngine:
     def _hit_stop_string(self, req: Request) -> bool:
         # Only the tail can newly contain a stop string: decode enough tokens to cover the longest.
         longest = max(len(s) for s in req.sampling.stop)
-        tail = self.tokenizer.decode(req.output_token_ids[-(longest + 4):],
+        tail = self.tokenizer.decode(req.output_token_ids[-(longest + STOP_TAIL_EXTRA_TOKENS):],
                                      skip_special_tokens=req.sampling.skip_special_tokens)
         return any(s in tail for s in req.sampling.stop)

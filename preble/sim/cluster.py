@@ -34,7 +34,7 @@ from typing import Protocol
 from ..core.cost_model import CostModel, Interconnect
 from ..core.load_report import RequestWindow, build_load_report
 from ..core.messages import LoadReport
-from ..core.pages import PageAllocator
+from ..core.pages import DEFAULT_PAGE_SIZE, PageAllocator
 from ..core.radix_cache import RadixCache
 from ..core.request import Request
 from ..core.routing import DEFAULT_POLICY, make_policy
@@ -67,7 +67,7 @@ class SimConfig:
     replicas: int = 4
     policy: str = DEFAULT_POLICY  # a name of preble.core.routing.POLICIES
     policy_config: object | None = None  # that policy's config; None: its defaults for this page size
-    page_size: int = 16  # tokens per KV page
+    page_size: int = DEFAULT_PAGE_SIZE  # tokens per KV page
     num_pages: int = 16384  # KV capacity of one GPU, in pages
     tensor_parallel: int = 1  # GPUs per replica: the replica's KV capacity and compute grow with them
     interconnect: Interconnect = Interconnect()  # what the replica's all-reduces cost

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from ..cost_model import CostModel
+from ..pages import DEFAULT_PAGE_SIZE
 from .base import RoutingPolicy
 from .baselines import (
     CacheAware,
@@ -29,7 +30,6 @@ from .sglang_gateway import SGLangGateway, SGLangGatewayConfig
 from .sglang_slim import SGLangSlim, SGLangSlimConfig
 
 DEFAULT_POLICY = "latency"
-DEFAULT_PAGE_SIZE = 16  # the workers' default KV page size (preble.engine.config.EngineConfig)
 
 Clock = Callable[[], float]
 

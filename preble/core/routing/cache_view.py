@@ -20,6 +20,8 @@ from enum import StrEnum
 from ..global_tree import EventGap, GlobalTree, Node, PageSizeMismatch, TreeMatch
 from ..kv_events import CacheCleared, KVEvent, PagesStored
 from ..messages import LoadReport
+from ..pages import DEFAULT_PAGE_SIZE
+from ..window_stats import ROUTER_WINDOW
 
 
 class EventsState(StrEnum):
@@ -33,9 +35,9 @@ class EventsState(StrEnum):
 
 @dataclass(frozen=True)
 class CacheViewConfig:
-    page_size: int = 16  # the workers' KV page size; events of another size are not followed
-    window_s: float = 180.0  # the tree's statistics window (and how long unused nodes are kept)
-    window_buckets: int = 6  # the window is kept in this many buckets
+    page_size: int = DEFAULT_PAGE_SIZE  # the workers' KV page size; events of another size are not followed
+    window_s: float = ROUTER_WINDOW.seconds  # the tree's statistics window (and how long unused nodes are kept)
+    window_buckets: int = ROUTER_WINDOW.buckets  # the window is kept in this many buckets
     pending_ttl_s: float = 30.0  # a routed prompt counts as held this long by a worker with live events
     routed_ttl_s: float = 300.0  # ... and this long by a worker tracked by routed prompts
     gc_budget: int = 64  # tree nodes the collector examines per routing decision

@@ -39,16 +39,17 @@ from ..cost_model import CostModel
 from ..global_tree import OUTPUT_TOKENS, PREFILL_S, REQUESTS, Node, TreeMatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
-from ..window_stats import WindowSums
+from ..pages import DEFAULT_PAGE_SIZE
+from ..window_stats import ROUTER_WINDOW, WindowSums
 from .base import RequestDone, RouteDecision, RouteRequest
 from .cache_view import CacheView, CacheViewConfig, Holding
 
 
 @dataclass(frozen=True)
 class E2Config:
-    page_size: int = 16  # the workers' KV page size; the tree rejects events of another size
-    window_s: float = 180.0  # H: the window of loads and request statistics (paper: 3 minutes)
-    window_buckets: int = 6  # the window is kept in this many buckets (resolution H / buckets)
+    page_size: int = DEFAULT_PAGE_SIZE  # the workers' KV page size; the tree rejects events of another size
+    window_s: float = ROUTER_WINDOW.seconds  # H: the window of loads and request statistics (paper: 3 minutes)
+    window_buckets: int = ROUTER_WINDOW.buckets  # the window is kept in this many buckets (resolution H / buckets)
     exploit_ratio: float = 1.0  # exploit when cached > exploit_ratio * missing tokens
     pd_hit_ratio: float = 0.7  # a worker whose windowed hit ratio reaches this is decode-heavy
     pd_min_requests: int = 8  # finished requests before the router trusts its own hit ratio of a worker

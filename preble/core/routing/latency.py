@@ -42,8 +42,9 @@ from ..cost_model import CostModel
 from ..global_tree import TreeMatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
+from ..pages import DEFAULT_PAGE_SIZE
 from ..scheduler_config import SchedulerConfig
-from ..window_stats import WindowSpec, WindowSums
+from ..window_stats import ROUTER_WINDOW, WindowSpec, WindowSums
 from .base import RequestDone, RouteDecision, RouteRequest
 from .cache_view import CacheView, CacheViewConfig, Holding
 from .calibration import Calibration, CalibrationConfig
@@ -52,14 +53,14 @@ from .worker_load import LoadView, WorkerLoad
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    page_size: int = 16  # the workers' KV page size; the tree rejects events of another size
+    page_size: int = DEFAULT_PAGE_SIZE  # the workers' KV page size; the tree rejects events of another size
     pending_ttl_s: float = 30.0  # a routed prompt counts as held this long by a worker with live KV events
     routed_ttl_s: float = 300.0  # ... and this long by a worker that sends none (corrected by cached_tokens)
-    tree_window_s: float = 180.0  # tree nodes no worker holds are freed after this long unused
+    tree_window_s: float = ROUTER_WINDOW.seconds  # tree nodes no worker holds are freed after this long unused
     gc_budget: int = 64  # tree nodes the collector examines per routing decision
     step_tokens: int = SchedulerConfig.max_num_batched_tokens  # a worker's tokens per pass until its load report says
-    output_window_s: float = 180.0  # expected output = the mean of requests finished in this window ...
-    output_window_buckets: int = 6  # ... kept in this many buckets (capped by the request's max_tokens)
+    output_window_s: float = ROUTER_WINDOW.seconds  # expected output = the mean of requests finished in this window ...
+    output_window_buckets: int = ROUTER_WINDOW.buckets  # ... kept in this many buckets (capped by the request's max_tokens)
     wait: bool = True  # terms of the prediction; off only for ablations
     decode: bool = True
     interference: bool = True

@@ -20,13 +20,15 @@ from ..kv_pool import KVPool
 from . import triton_ops as ops
 from .base import AttentionBackend
 
+INTERPRETER_NUM_SMS = 132  # the SMs the split policy assumes under Triton's CPU interpreter (an H100's)
+
 
 @dataclass(frozen=True)
 class TritonAttentionConfig:
     # Extend (prefill) kernel. None: the per-head-dim default of `triton_ops.default_extend_params`
     # (D=128: 128 query rows x 64-key steps, 4 warps, 3 stages; D=64: the same with 8 warps).
     extend_params: ops.ExtendParams | None = None
-    # When a step has at most this many 128-row query blocks (e.g. a short chunk on a long cached
+    # When a step has at most this many query blocks of `extend_params` (e.g. a short chunk on a long cached
     # prefix), use `extend_small_params` (None: 64 rows x 128-key steps) to put more programs on
     # the SMs.
     extend_small_max_blocks: int = 3
@@ -120,7 +122,7 @@ class TritonBackend(AttentionBackend):
         if self.device.type == "cuda":
             self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         else:  # CPU only under TRITON_INTERPRET=1 (kernel debugging)
-            self.num_sms = 132
+            self.num_sms = INTERPRETER_NUM_SMS
         self._staging = _Staging(self.device)
         self._scratch: ops.DecodeScratch | None = None
 
@@ -163,10 +165,10 @@ class TritonBackend(AttentionBackend):
             extend_params, nb, blocks = None, 0, None
         else:
             c = self.config
-            if int(((lens + 127) // 128).sum()) <= c.extend_small_max_blocks:
+            extend_params = c.extend_params or ops.default_extend_params(self.head_dim, False, self.dtype)
+            rows = extend_params.block_m
+            if int(((lens + rows - 1) // rows).sum()) <= c.extend_small_max_blocks:
                 extend_params = c.extend_small_params or ops.default_extend_params(self.head_dim, True, self.dtype)
-            else:
-                extend_params = c.extend_params or ops.default_extend_params(self.head_dim, False, self.dtype)
             blocks = ops.build_extend_block_map(starts, lens, extend_params.block_m)
             nb = len(blocks[0])
 
