@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.pages import DEFAULT_PAGE_SIZE
+from ..core.percentile import percentile
 from ..core.routing import DEFAULT_POLICY
-from ..sim.report import percentile, summarize
+from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import LocalCluster
 from .provenance import host_machine, source_revision

@@ -37,6 +37,7 @@ from itertools import accumulate
 
 from ..core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_hashes
 from ..core.messages import LoadReport
+from ..core.percentile import percentile
 from ..core.routing import DEFAULT_POLICY, make_policy
 from ..core.routing.base import RequestDone, RouteRequest
 from ..router.gc_tuning import tune_gc
@@ -146,10 +147,6 @@ def _current_rss_mb() -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def _percentile(sorted_vals: list[float], q: float) -> float:
-    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
 
 
 def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, rate: float,
@@ -306,11 +303,11 @@ class _Loop:
         route_ns.sort()
         total_ns.sort()
         return {
-            "p50_ms": _percentile(route_ns, 0.50) / 1e6,
-            "p99_ms": _percentile(route_ns, 0.99) / 1e6,
+            "p50_ms": percentile(route_ns, 50) / 1e6,
+            "p99_ms": percentile(route_ns, 99) / 1e6,
             "decisions_per_s": len(total_ns) / (sum(total_ns) / 1e9),
-            "p50_decision_ms": _percentile(total_ns, 0.50) / 1e6,
-            "p99_decision_ms": _percentile(total_ns, 0.99) / 1e6,
+            "p50_decision_ms": percentile(total_ns, 50) / 1e6,
+            "p99_decision_ms": percentile(total_ns, 99) / 1e6,
             "max_route_ms": route_ns[-1] / 1e6,
             "branches": dict(sorted(branches.items())),
             "gc_pauses": {"count": len(pauses), "max_ms": max(pauses, default=0.0) * 1e3,

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core.percentile import percentile
 from .config import DashboardConfig
 
 
@@ -26,12 +27,6 @@ class _Bucket:
     cached_tokens: int = 0
     ttfts: list[float] = field(default_factory=list)
     seen: int = 0  # TTFTs offered to the sample
-
-
-def _percentile(sorted_vals: list[float], q: float) -> float | None:
-    if not sorted_vals:
-        return None
-    return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
 
 
 class Timeline:
@@ -65,10 +60,11 @@ class Timeline:
         out = []
         for b in self._buckets:
             elapsed = min(self.cfg.bucket_s, max(now - b.start, 1e-9))
-            ttfts = sorted(b.ttfts)
+            ttfts = b.ttfts
             out.append({"t": b.start, "requests_per_s": b.requests / elapsed, "errors": b.errors,
                         "hit_ratio": b.cached_tokens / b.prompt_tokens if b.prompt_tokens else None,
-                        "p50_ttft": _percentile(ttfts, 0.5), "p99_ttft": _percentile(ttfts, 0.99)})
+                        "p50_ttft": percentile(ttfts, 50) if ttfts else None,
+                        "p99_ttft": percentile(ttfts, 99) if ttfts else None})
         return out
 
     def _bucket(self, now: float) -> _Bucket:

@@ -2,8 +2,7 @@
 
 Plain records in, a flat dict out. A record is any object (or mapping) with the fields
 `arrival, finish_time, ttft, tpot, latency, prompt_tokens, cached_tokens, output_tokens, worker,
-branch`; `SimRecord` is one. Percentiles interpolate linearly between order statistics (numpy's
-default), so p50 of [1, 2] is 1.5.
+branch`; `SimRecord` is one. Percentiles are `preble.core.percentile`'s (numpy's default).
 """
 
 from __future__ import annotations
@@ -13,20 +12,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..core.percentile import percentile
+
 
 def _get(record: Any, name: str) -> Any:
     return record[name] if isinstance(record, Mapping) else getattr(record, name)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) of `values`, linear interpolation; nan when empty."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _mean(values: Sequence[float]) -> float:
