@@ -283,7 +283,7 @@ def grid(
 ) -> None:
     """Every routing policy at every point of workloads x replicas x loads x memory x seeds in the
     simulator, with a leaderboard against the best policy at each point."""
-    from .grid import ABLATIONS, PEERS, ladders, markdown, run
+    from .grid import ABLATIONS, PEERS, GridMismatch, ladders, markdown, run
     from .grid import merge as merge_grids
 
     def write_grid(doc: dict) -> None:
@@ -297,7 +297,10 @@ def grid(
         report.with_suffix(".md").write_text(markdown(doc))
         return
     if merge:
-        write_grid(merge_grids([json.loads(p.read_text()) for p in merge]))
+        try:
+            write_grid(merge_grids([json.loads(p.read_text()) for p in merge]))
+        except GridMismatch as err:
+            raise typer.BadParameter(str(err), param_hint="--merge") from None
         return
     cfg = replace(_GRID, workloads=_names(workloads), replicas=tuple(map(int, _names(replicas))),
                   memories=_names(memories), policies=_names(policies) or PEERS + (DEFAULT_POLICY,),

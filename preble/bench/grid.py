@@ -245,10 +245,15 @@ _SAME_CONFIG = ("policies", "ablations", "seeds", "traces", "base", "memory_page
                 "slo_factor", "capacity_steps")
 
 
+# Fields of the base CompareConfig that no grid run reads: the comparison's own plan (its
+# workloads, policies, replica counts and studies), its process count, and the tokenizer's path
+# (where it lives is no matter; what it makes of the workloads is checked on their statistics).
+_UNREAD_BASE = ("tokenizer", "workloads", "policies", "replicas", "scaling_replicas", "scaling_workloads",
+                "scaling_policies", "scaling_max_requests", "study_replicas", "jobs")
+
+
 def _comparable(value: Any) -> Any:
-    """A config value without the tokenizer's path: where it lives is no matter, what it makes of
-    the workloads is checked on their statistics."""
-    return {k: v for k, v in value.items() if k != "tokenizer"} if isinstance(value, dict) else value
+    return {k: v for k, v in value.items() if k not in _UNREAD_BASE} if isinstance(value, dict) else value
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -400,24 +405,38 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
+    """The grid's report: provenance, the leaderboard, the capacity search and every point (a grid
+    of the capacity search alone has only the first and the third)."""
+    ablations = {v["label"] for v in doc["config"].get("ablations", [])}
+    lines = [f"# Routing grid ({doc['meta']['device']})", "", _provenance(doc), ""]
+    if doc["rows"]:
+        lines += _leaderboard_section(doc, default, ablations)
+    lines += _capacity_table(doc)
+    if doc["rows"]:
+        lines += _per_workload(doc, default, ablations)
+    return "\n".join(lines) + "\n"
+
+
+def _provenance(doc: dict[str, Any]) -> str:
     meta, cfg = doc["meta"], doc["config"]
-    ablations = {v["label"] for v in cfg.get("ablations", [])}
-    peers = [p for p in cfg["policies"]]
-    board = leaderboard(doc, reference=peers)
-    seeds = len(cfg["seeds"])
-    lines = [f"# Routing grid ({meta['device']})", "",
-             f"commit {meta['commit']}{' (uncommitted changes, diff ' + meta['diff_sha256'] + ')' if meta.get('dirty') else ''}"
-             + _other_commits(meta)
-             + f", {meta['date']}. Workloads {', '.join(dict.fromkeys(r['workload'] for r in doc['rows']))}; "
-             f"replicas {sorted({r['replicas'] for r in doc['rows']})}; memory "
-             + ", ".join(f"{m} ({p} pages of {cfg['base']['page_size']} tokens)" for m, p in cfg["memory_pages"].items())
-             + f"; {seeds} seed(s) per point"
-             + (f"; {meta['runs']} of {meta['runs_planned']} runs made before the deadline, whole points kept"
-                if meta.get("runs", 0) < meta.get("runs_planned", 0) else "")
-             + (f"; merged from {len(meta['merged_from'])} runs of the grid" if meta.get("merged_from") else "")
-             + ". Ratios: a policy's latency over the best policy's at each point "
-             "(seed means), among the policies listed first (ablations are compared to them, not the other way).",
-             "", "## Leaderboard", "",
+    cells = doc["rows"] or doc.get("capacity", [])
+    return (f"commit {meta['commit']}"
+            + (f" (uncommitted changes, diff {meta['diff_sha256']})" if meta.get("dirty") else "")
+            + _other_commits(meta)
+            + f", {meta['date']}. Workloads {', '.join(dict.fromkeys(r['workload'] for r in cells))}; "
+            f"replicas {sorted({r['replicas'] for r in cells})}; memory "
+            + ", ".join(f"{m} ({p} pages of {cfg['base']['page_size']} tokens)" for m, p in cfg["memory_pages"].items())
+            + f"; {len(cfg['seeds'])} seed(s) per point"
+            + (f"; {meta['runs']} of {meta['runs_planned']} runs made before the deadline, whole points kept"
+               if meta.get("runs", 0) < meta.get("runs_planned", 0) else "")
+            + (f"; merged from {len(meta['merged_from'])} runs of the grid" if meta.get("merged_from") else "")
+            + ". Ratios: a policy's latency over the best policy's at each point "
+            "(seed means), among the policies listed first (ablations are compared to them, not the other way).")
+
+
+def _leaderboard_section(doc: dict[str, Any], default: str, ablations: set[str]) -> list[str]:
+    board = leaderboard(doc, reference=list(doc["config"]["policies"]))
+    lines = ["## Leaderboard", "",
              "| policy | points | geomean mean | geomean p99 | worst mean (where) | worst p99 (where) | within 3% | worse than round_robin |",
              "|---|---:|---:|---:|---|---|---:|---:|"]
     for p, v in sorted(board.items(), key=lambda kv: (kv[0] in ablations, kv[1]["geomean_mean"])):
@@ -426,11 +445,8 @@ def markdown(doc: dict[str, Any], default: str = DEFAULT_POLICY) -> str:
                      f"{wm['ratio']:.2f} ({_where(wm['at'])}) | {wp['ratio']:.2f} ({_where(wp['at'])}) | "
                      f"{v['within_3pct']} | {v['worse_than_round_robin']} |")
     gain = gain_over_best_other({**doc, "rows": [r for r in doc["rows"] if r["policy"] not in ablations]}, default)
-    lines += ["", f"{default}: geometric mean over points of (best other policy / {default}): "
-              f"mean {gain['mean']:.3f}, p99 {gain['p99']:.3f}.", ""]
-    lines += _capacity_table(doc)
-    lines += _per_workload(doc, default, ablations)
-    return "\n".join(lines) + "\n"
+    return lines + ["", f"{default}: geometric mean over points of (best other policy / {default}): "
+                    f"mean {gain['mean']:.3f}, p99 {gain['p99']:.3f}.", ""]
 
 
 def _other_commits(meta: dict[str, Any]) -> str:
