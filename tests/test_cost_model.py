@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from preble.core.cost_model import CostModel
 
@@ -65,3 +68,14 @@ def test_simulated_replica_on_more_gpus_holds_more_and_runs_faster():
         return sum(r.latency for r in records) / len(records)
 
     assert mean_latency(four) < mean_latency(one) / 2
+
+
+@given(st.lists(st.tuples(st.integers(-5, 50_000), st.integers(0, 100_000), st.integers(-2, 512)), min_size=1,
+                max_size=20))
+def test_array_times_are_the_scalar_times_of_each_element(rows):
+    """The router prices every worker at once with the array forms; they must agree exactly."""
+    cost = CostModel()
+    new, cached, batch = (np.array(col) for col in zip(*rows))
+    assert cost.prefill_times(new, cached).tolist() == [cost.prefill_time(int(n), int(c)) for n, c in zip(new, cached)]
+    assert cost.decode_step_times(batch, cached).tolist() == [
+        cost.decode_step_time(int(b), int(c)) for b, c in zip(batch, cached)]

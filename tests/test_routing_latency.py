@@ -89,7 +89,7 @@ def test_a_report_of_no_prefill_work_drains_the_predicted_queue():
     policy.on_load(LoadReport("w0", 0.0, 0, 3, 5000, 0, 0, 1000, PS, 0.0, 0.0, 0, prefill_tokens=5000,
                               prefill_requests=3, step_tokens=512))
     assert policy.load_of("w0") == pytest.approx(0.41)
-    assert policy._loads["w0"].step_tokens == 512
+    assert policy._loads.row("w0")["step_tokens"] == 512
     # It says it has nothing left to prefill: the queue is only what was routed since.
     policy.on_load(LoadReport("w0", 0.0, 1, 0, 0, 0, 0, 1000, PS, 0.0, 0.0, 0, prefill_tokens=0))
     assert policy.load_of("w0") == 0.0
@@ -112,7 +112,7 @@ def test_failed_requests_leave_the_load_and_teach_no_output_length():
     policy, clock = make(workers=("w0",))
     policy.route(RouteRequest("r0", list(range(40)), 100))
     policy.on_done(RequestDone("r0", "w0", 40, 0, 0, 0.0, 0.0, ok=False))
-    assert policy._loads["w0"].batch == 0
+    assert policy._loads.row("w0")["batch"] == 0
     assert policy._expected_output(100, clock()) == 100  # nothing finished: the budget
 
 
@@ -199,3 +199,19 @@ def test_decisions_match_the_brute_force_model(seed, n_workers):
         assert costs[d.worker_id] == pytest.approx(best)  # ties differ only in float rounding
         oracle.commit(f"r{i}", d.worker_id, q, prefill[d.worker_id], out, clock.t)
         live[f"r{i}"] = d.matched_tokens
+
+
+def test_a_removed_worker_leaves_the_others_as_they_were():
+    policy, clock = make()
+    for i in range(6):
+        policy.route(RouteRequest(f"r{i}", [i] * 16, 4))
+    before = {w: policy._loads.row(w) for w in ("w0", "w2")}
+    gone = [rid for rid, p in policy._pending.items() if p.worker == "w1"]
+    assert gone  # new prefixes spread: w1 serves some
+    policy.remove_worker("w1")
+    assert {w: policy._loads.row(w) for w in ("w0", "w2")} == before
+    for rid in gone:  # a late completion from the removed worker changes nothing
+        policy.on_done(RequestDone(rid, "w1", 16, 0, 4, 0.1, 0.2))
+    assert {w: policy._loads.row(w) for w in ("w0", "w2")} == before
+    d = policy.route(RouteRequest("r9", [9] * 16, 4))
+    assert d.worker_id in ("w0", "w2") and set(d.costs) == {"w0", "w2"}

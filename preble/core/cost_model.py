@@ -20,6 +20,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA = "preble.cost_model"
 SCHEMA_VERSION = 1
 
@@ -65,6 +67,15 @@ class CostModel:
         if batch_size <= 0:
             return 0.0
         return self.d + self.e * batch_size + self.f * total_context_tokens
+
+    def prefill_times(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
+        """`prefill_time` of each element: a router prices every worker at once."""
+        t = self.a + self.b * new_tokens + self.c * new_tokens * (new_tokens + cached_tokens)
+        return np.where(new_tokens > 0, t, 0.0)
+
+    def decode_step_times(self, batch_sizes: np.ndarray, total_context_tokens: np.ndarray) -> np.ndarray:
+        """`decode_step_time` of each element."""
+        return np.where(batch_sizes > 0, self.d + self.e * batch_sizes + self.f * total_context_tokens, 0.0)
 
     def tpot(self, batch_size: int = 1, total_context_tokens: int = 0) -> float:
         """Estimated seconds per output token of one request in such a batch (one step each)."""

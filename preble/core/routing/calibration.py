@@ -7,13 +7,13 @@ measured seconds (`StepTotals`). Between two reports the worker spent t seconds 
 model prices at P (prefill) + D (decode); the router fits t ~ alpha * P + beta * D by exponentially
 weighted least squares (half-life `half_life_s`), pulled toward (1, 1) by a prior worth
 `prior_s` modelled seconds of passes (enough to hold a scale the passes cannot tell, e.g. prefill
-on a worker that only decodes), and prices that worker's work with prefill terms times alpha and
-decode terms times beta. A simulated worker reports exactly the model's times: (1, 1).
+on a worker that only decodes), and prices that worker's prefill times alpha and its decode
+steps times beta. A simulated worker reports exactly the model's times: (1, 1), exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..cost_model import CostModel
 from ..messages import StepTotals
@@ -42,19 +42,14 @@ class Calibration:
         self.cost = cost
         self.config = config
         self._fits: dict[str, _Fit] = {}
-        self._models: dict[str, CostModel] = {}
         self._scales: dict[str, tuple[float, float]] = {}
-
-    def model(self, worker_id: str) -> CostModel:
-        """The cost model scaled to this worker (the base model until it has reported passes)."""
-        return self._models.get(worker_id, self.cost)
 
     def scales(self, worker_id: str) -> tuple[float, float]:
         """(prefill scale, decode scale) of the worker; (1, 1) until it has reported passes."""
         return self._scales.get(worker_id, (1.0, 1.0))
 
     def forget(self, worker_id: str) -> None:
-        for d in (self._fits, self._models, self._scales):
+        for d in (self._fits, self._scales):
             d.pop(worker_id, None)
 
     def on_report(self, worker_id: str, totals: StepTotals, now: float) -> None:
@@ -92,10 +87,6 @@ class Calibration:
         lo, hi = self.config.min_scale, self.config.max_scale
         alpha = min(hi, max(lo, (pt * dd - pd * dt) / det))
         beta = min(hi, max(lo, (pp * dt - pd * pt) / det))
-        self._scales[worker_id] = (alpha, beta)
-        c = self.cost
         if abs(alpha - 1) < SAME and abs(beta - 1) < SAME:  # the model's own speed (a simulated worker)
-            self._models.pop(worker_id, None)
-            return
-        self._models[worker_id] = replace(c, a=c.a * alpha, b=c.b * alpha, c=c.c * alpha,
-                                          d=c.d * beta, e=c.e * beta, f=c.f * beta)
+            alpha = beta = 1.0
+        self._scales[worker_id] = (alpha, beta)

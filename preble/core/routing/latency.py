@@ -3,7 +3,7 @@
 For every worker w the router predicts, in seconds, what routing the request there costs all
 requests, this one included (the greedy rule for the lowest mean latency):
 
-- wait: the prefill work already queued on w (`WorkerLoad`, the router's fluid model of it);
+- wait: the prefill work already queued on w (`LoadTable`, the router's fluid model of it);
 - prefill: this request's prefill of the tokens w does not hold (the cost model's time), plus the
   decode step its running batch adds to each of the forward passes the prefill takes (chunked
   prefill shares passes with decodes);
@@ -30,13 +30,16 @@ own account, updated at each decision and bounded by the workers' load reports.
 Seconds are the cost model's, scaled per worker to what its load reports show its passes really
 take (`Calibration`): a profile of another GPU, or none, still prices each worker right. Each term
 can be switched off for ablation; the cache view (KV events, or routed prompts for engines that
-send none) is `CacheView`, shared with e2.
+send none) is `CacheView`, shared with e2. Every worker is priced at once, over arrays: a
+decision costs about as much with 64 workers as with 4.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..cost_model import CostModel
 from ..global_tree import TreeMatch
@@ -48,7 +51,7 @@ from ..window_stats import ROUTER_WINDOW, WindowSpec, WindowSums
 from .base import RequestDone, RouteDecision, RouteRequest
 from .cache_view import CacheView, CacheViewConfig, Holding
 from .calibration import Calibration, CalibrationConfig
-from .worker_load import LoadView, WorkerLoad
+from .worker_load import LoadTable, LoadView
 
 
 @dataclass(frozen=True)
@@ -75,30 +78,32 @@ class LatencyConfig:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """The predicted cost of one request on one worker, by term (seconds)."""
+    """The predicted cost of one request on each worker, by term (seconds; arrays over the
+    workers, or scalars for one)."""
 
-    held: int  # prompt tokens the worker holds
-    wait: float
-    prefill: float  # its passes, decode steps sharing them included
-    decode: float
-    interference: float
-    work: float = 0.0
+    held: np.ndarray  # prompt tokens the worker holds
+    wait: np.ndarray
+    prefill: np.ndarray  # its passes, decode steps sharing them included
+    decode: np.ndarray
+    interference: np.ndarray
+    work: np.ndarray
 
     @property
-    def total(self) -> float:
+    def total(self) -> np.ndarray:
         return self.wait + self.prefill + self.decode + self.interference + self.work
 
 
-def estimate(cost: CostModel, view: LoadView, prompt: int, held: int, output: int,
-             config: LatencyConfig) -> Estimate:
-    """What routing a request (`prompt` tokens of which the worker holds `held`, `output`
-    expected) to a worker in state `view` costs, by term."""
+def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, output: int, config: LatencyConfig,
+             prefill_scale: np.ndarray | float = 1.0, decode_scale: np.ndarray | float = 1.0) -> Estimate:
+    """What routing a request (`prompt` tokens of which each worker holds `held`, `output`
+    expected) to workers in state `view` costs, by term; each worker's prefill and decode times
+    are the cost model's times its scales (`Calibration`)."""
     new = prompt - held
-    passes = -(-new // max(1, view.step_tokens))
-    batch_step = cost.decode_step_time(view.batch, view.context)
-    compute = cost.prefill_time(new, held)
+    passes = -(-new // np.maximum(1, view.step_tokens))
+    batch_step = decode_scale * cost.decode_step_times(view.batch, view.context)
+    compute = prefill_scale * cost.prefill_times(new, held)
     context = prompt + output // 2  # its mean context while decoding
-    with_it = cost.decode_step_time(view.batch + 1, view.context + context)
+    with_it = decode_scale * cost.decode_step_times(view.batch + 1, view.context + context)
     interference = view.batch * (compute + output * (with_it - batch_step))
     return Estimate(held, view.queue_s if config.wait else 0.0, compute + passes * batch_step,
                     output * with_it if config.decode else 0.0, interference if config.interference else 0.0,
@@ -122,23 +127,22 @@ class LatencyPolicy:
         self.view = CacheView(cfg.cache_view(), clock)
         self.calibration = Calibration(self.cost, cfg.calibration)
         self.tree = self.view.tree
-        self._loads: dict[str, WorkerLoad] = {}
+        self._loads = LoadTable(cfg.step_tokens)
         self._pending: dict[str, _Pending] = {}
         self._window = WindowSpec(cfg.output_window_s, cfg.output_window_buckets)
         self._outputs = WindowSums(cfg.output_window_buckets, 2)  # (finished requests, output tokens)
-        self._added = 0
         self._decisions = 0
 
     # ------------------------------------------------------------------ membership and feeds
 
     def add_worker(self, worker_id: str) -> None:
         if worker_id not in self._loads:
-            self._loads[worker_id] = WorkerLoad(self._added, self.config.step_tokens)
-            self._added += 1
+            self._loads.add_worker(worker_id)
             self.view.add_worker(worker_id)
 
     def remove_worker(self, worker_id: str) -> None:
-        self._loads.pop(worker_id, None)
+        if worker_id in self._loads:
+            self._loads.remove_worker(worker_id)
         self.view.remove_worker(worker_id)
         self.calibration.forget(worker_id)
         for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
@@ -151,50 +155,58 @@ class LatencyPolicy:
         self.view.on_resync(worker_id, stored)
 
     def on_load(self, report: LoadReport) -> None:
-        load = self._loads.get(report.worker_id)
-        if load is not None:
+        if report.worker_id in self._loads:
             now = self.clock()
-            load.on_report(report, now)
+            self._loads.on_report(report, now)
             self.view.check_report(report)
             self.calibration.on_report(report.worker_id, report.steps, now)
+            self._loads.set_scales(report.worker_id, *self.calibration.scales(report.worker_id))
 
     def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
         return self.view.events_state(worker_id)
 
     def load_of(self, worker_id: str) -> float:
         """Seconds a request routed to the worker now would wait for its queue (0 if unknown)."""
-        load = self._loads.get(worker_id)
-        return load.view(self.clock()).queue_s if load is not None else 0.0
+        return self._loads.queue_s(worker_id, self.clock()) if worker_id in self._loads else 0.0
 
     # ------------------------------------------------------------------ routing
 
     def route(self, req: RouteRequest) -> RouteDecision:
-        if not self._loads:
+        if not len(self._loads):
             raise RuntimeError("no workers to route to")
         now = self.clock()
         match = self.view.match(req.token_ids)
         output = self._expected_output(req.max_tokens, now)
-        estimates = self.estimates(match, len(req.token_ids), output, now)
-        costs = {w: e.total for w, e in estimates.items()}
+        est = self.estimates(match, len(req.token_ids), output, now)
+        totals = est.total
+        i = self._pick(totals)
+        worker, held = self._loads.ids[i], int(est.held[i])
+        self._commit(req, i, match, float(est.prefill[i]), output, now)
+        return RouteDecision(worker, _branch(match, held), held, dict(zip(self._loads.ids, totals.tolist())))
+
+    def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> Estimate:
+        """Every worker's predicted cost of the request, by term (in `LoadTable.ids` order)."""
         loads = self._loads
-        worker = min(costs, key=lambda w: (costs[w], loads[w].last_chosen, loads[w].order))
-        self._commit(req, worker, match, estimates[worker], output, now)
-        return RouteDecision(worker, _branch(match, estimates[worker].held), estimates[worker].held, costs)
+        held = np.zeros(len(loads), np.int64)
+        if self.config.cache_aware:
+            for w, tokens in match.held.items():
+                if w in loads:
+                    held[loads.index[w]] = tokens
+        return estimate(self.cost, loads.view(now), prompt, held, output, self.config, loads.prefill_scale,
+                        loads.decode_scale)
 
-    def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> dict[str, Estimate]:
-        """Each worker's predicted cost of the request, by term."""
-        aware = self.config.cache_aware
-        return {w: estimate(self.calibration.model(w), load.view(now), prompt, match.held.get(w, 0) if aware else 0,
-                            output, self.config)
-                for w, load in self._loads.items()}
+    def _pick(self, totals: np.ndarray) -> int:
+        """The cheapest worker; among equals the least recently chosen, then the first added."""
+        tied = np.flatnonzero(totals == totals.min())
+        return int(tied[np.argmin(self._loads.last_chosen[tied])]) if len(tied) > 1 else int(tied[0])
 
-    def _commit(self, req: RouteRequest, worker: str, match: TreeMatch, est: Estimate, output: int,
+    def _commit(self, req: RouteRequest, i: int, match: TreeMatch, prefill_s: float, output: int,
                 now: float) -> None:
+        worker = self._loads.ids[i]
         _, holding = self.view.commit(match, worker)
-        load = self._loads[worker]
-        load.add(req.request_id, est.prefill, len(req.token_ids) + output // 2, now)
+        self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now)
         self._decisions += 1
-        load.last_chosen = self._decisions
+        self._loads.last_chosen[i] = self._decisions
         self._pending[req.request_id] = _Pending(worker, holding)
 
     def _expected_output(self, max_tokens: int, now: float) -> int:
@@ -207,9 +219,7 @@ class LatencyPolicy:
         p = self._pending.pop(done.request_id, None)
         if p is None:
             return
-        load = self._loads.get(p.worker)
-        if load is not None:
-            load.remove(done.request_id)
+        self._loads.remove(done.request_id)
         if done.ok:
             self._outputs.add(self._window.bucket(self.clock()), (1.0, float(done.output_tokens)))
             self.view.correct(p.worker, p.holding, done.cached_tokens)

@@ -1,5 +1,5 @@
-"""The router's running model of one worker's load: the prefill work queued on it and the
-requests it serves.
+"""The router's running model of every worker's load: the prefill work queued on it and the
+requests it serves, kept as arrays over the workers so that a decision prices them all at once.
 
 Every routing decision adds its request's predicted prefill time to the worker's queue at once,
 so decisions made between two load reports never herd onto the worker that looked idlest at the
@@ -14,51 +14,102 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..messages import LoadReport
 
 
 @dataclass(frozen=True, slots=True)
 class LoadView:
-    """A worker's predicted state at one instant, as scorers read it."""
+    """The workers' predicted state at one instant, as scorers read it: one element per worker
+    (or scalars, for one worker)."""
 
-    queue_s: float  # prefill seconds a request routed now waits for
-    batch: int  # requests routed to it and not done: those ahead in the queue decode by the time it prefills
-    context: int  # their context tokens (prompt + half the expected output)
-    step_tokens: int  # tokens one forward pass takes
+    queue_s: np.ndarray  # prefill seconds a request routed now waits for
+    batch: np.ndarray  # requests routed to it and not done: those ahead in the queue decode by the time it prefills
+    context: np.ndarray  # their context tokens (prompt + half the expected output)
+    step_tokens: np.ndarray  # tokens one forward pass takes
 
 
-class WorkerLoad:
-    def __init__(self, order: int, step_tokens: int) -> None:
-        self.order = order  # the order workers were added
-        self.last_chosen = -1  # the decision that last chose it (-1: none yet); ties go to the least recent
-        self.step_tokens = step_tokens
-        self.busy_until = float("-inf")  # when the prefill work routed so far is predicted done
-        self.routed_since_report_s = 0.0
-        self.batch = 0
-        self.context = 0
-        self._context: dict[str, int] = {}  # request id -> its context tokens
+class LoadTable:
+    """Per worker, in the order they were added (`ids`): its queue, batch and context, how many
+    tokens a pass takes, how fast its passes are against the cost model (`Calibration`'s scales)
+    and when a decision last chose it (-1: never)."""
+
+    _COLUMNS = ("busy_until", "routed_since_report_s", "batch", "context", "step_tokens", "prefill_scale",
+                "decode_scale", "last_chosen")
+
+    def __init__(self, step_tokens: int) -> None:
+        self.default_step_tokens = step_tokens
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.busy_until = np.zeros(0)  # when the prefill work routed so far is predicted done
+        self.routed_since_report_s = np.zeros(0)
+        self.batch = np.zeros(0, np.int64)
+        self.context = np.zeros(0, np.int64)
+        self.step_tokens = np.zeros(0, np.int64)
+        self.prefill_scale = np.zeros(0)
+        self.decode_scale = np.zeros(0)
+        self.last_chosen = np.zeros(0, np.int64)
+        self._requests: dict[str, tuple[str, int]] = {}  # request id -> (worker, its context tokens)
+
+    def __contains__(self, worker_id: str) -> bool:
+        return worker_id in self.index
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add_worker(self, worker_id: str) -> None:
+        self.index[worker_id] = len(self.ids)
+        self.ids.append(worker_id)
+        new = dict(busy_until=-np.inf, routed_since_report_s=0.0, batch=0, context=0,
+                   step_tokens=self.default_step_tokens, prefill_scale=1.0, decode_scale=1.0, last_chosen=-1)
+        for name in self._COLUMNS:
+            setattr(self, name, np.append(getattr(self, name), new[name]))
+
+    def remove_worker(self, worker_id: str) -> None:
+        i = self.index.pop(worker_id)
+        del self.ids[i]
+        self.index = {w: k for k, w in enumerate(self.ids)}
+        for name in self._COLUMNS:
+            setattr(self, name, np.delete(getattr(self, name), i))
+        self._requests = {r: v for r, v in self._requests.items() if v[0] != worker_id}
 
     def view(self, now: float) -> LoadView:
-        return LoadView(max(0.0, self.busy_until - now), self.batch, self.context, self.step_tokens)
+        return LoadView(np.maximum(0.0, self.busy_until - now), self.batch, self.context, self.step_tokens)
 
-    def add(self, request_id: str, prefill_s: float, context: int, now: float) -> None:
+    def row(self, worker_id: str) -> dict[str, float]:
+        """One worker's columns, as plain numbers."""
+        i = self.index[worker_id]
+        return {name: getattr(self, name)[i].item() for name in self._COLUMNS}
+
+    def queue_s(self, worker_id: str, now: float) -> float:
+        return max(0.0, float(self.busy_until[self.index[worker_id]]) - now)
+
+    def add(self, worker_id: str, request_id: str, prefill_s: float, context: int, now: float) -> None:
         """Queue a routed request's prefill (its passes' seconds, decodes sharing them included)."""
-        self.busy_until = max(self.busy_until, now) + prefill_s
-        self.routed_since_report_s += prefill_s
-        self._context[request_id] = context
-        self.batch += 1
-        self.context += context
+        i = self.index[worker_id]
+        self.busy_until[i] = max(float(self.busy_until[i]), now) + prefill_s
+        self.routed_since_report_s[i] += prefill_s
+        self._requests[request_id] = (worker_id, context)
+        self.batch[i] += 1
+        self.context[i] += context
 
     def remove(self, request_id: str) -> None:
         """The request is done (or failed)."""
-        context = self._context.pop(request_id, None)
-        if context is not None:
-            self.batch -= 1
-            self.context -= context
+        worker_context = self._requests.pop(request_id, None)
+        if worker_context is not None:
+            i = self.index[worker_context[0]]
+            self.batch[i] -= 1
+            self.context[i] -= worker_context[1]
+
+    def set_scales(self, worker_id: str, prefill_scale: float, decode_scale: float) -> None:
+        i = self.index[worker_id]
+        self.prefill_scale[i], self.decode_scale[i] = prefill_scale, decode_scale
 
     def on_report(self, report: LoadReport, now: float) -> None:
+        i = self.index[report.worker_id]
         if report.step_tokens > 0:
-            self.step_tokens = report.step_tokens
+            self.step_tokens[i] = report.step_tokens
         if report.prefill_tokens == 0:
-            self.busy_until = min(self.busy_until, now + self.routed_since_report_s)
-        self.routed_since_report_s = 0.0
+            self.busy_until[i] = min(float(self.busy_until[i]), now + float(self.routed_since_report_s[i]))
+        self.routed_since_report_s[i] = 0.0
