@@ -7,9 +7,7 @@ bandwidth floor (weights + KV bytes per step), and offline throughput on a share
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
 from ..engine.engine import LLMEngine
+from .provenance import source_revision
 
 
 @dataclass(frozen=True)
@@ -209,11 +208,8 @@ def run(cfg: EngineBenchConfig) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    # A copy of the tree without .git (e.g. shipped to a GPU machine) gets its commit from the caller.
-    commit = os.environ.get("PREBLE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"device": name, "torch": torch.__version__, "commit": commit or "unknown",
+    return {"device": name, "torch": torch.__version__, **source_revision(),
             "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 

@@ -421,7 +421,8 @@ def _provenance(doc: dict[str, Any]) -> str:
     meta, cfg = doc["meta"], doc["config"]
     cells = doc["rows"] or doc.get("capacity", [])
     return (f"commit {meta['commit']}"
-            + (f" (uncommitted changes, diff {meta['diff_sha256']})" if meta.get("dirty") else "")
+            + (f" (uncommitted changes, diff {meta['diff_sha256']})" if meta.get("dirty") else
+               " (a copy of the tree not checked against it)" if meta.get("dirty", False) is None else "")
             + _other_commits(meta)
             + f", {meta['date']}. Workloads {', '.join(dict.fromkeys(r['workload'] for r in cells))}; "
             f"replicas {sorted({r['replicas'] for r in cells})}; memory "

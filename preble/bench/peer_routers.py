@@ -39,6 +39,7 @@ from ..core.pages import DEFAULT_PAGE_SIZE
 from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import free_port_block
+from .provenance import source_revision
 
 
 @dataclass(frozen=True)
@@ -354,16 +355,6 @@ def device() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def commit() -> str:
-    if os.environ.get("PREBLE_COMMIT"):
-        return os.environ["PREBLE_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None = None,
         on_done: Callable[[RequestRecord], None] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -413,7 +404,7 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
         finally:
             pool.stop()
     return {"benchmark": "peer_routers", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": commit(), "device": device(),
+            **source_revision(), "device": device(),
             "model": {"path": model, "served_name": pool.model_name},
             "config": {**asdict(replace(cfg, model=model)), "workloads": [asdict(w) for w in cfg.workloads]},
             "routers": routers, "wall_s": time.monotonic() - started, "runs": runs}
