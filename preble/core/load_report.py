@@ -13,6 +13,9 @@ from .messages import LoadReport, StepTotals
 from .request import Request
 from .scheduler import Scheduler
 
+# The window of a report's hit ratio and time per output token: the worker's and the simulator's.
+STATS_WINDOW_S = 180.0
+
 
 class RequestWindow:
     """Hit ratio and time per output token of the requests finished within the last `window_s`

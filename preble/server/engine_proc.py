@@ -16,7 +16,7 @@ import msgspec
 import zmq
 
 from ..core.kv_events import KVEvent
-from ..core.load_report import RequestWindow, build_load_report
+from ..core.load_report import STATS_WINDOW_S, RequestWindow, build_load_report
 from ..core.messages import KVEventBatch, LoadReport
 from ..core.request import Request
 from ..core.sampling_params import SamplingParams
@@ -38,7 +38,7 @@ class EngineProcConfig:
     load_interval_s: float = 0.2  # how often a load report goes out
     idle_poll_ms: int = 50  # socket wait when there is no work
     send_timeout_ms: int = 500  # a send blocked this long (frontend gone?) checks the parent
-    stats_window_s: float = 180.0  # window of the reported hit ratio and time per output token
+    stats_window_s: float = STATS_WINDOW_S  # window of the reported hit ratio and time per output token
 
 
 class FrontendGone(Exception):

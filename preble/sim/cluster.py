@@ -32,7 +32,7 @@ from functools import partial
 from typing import Protocol
 
 from ..core.cost_model import CostModel, Interconnect
-from ..core.load_report import RequestWindow, build_load_report
+from ..core.load_report import STATS_WINDOW_S, RequestWindow, build_load_report
 from ..core.messages import LoadReport
 from ..core.pages import DEFAULT_PAGE_SIZE, PageAllocator
 from ..core.radix_cache import RadixCache
@@ -73,7 +73,7 @@ class SimConfig:
     interconnect: Interconnect = Interconnect()  # what the replica's all-reduces cost
     scheduler: SchedulerConfig = SchedulerConfig()  # every replica's local scheduler
     load_report_interval_s: float = 0.5  # how often each replica sends the policy a LoadReport
-    stats_window_s: float = 60.0  # window of the hit ratio and TPOT in load reports
+    stats_window_s: float = STATS_WINDOW_S  # window of the hit ratio and TPOT in load reports (the worker's)
     mixed_step: str = "sum"  # a step with prefill and decode costs their sum | max
     sampled_token_id: int = 1  # the token every step "samples"
     seed: int = 0  # for randomised policies (power_of_two)
