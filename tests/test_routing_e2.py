@@ -330,12 +330,13 @@ def test_cache_cleared_ends_an_event_gap():
     a, b = fresh(16), fresh(16)
     hold(policy, "w1", a)
     policy.on_kv_event("w1", PagesRemoved(chain_hashes(fresh(4), PS)))  # pages never seen: a gap
-    assert policy.events_state("w1")[0] == "gap"
+    assert policy.worker_info("w1").kv_events == "gap"
     hold(policy, "w1", b)  # ignored
     assert policy.tree.match(a).held == {} and policy.tree.match(b).held == {}
     policy.on_kv_event("w1", CacheCleared())
     hold(policy, "w1", b)
-    assert policy.events_state("w1") == ("live", None)
+    info = policy.worker_info("w1")
+    assert (info.kv_events, info.kv_events_note) == ("live", None)
     assert policy.tree.match(b).held == {"w1": 16}
 
 

@@ -212,7 +212,8 @@ def test_tree_mirrors_stored_removed_and_cleared_blocks(seed):
             assert router.held(p) == vllm.expected_held(p)
     assert any(isinstance(e, PagesRemoved) for e in router.out)
     assert sum(isinstance(e, CacheCleared) for e in router.out) > 1
-    assert router.policy.events_state("v") == ("live", None)
+    info = router.policy.worker_info("v")
+    assert (info.kv_events, info.kv_events_note) == ("live", None)
 
 
 def test_a_block_of_two_router_pages_is_split():
@@ -261,7 +262,8 @@ def test_a_seq_gap_clears_and_the_stream_goes_on():
     ev_root, _ = stored([b])
     router.publish([ev_root])
     assert router.held(b) == BS
-    assert router.policy.events_state("v") == ("live", None)
+    info = router.policy.worker_info("v")
+    assert (info.kv_events, info.kv_events_note) == ("live", None)
     # A restarted engine counts from 0 again: also a gap.
     assert router.publish([], seq=0) == [CacheCleared()]
     assert router.held(b) == 0
@@ -284,7 +286,8 @@ def test_block_size_not_a_multiple_of_the_page_size_is_incompatible():
     router = Router(workers=("v", "w"))
     doc = toks(rng, 48)
     router.publish([stored([doc[:24], doc[24:]])[0]])
-    state, note = router.policy.events_state("v")
+    info = router.policy.worker_info("v")
+    state, note = info.kv_events, info.kv_events_note
     assert state == "incompatible" and "48 tokens in 2 pages" in note
     assert router.held(doc) == 0
     first = router.policy.route(RouteRequest("r1", doc + [7], 4))
@@ -299,7 +302,8 @@ def test_live_worker_is_trusted_like_a_worker_with_events():
     rng = random.Random(6)
     router = Router(workers=("v",))
     router.publish([])
-    assert router.policy.events_state("v") == ("live", None)
+    info = router.policy.worker_info("v")
+    assert (info.kv_events, info.kv_events_note) == ("live", None)
     doc = toks(rng, 64)
     router.policy.route(RouteRequest("r1", doc, 4))
     assert router.held(doc) == 64
@@ -426,10 +430,11 @@ def test_worker_pool_follows_a_vllm_worker_and_stops_when_it_is_down():
             assert await pub.subscription()
             await pub.send(0, [stored([doc[:BS], doc[BS:]])[0]])
             await settle(lambda: policy.tree.match(doc).held == {"http://vllm-0": 2 * BS})
-            assert policy.events_state("http://vllm-0") == ("live", None)
+            info = policy.worker_info("http://vllm-0")
+            assert (info.kv_events, info.kv_events_note) == ("live", None)
             up["ok"] = False
             assert not await pub.subscription()
-            assert policy.events_state("http://vllm-0") is None  # removed from the policy
+            assert policy.worker_info("http://vllm-0").kv_events is None  # removed from the policy
             up["ok"] = True
             assert await pub.subscription()  # re-admitted: a fresh subscription
         finally:

@@ -77,7 +77,7 @@ class RouterMetrics:
             ("waiting", "Requests waiting in the worker's queue"),
             ("kv_usage", "Share of the worker's KV pages in use"),
             ("hit_ratio", "The worker's windowed prefix-cache hit ratio"),
-            ("load_seconds", "The policy's load L of the worker (GPU seconds; e2)")]}
+            ("load_seconds", "The policy's load figure for the worker (seconds of queued work; latency, e2, preble_paper)")]}
 
     def refresh(self, pool: WorkerPool, policy: RoutingPolicy, admission: Admission) -> None:
         """Gauges read at scrape time from the pool's latest load reports and the policy."""
@@ -427,20 +427,15 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         return JSONResponse({"status": "ok" if healthy else "unavailable", "healthy_workers": healthy,
                              "workers": len(pool.workers), "policy": policy.name}, status_code=status)
 
-    held_pages = getattr(getattr(policy, "tree", None), "held_pages", None)  # E2's global tree
-    events_state = getattr(policy, "events_state", None)  # E2: how it follows each worker's KV events
-
-    def kv_events(worker_id: str) -> dict | None:
-        state = events_state(worker_id) if events_state is not None else None
-        return None if state is None else {"state": state[0], "note": state[1]}
+    def worker_entry(w) -> dict:
+        info = policy.worker_info(w.worker_id)
+        return {"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy, "cached_pages": info.cached_pages,
+                "kv_events": None if info.kv_events is None else {"state": info.kv_events, "note": info.kv_events_note},
+                "load": None if w.load is None else msgspec.to_builtins(w.load)}
 
     @app.get("/workers")
     async def workers():
-        return [{"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy,
-                 "cached_pages": held_pages(w.worker_id) if held_pages is not None else None,
-                 "kv_events": kv_events(w.worker_id),
-                 "load": None if w.load is None else msgspec.to_builtins(w.load)}
-                for w in pool.workers.values()]
+        return [worker_entry(w) for w in pool.workers.values()]
 
     @app.get("/routes")
     async def routes(limit: int = 100):
@@ -459,9 +454,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
 
     @app.get("/dashboard/api/prefixes")
     async def dashboard_prefixes(limit: int = 20):
-        tree = getattr(policy, "tree", None)
-        return {"window_s": tree.window.seconds if tree is not None else None, "full_text": cfg.dashboard.full_text,
-                "prefixes": dash.hot_prefixes(policy, decode, cfg.dashboard, max(0, limit))}
+        return dash.hot_prefixes(policy, decode, cfg.dashboard, max(0, limit))
 
     @app.get("/dashboard/api/decisions")
     async def dashboard_decisions(limit: int = 50):

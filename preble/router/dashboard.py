@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.percentile import percentile
+from ..core.routing.base import RoutingPolicy
 from .config import DashboardConfig
 
 
@@ -87,37 +88,28 @@ def preview(tokens: list[int], decode: Callable[[list[int]], str], cfg: Dashboar
     return f"{decode(tokens[:k])} … {decode(tokens[-k:])}"
 
 
-def hot_prefixes(policy, decode: Callable[[list[int]], str], cfg: DashboardConfig, limit: int) -> list[dict]:
-    """The global tree's most used prefixes in the window (E2 only: other policies keep no
-    per-prefix statistics), with which replicas hold them and which are assigned to serve them."""
-    tree = getattr(policy, "tree", None)
-    if tree is None or not hasattr(tree, "hottest"):
-        return []
-    now = tree.clock()
-    out = []
-    for node, requests in tree.hottest(min(limit, cfg.max_prefixes), cfg.prefix_scan_budget):
-        held = tree.holders(node)
-        a = node.assigned
-        assigned = list(a.workers) if a is not None and a.until > now else []
-        out.append({"tokens": node.end, "requests_in_window": requests,
-                    "requests_per_s": requests / tree.window.seconds,
-                    "held_by": held, "assigned_to": assigned, "assignment": a.reason if assigned else None,
-                    "replicas": len(set(held) | set(assigned)),
-                    "preview": preview(tree.path_tokens(node), decode, cfg)})
-    return out
+def hot_prefixes(policy: RoutingPolicy, decode: Callable[[list[int]], str], cfg: DashboardConfig,
+                 limit: int) -> dict:
+    """The policy's most used prefixes in its window (policies with per-prefix statistics: e2,
+    latency), with which replicas hold them and which are assigned to serve them."""
+    hot = policy.hot_prefixes(min(limit, cfg.max_prefixes), cfg.prefix_scan_budget)
+    return {"window_s": hot.window_s, "full_text": cfg.full_text,
+            "prefixes": [{"tokens": len(p.tokens), "requests_in_window": p.requests_in_window,
+                          "requests_per_s": p.requests_in_window / hot.window_s,
+                          "held_by": p.held_by, "assigned_to": p.assigned_to, "assignment": p.assignment,
+                          "replicas": len(set(p.held_by) | set(p.assigned_to)),
+                          "preview": preview(p.tokens, decode, cfg)} for p in hot.prefixes]}
 
 
-def replicas(pool, policy) -> list[dict]:
-    """Each worker: health, queue, KV usage, hit ratio, TPOT, and the policy's load L for it."""
-    load_of = getattr(policy, "load_of", None)
-    tree = getattr(policy, "tree", None)
+def replicas(pool, policy: RoutingPolicy) -> list[dict]:
+    """Each worker: health, queue, KV usage, hit ratio, TPOT, and the policy's load and cached
+    pages for it."""
     out = []
     for w in pool.workers.values():
-        rep = w.load
+        rep, info = w.load, policy.worker_info(w.worker_id)
         entry = {"worker_id": w.worker_id, "url": w.url, "healthy": w.healthy,
                  "running": None, "waiting": None, "kv_usage": None, "hit_ratio": None, "tpot": None,
-                 "load_s": load_of(w.worker_id) if load_of is not None and w.healthy else None,
-                 "cached_pages": tree.held_pages(w.worker_id) if hasattr(tree, "held_pages") else None}
+                 "load_s": info.load_s if w.healthy else None, "cached_pages": info.cached_pages}
         if rep is not None:
             entry.update(running=rep.running, waiting=rep.waiting, hit_ratio=rep.hit_ratio, tpot=rep.tpot,
                          kv_usage=(rep.kv_used_pages - rep.kv_evictable_pages) / max(1, rep.kv_total_pages))

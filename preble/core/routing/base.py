@@ -2,7 +2,8 @@
 
 A policy is a plain object with an injected clock. The shell tells it which workers exist, feeds
 it every worker's KV events and load reports, asks it where each request goes, and tells it when
-a request ends. It never does I/O.
+a request ends. It never does I/O. What the router's pages and metrics show of its state they
+read through `worker_info` and `hot_prefixes`, as plain data, never its internals.
 """
 
 from __future__ import annotations
@@ -41,6 +42,50 @@ class RequestDone:
     ok: bool = True
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a policy knows of one worker, for operators (None: the policy keeps no such figure)."""
+
+    load_s: float | None = None  # the policy's own load figure for it (seconds of queued work)
+    cached_pages: int | None = None  # KV pages the policy believes it holds
+    kv_events: str | None = None  # how the policy follows its KV events: none | live | gap | incompatible
+    kv_events_note: str | None = None  # why they are not followed
+
+
+@dataclass(frozen=True)
+class PrefixInfo:
+    """One prefix many requests went through in the policy's statistics window."""
+
+    tokens: list[int]
+    requests_in_window: float
+    held_by: list[str]  # workers holding it now
+    assigned_to: list[str]  # workers a live steering decision sends it to
+    assignment: str | None  # that decision's reason (e2: rebalance | replicate)
+
+
+@dataclass(frozen=True)
+class HotPrefixes:
+    window_s: float | None  # the statistics window; None: the policy keeps per-prefix statistics none
+    prefixes: list[PrefixInfo] = field(default_factory=list)
+
+
+class Described:
+    """The introspection of a policy that keeps no per-worker figures or per-prefix statistics."""
+
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return WorkerInfo()
+
+    def hot_prefixes(self, limit: int, scan_budget: int) -> HotPrefixes:
+        return HotPrefixes(None)
+
+
+class HeldPagesDescribed(Described):
+    """The introspection of a policy that mirrors the workers' caches in a `GlobalTree` (`tree`)."""
+
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return WorkerInfo(cached_pages=self.tree.held_pages(worker_id))
+
+
 class RoutingPolicy(Protocol):
     name: str
 
@@ -60,3 +105,8 @@ class RoutingPolicy(Protocol):
     def on_load(self, report: LoadReport) -> None: ...
 
     def on_done(self, done: RequestDone) -> None: ...
+
+    def worker_info(self, worker_id: str) -> WorkerInfo: ...
+
+    def hot_prefixes(self, limit: int, scan_budget: int) -> HotPrefixes:
+        """At most `limit` of the most used prefixes, looking at no more than `scan_budget` nodes."""

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from .approx_tree import ApproxTree
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import Described, RequestDone, RouteDecision, RouteRequest
 
 
 def _hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-class _Baseline:
+class _Baseline(Described):
     """Worker membership in a stable order and the requests routed and not yet done."""
 
     name = "baseline"

@@ -22,6 +22,7 @@ from ..kv_events import CacheCleared, KVEvent, PagesStored
 from ..messages import LoadReport
 from ..pages import DEFAULT_PAGE_SIZE
 from ..window_stats import ROUTER_WINDOW
+from .base import HotPrefixes, PrefixInfo, WorkerInfo
 
 
 class EventsState(StrEnum):
@@ -66,10 +67,21 @@ class CacheView:
         self._events.pop(worker_id, None)
         self.tree.remove_worker(worker_id)
 
-    def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
-        """(none | live | gap | incompatible, why not followed) for operators; None if unknown."""
+    def worker_info(self, worker_id: str, load_s: float | None) -> WorkerInfo:
         state = self._events.get(worker_id)
-        return None if state is None else (state[0].value, state[1])
+        return WorkerInfo(load_s, self.tree.held_pages(worker_id), state[0].value if state else None,
+                          state[1] if state else None)
+
+    def hot_prefixes(self, limit: int, scan_budget: int) -> HotPrefixes:
+        """The tree's most used prefixes in its window, with their holders and live assignments."""
+        now = self.clock()
+        out = []
+        for node, requests in self.tree.hottest(limit, scan_budget):
+            a = node.assigned
+            assigned = list(a.workers) if a is not None and a.until > now else []
+            out.append(PrefixInfo(self.tree.path_tokens(node), requests, self.tree.holders(node), assigned,
+                                  a.reason if assigned else None))
+        return HotPrefixes(self.tree.window.seconds, out)
 
     def follows_events(self, worker_id: str) -> bool:
         state = self._events.get(worker_id)

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from ..global_tree import EventGap, GlobalTree, PageSizeMismatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import HeldPagesDescribed, RequestDone, RouteDecision, RouteRequest
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class _Active:
                 del self.pages[k]
 
 
-class DynamoKV:
+class DynamoKV(HeldPagesDescribed):
     """Dynamo's KV router: per worker, weighted prefill blocks plus decode blocks; the least
     cost wins, or a softmax sample above temperature 0 (the rules: module docstring)."""
 

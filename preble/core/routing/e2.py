@@ -41,7 +41,7 @@ from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from ..pages import DEFAULT_PAGE_SIZE
 from ..window_stats import ROUTER_WINDOW, WindowSums
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 from .cache_view import CacheView, CacheViewConfig, Holding
 
 
@@ -171,10 +171,11 @@ class E2Policy:
     def on_resync(self, worker_id: str, stored: list[PagesStored]) -> None:
         self.view.on_resync(worker_id, stored)
 
-    def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
-        """How a worker's KV events are followed (none | live | gap | incompatible) and why not,
-        for operators; None for unknown workers."""
-        return self.view.events_state(worker_id)
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return self.view.worker_info(worker_id, self.load_of(worker_id) if worker_id in self._workers else None)
+
+    def hot_prefixes(self, limit: int, scan_budget: int) -> HotPrefixes:
+        return self.view.hot_prefixes(limit, scan_budget)
 
     def on_load(self, report: LoadReport) -> None:
         ws = self._workers.get(report.worker_id)

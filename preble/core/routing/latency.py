@@ -48,7 +48,7 @@ from ..messages import LoadReport
 from ..pages import DEFAULT_PAGE_SIZE
 from ..scheduler_config import SchedulerConfig
 from ..window_stats import ROUTER_WINDOW, WindowSpec, WindowSums
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 from .cache_view import CacheView, CacheViewConfig, Holding
 from .calibration import Calibration, CalibrationConfig
 from .worker_load import LoadTable, LoadView
@@ -162,8 +162,11 @@ class LatencyPolicy:
             self.calibration.on_report(report.worker_id, report.steps, now)
             self._loads.set_scales(report.worker_id, *self.calibration.scales(report.worker_id))
 
-    def events_state(self, worker_id: str) -> tuple[str, str | None] | None:
-        return self.view.events_state(worker_id)
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return self.view.worker_info(worker_id, self.load_of(worker_id) if worker_id in self._loads else None)
+
+    def hot_prefixes(self, limit: int, scan_budget: int) -> HotPrefixes:
+        return self.view.hot_prefixes(limit, scan_budget)
 
     def load_of(self, worker_id: str) -> float:
         """Seconds a request routed to the worker now would wait for its queue (0 if unknown)."""
@@ -203,7 +206,9 @@ class LatencyPolicy:
     def _commit(self, req: RouteRequest, i: int, match: TreeMatch, prefill_s: float, output: int,
                 now: float) -> None:
         worker = self._loads.ids[i]
-        _, holding = self.view.commit(match, worker)
+        path, holding = self.view.commit(match, worker)
+        if path:  # per-prefix traffic, for operators (`hot_prefixes`); routing reads none of it
+            self.tree.record(path[-1], worker, (1.0, prefill_s, float(output)))
         self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now)
         self._decisions += 1
         self._loads.last_chosen[i] = self._decisions

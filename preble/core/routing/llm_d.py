@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from ..global_tree import EventGap, GlobalTree, PageSizeMismatch
 from ..kv_events import KVEvent, PagesRemoved, PagesStored
 from ..messages import LoadReport
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import HeldPagesDescribed, RequestDone, RouteDecision, RouteRequest
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class LlmDConfig:
     gc_budget: int = 64  # not in the source (its index drops a key with its last pod): unheld nodes freed per route
 
 
-class LlmDPolicy:
+class LlmDPolicy(HeldPagesDescribed):
     """Weighted sum of llm-d's prefix, KV-utilisation and queue scores; the best total wins.
     `RouteDecision.costs` holds every worker's total score (higher is better)."""
 

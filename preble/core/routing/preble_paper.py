@@ -82,7 +82,7 @@ from itertools import count
 
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import Described, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 
 _EXP = 1074  # every finite double is a whole number of 2**-1074
 _ONE = 1 << _EXP
@@ -312,7 +312,7 @@ class _Worker:
     cands_busy: dict = field(default_factory=dict)  # uid -> stat of movable nodes it runs requests through
 
 
-class PreblePaperPolicy:
+class PreblePaperPolicy(Described):
     """GlobalSchedulerWithTime over the live workers, in the order added (their GPU ids)."""
 
     name = "preble_paper"
@@ -438,6 +438,9 @@ class PreblePaperPolicy:
                 return node.end
             node = node.parent
         return 0
+
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return WorkerInfo(load_s=self.load_of(worker_id) if worker_id in self._workers else None)
 
     def load_of(self, worker_id: str) -> float:
         """A worker's load as the release prices it, in seconds (0 for unknown workers)."""

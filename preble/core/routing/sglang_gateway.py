@@ -56,7 +56,7 @@ from itertools import islice
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from .approx_tree import ApproxTree
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import Described, RequestDone, RouteDecision, RouteRequest
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class SGLangGatewayConfig:
     seed: int = 0  # not in smg (thread RNG): seeds the draw among equally loaded holders
 
 
-class SGLangGateway:
+class SGLangGateway(Described):
     """smg's cache_aware: the least loaded holder of the longest match unless it is far above the
     fleet's mean load, else the least loaded worker (module docstring)."""
 

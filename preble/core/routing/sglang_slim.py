@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from ..global_tree import EventGap, GlobalTree, PageSizeMismatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
-from .base import RequestDone, RouteDecision, RouteRequest
+from .base import HeldPagesDescribed, RequestDone, RouteDecision, RouteRequest
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SGLangSlimConfig:
     gc_budget: int = 64  # not in the router: unheld tree nodes the collector examines per decision
 
 
-class SGLangSlim:
+class SGLangSlim(HeldPagesDescribed):
     """The slim router's cache-aware selection: least uncached work among prefix holders with a
     pressure guard, power of two on a miss (module docstring)."""
 
