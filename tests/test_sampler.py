@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import torch
 
@@ -69,3 +70,15 @@ def test_seeded_requests_repeat_whatever_their_batch():
 def test_bad_params_raise_a_typed_error(bad):
     with pytest.raises(InvalidSamplingParams):
         SamplingParams(**bad)
+
+
+def test_params_cross_to_the_engine_process_as_they_are_and_are_checked_there():
+    from preble.server import protocol as P
+
+    msg = P.Generate("r1", [1, 2, 3], SamplingParams(max_tokens=5, temperature=0.5, stop="x", seed=7))
+    decoded = P.to_engine_decoder.decode(P.to_engine_encoder.encode(msg))
+    assert decoded == msg and decoded.sampling.stop == ["x"]
+    bad = msgspec.msgpack.encode({"type": "generate", "request_id": "r2", "prompt_token_ids": [1],
+                                  "sampling": {"max_tokens": 0}})
+    with pytest.raises(msgspec.ValidationError, match="max_tokens"):
+        P.to_engine_decoder.decode(bad)

@@ -1,8 +1,12 @@
-"""Per-request sampling parameters, validated once where the request enters the system."""
+"""Per-request sampling parameters, validated where the request enters the system.
+
+One type from the HTTP frontend to the engine: a msgspec struct, so it crosses from a worker's
+frontend to its engine process as it is (and is checked again when decoded there).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 
 class InvalidSamplingParams(ValueError):
@@ -12,15 +16,14 @@ class InvalidSamplingParams(ValueError):
 _INT64 = 1 << 63  # seeds and token ids cross process boundaries as signed 64-bit integers
 
 
-@dataclass
-class SamplingParams:
+class SamplingParams(msgspec.Struct):
     max_tokens: int = 16
     temperature: float = 1.0
     top_k: int = 0  # 0 or negative: no top-k cut
     top_p: float = 1.0
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
     ignore_eos: bool = False
     skip_special_tokens: bool = True
 

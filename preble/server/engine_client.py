@@ -13,6 +13,7 @@ import zmq
 import zmq.asyncio
 
 from ..core.messages import KVEventBatch, LoadReport
+from ..core.sampling_params import SamplingParams
 from . import protocol as P
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class EngineClient:
         self._to_engine.send(P.to_engine_encoder.encode(msg))
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
-                       sampling: P.SamplingSpec) -> AsyncIterator[P.TokenDelta]:
+                       sampling: SamplingParams) -> AsyncIterator[P.TokenDelta]:
         """Deltas of one request until its last; leaving early (a client disconnect) aborts it."""
         queue: asyncio.Queue[P.TokenDelta] = asyncio.Queue()
         self._queues[request_id] = queue

@@ -19,7 +19,6 @@ from ..core.kv_events import KVEvent
 from ..core.load_report import STATS_WINDOW_S, RequestWindow, build_load_report
 from ..core.messages import KVEventBatch, LoadReport
 from ..core.request import Request
-from ..core.sampling_params import SamplingParams
 from ..engine.config import EngineConfig
 from ..engine.detokenizer import TextStreamer
 from ..engine.engine import LLMEngine
@@ -84,7 +83,12 @@ class EngineLoop:
                         raw = self.inbox.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if not self.handle(P.to_engine_decoder.decode(raw)):
+                    try:
+                        msg = P.to_engine_decoder.decode(raw)
+                    except msgspec.ValidationError:  # the frontend checks what it sends: a bug, loudly
+                        log.exception("dropped a message the engine cannot read")
+                        continue
+                    if not self.handle(msg):
                         return
             if self.engine.has_work:
                 self.step()
@@ -123,8 +127,7 @@ class EngineLoop:
 
     def add(self, msg: P.Generate) -> None:
         try:
-            sampling = SamplingParams(**msgspec.structs.asdict(msg.sampling))
-            self.engine.add_request(msg.prompt_token_ids, sampling, msg.request_id)
+            self.engine.add_request(msg.prompt_token_ids, msg.sampling, msg.request_id)
         except ValueError as err:
             self.send(P.TokenDelta(msg.request_id, [], "", len(msg.prompt_token_ids), 0, 0,
                                    finish_reason="error", error=str(err)))

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .protocol import SamplingSpec
+from ..core.sampling_params import InvalidSamplingParams, SamplingParams
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 16
@@ -65,12 +65,16 @@ class _SamplingFields(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return self
 
-    def sampling(self, max_tokens: int, seed_offset: int = 0) -> SamplingSpec:
+    def sampling(self, max_tokens: int, seed_offset: int = 0) -> SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         seed = None if self.seed is None else self.seed + seed_offset
-        return SamplingSpec(max_tokens=max_tokens, temperature=self.temperature, top_k=max(self.top_k, 0),
-                            top_p=self.top_p, seed=seed, stop=stops, stop_token_ids=list(self.stop_token_ids or []),
-                            ignore_eos=self.ignore_eos, skip_special_tokens=self.skip_special_tokens)
+        try:
+            return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_k=max(self.top_k, 0),
+                                  top_p=self.top_p, seed=seed, stop=stops,
+                                  stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos,
+                                  skip_special_tokens=self.skip_special_tokens)
+        except InvalidSamplingParams as err:
+            raise APIError(400, str(err)) from None
 
     @property
     def include_usage(self) -> bool:
@@ -144,7 +148,7 @@ class GenerateRequest(BaseModel):
             raise ValueError("give exactly one of `text` and `input_ids`")
         return self
 
-    def sampling(self, default_max_tokens: int) -> SamplingSpec:
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
         sp = self.sampling_params
         known = {"max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_token_ids",
                  "ignore_eos", "skip_special_tokens", "seed", "sampling_seed", "n"}
@@ -153,7 +157,7 @@ class GenerateRequest(BaseModel):
             raise APIError(400, f"unsupported sampling_params {sorted(unknown)}", param="sampling_params")
         stop = sp.get("stop") or []
         try:
-            return SamplingSpec(
+            return SamplingParams(
                 max_tokens=int(sp.get("max_new_tokens", default_max_tokens)),
                 temperature=float(sp.get("temperature", 1.0)), top_p=float(sp.get("top_p", 1.0)),
                 top_k=max(int(sp.get("top_k", 0)), 0), seed=sp.get("seed", sp.get("sampling_seed")),

@@ -5,24 +5,13 @@ from __future__ import annotations
 import msgspec
 
 from ..core.messages import KVEventBatch, LoadReport
-
-
-class SamplingSpec(msgspec.Struct, frozen=True):
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = []
-    stop_token_ids: list[int] = []
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
+from ..core.sampling_params import SamplingParams
 
 
 class Generate(msgspec.Struct, tag="generate", frozen=True):
     request_id: str
     prompt_token_ids: list[int]
-    sampling: SamplingSpec
+    sampling: SamplingParams
 
 
 class Abort(msgspec.Struct, tag="abort", frozen=True):
