@@ -18,24 +18,19 @@ from preble.core.global_tree import REQUESTS, GlobalTree
 from preble.router.config import DashboardConfig
 from preble.router.dashboard import Timeline, preview
 
+from .clocks import ManualClock
+
 KEY = "dash-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 # ---------------------------------------------------------------------------- data
 
 
 def test_timeline_rates_hit_ratio_and_percentiles_per_bucket():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     cfg = DashboardConfig(bucket_s=5.0, span_s=20.0)
     tl = Timeline(cfg, clock)
     ttfts = [0.01 * (i + 1) for i in range(100)]
@@ -57,7 +52,7 @@ def test_timeline_rates_hit_ratio_and_percentiles_per_bucket():
 
 
 def test_timeline_keeps_a_bounded_uniform_sample_of_ttfts():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     tl = Timeline(DashboardConfig(samples_per_bucket=100), clock)
     for i in range(10_000):
         tl.record(i / 10_000, 1, 0, ok=True)
@@ -80,7 +75,7 @@ def brute_hottest(tree: GlobalTree) -> list[tuple[int, float]]:
 
 
 def test_hottest_prefixes_match_brute_force():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     tree = GlobalTree(4, clock)
     system = list(range(1, 33))
     uses = {0: 9, 1: 5, 2: 3, 3: 1}  # tool -> requests; each request adds a unique question

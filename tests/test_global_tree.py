@@ -14,13 +14,7 @@ from preble.core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_ha
 from preble.core.pages import PageAllocator
 from preble.core.radix_cache import RadixCache
 
-
-class Clock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .clocks import ManualClock
 
 
 def stored(tokens: list[int], page_size: int) -> PagesStored:
@@ -50,7 +44,7 @@ operations = st.one_of(
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(operations, max_size=40), queries=st.lists(sequences, min_size=1, max_size=8))
 def test_replayed_events_mirror_every_worker_cache(ops, queries):
-    clock = Clock()
+    clock = ManualClock()
     tree = GlobalTree(PAGE, clock, window_s=10.0, window_buckets=2)
     caches = {}
     for w in WORKERS:
@@ -96,7 +90,7 @@ def test_replayed_events_mirror_every_worker_cache(ops, queries):
 
 
 def test_partial_tail_eviction_splits_the_shared_edge():
-    clock = Clock()
+    clock = ManualClock()
     tree = GlobalTree(2, clock)
     tokens = [1, 2, 3, 4, 5, 6, 7, 8]
     hashes = chain_hashes(tokens, 2)
@@ -111,7 +105,7 @@ def test_partial_tail_eviction_splits_the_shared_edge():
 
 
 def test_workers_and_removal():
-    clock = Clock()
+    clock = ManualClock()
     tree = GlobalTree(2, clock)
     tree.apply("a", stored([1, 2, 3, 4], 2))
     tree.apply("b", stored([1, 2], 2))
@@ -124,7 +118,7 @@ def test_workers_and_removal():
 
 
 def test_mismatched_page_size_and_gaps_are_rejected():
-    tree = GlobalTree(4, Clock())
+    tree = GlobalTree(4, ManualClock())
     with pytest.raises(PageSizeMismatch):
         tree.apply("a", stored([1, 2, 3, 4], 2))  # two pages of 2 tokens for a tree of 4
     with pytest.raises(EventGap):
@@ -134,7 +128,7 @@ def test_mismatched_page_size_and_gaps_are_rejected():
 
 
 def test_routed_entries_expire_and_are_collected():
-    clock = Clock()
+    clock = ManualClock()
     tree = GlobalTree(2, clock, window_s=10.0, window_buckets=2)
     tree.insert(tree.match([1, 2, 3, 4, 5]), "x", 5.0)
     assert tree.match([1, 2, 3, 4]).held == {"x": 4}
@@ -150,7 +144,7 @@ def test_routed_entries_expire_and_are_collected():
 
 
 def test_windowed_statistics_expire_and_move_with_subtrees():
-    clock = Clock()
+    clock = ManualClock()
     tree = GlobalTree(2, clock, window_s=10.0, window_buckets=2)
     shared = tree.insert(tree.match([1, 2, 3, 4]))
     leaf = tree.insert(tree.match([1, 2, 3, 4, 5, 6]))[-1]
@@ -167,7 +161,7 @@ def test_windowed_statistics_expire_and_move_with_subtrees():
 
 
 def test_memory_stays_flat_under_endless_distinct_prompts():
-    clock = Clock()
+    clock = ManualClock()
     tree = GlobalTree(4, clock, window_s=10.0, window_buckets=5)
     tree.apply("w", stored(list(range(64)), 4))  # a held system prompt every prompt shares
     step = 0.01  # 100 prompts per second: 1000 per window

@@ -8,19 +8,13 @@ from preble.core.local_policy import FCFSQueue, LPMQueue, PrebleQueue, PrebleQue
 from preble.core.request import Request
 from preble.core.sampling_params import SamplingParams
 
+from .clocks import TickingClock
+
 PROMPT_LEN = 10
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
 
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def make(name: str, clock: FakeClock, first_token: int) -> Request:
+def make(name: str, clock: TickingClock, first_token: int) -> Request:
     """A request whose prompt starts with `first_token`, so a fake matcher can key on it."""
     return Request(name, [first_token] * PROMPT_LEN, SamplingParams(), clock())
 
@@ -34,7 +28,7 @@ def names(reqs) -> list[str]:
 
 
 def test_fcfs_orders_by_arrival_and_preempted_requests_keep_their_place():
-    clock, q = FakeClock(), FCFSQueue()
+    clock, q = TickingClock(), FCFSQueue()
     a, b, c = make("a", clock, 1), make("b", clock, 2), make("c", clock, 3)
     for r in (c, a, b):
         q.add(r)
@@ -45,7 +39,7 @@ def test_fcfs_orders_by_arrival_and_preempted_requests_keep_their_place():
 
 
 def test_lpm_orders_by_longest_match_then_arrival():
-    clock, q = FakeClock(), LPMQueue()
+    clock, q = TickingClock(), LPMQueue()
     reqs = [make(n, clock, t) for n, t in [("a", 1), ("b", 2), ("c", 3), ("d", 2)]]
     for r in reqs:
         q.add(r)
@@ -54,7 +48,7 @@ def test_lpm_orders_by_longest_match_then_arrival():
 
 def test_preble_groups_by_hit_ratio_and_visits_with_quotas():
     """P=3, k=1: quotas are 3 (group 2), 2 (group 1), 1 (group 0) per visit."""
-    clock, q = FakeClock(), PrebleQueue(PrebleQueueConfig(num_groups=3, quota_step=1))
+    clock, q = TickingClock(), PrebleQueue(PrebleQueueConfig(num_groups=3, quota_step=1))
     hits = {1: 10, 2: 5, 3: 0}  # ratios 1.0 -> group 2, 0.5 -> group 1, 0.0 -> group 0
     spec = [("c1", 3), ("a1", 1), ("b1", 2), ("a2", 1), ("a3", 1), ("b2", 2), ("a4", 1),
             ("c2", 3), ("b3", 2), ("a5", 1)]
@@ -65,7 +59,7 @@ def test_preble_groups_by_hit_ratio_and_visits_with_quotas():
 
 
 def test_preble_carries_its_visit_over_to_the_next_step():
-    clock, q = FakeClock(), PrebleQueue(PrebleQueueConfig(num_groups=3, quota_step=1))
+    clock, q = TickingClock(), PrebleQueue(PrebleQueueConfig(num_groups=3, quota_step=1))
     hits = matcher({1: 10, 2: 5, 3: 0})
     reqs = {n: make(n, clock, t) for n, t in [("a1", 1), ("a2", 1), ("a3", 1), ("a4", 1), ("b1", 2), ("c1", 3)]}
     for r in reqs.values():
@@ -83,7 +77,7 @@ def test_preble_carries_its_visit_over_to_the_next_step():
 
 
 def test_preble_recomputes_groups_as_the_cache_changes():
-    clock, q = FakeClock(), PrebleQueue(PrebleQueueConfig(num_groups=2, quota_step=5))
+    clock, q = TickingClock(), PrebleQueue(PrebleQueueConfig(num_groups=2, quota_step=5))
     a, b = make("a", clock, 1), make("b", clock, 2)
     q.add(a)
     q.add(b)
@@ -93,7 +87,7 @@ def test_preble_recomputes_groups_as_the_cache_changes():
 
 def _admit_stream(q, steps: int, per_step: int, arrivals_per_step: int, hits) -> int | None:
     """Feed high-hit arrivals each step, admit `per_step`; return the step the low-hit request left."""
-    clock = FakeClock()
+    clock = TickingClock()
     low = make("low", clock, 3)
     q.add(low)
     for step in range(steps):
@@ -124,7 +118,7 @@ def test_unknown_policy_is_a_clear_error():
 
 @pytest.mark.parametrize("queue", [LPMQueue(window=2), PrebleQueue(PrebleQueueConfig(window=2))])
 def test_only_the_oldest_window_is_ranked_the_rest_follow_by_arrival(queue):
-    clock = FakeClock()
+    clock = TickingClock()
     for n, t in [("a", 1), ("b", 2), ("c", 3), ("d", 3)]:
         queue.add(make(n, clock, t))
     # b, c and d are full hits, but only a and b are ranked: b first, then a; c, d by arrival.

@@ -8,21 +8,17 @@ import pytest
 from preble.core.routing import POLICIES, make_policy
 from preble.core.routing.base import HotPrefixes, RequestDone, RouteRequest, WorkerInfo
 
+from .clocks import ManualClock
+
 SYSTEM = list(range(100, 164))  # 64 shared tokens: 4 pages of 16
 LOADED = {"latency", "e2", "preble_paper"}  # keep a load figure per worker
 PREFIX_STATS = {"latency", "e2"}  # keep per-prefix statistics over a window
 
 
-class Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_every_policy_describes_its_workers_and_hot_prefixes_as_plain_data(name):
-    clock = Clock()
+    clock = ManualClock()
     policy = make_policy(name, clock=clock)
     for w in ("w0", "w1"):
         policy.add_worker(w)

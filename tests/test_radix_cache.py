@@ -31,22 +31,13 @@ from preble.core.kv_events import (
 from preble.core.pages import OutOfPages, PageAllocator
 from preble.core.radix_cache import RadixCache
 
-
-class FakeClock:
-    """Strictly increasing time: every call is one tick later."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
+from .clocks import TickingClock
 
 
 def make_cache(num_pages: int = 64, page_size: int = 4):
     events: list = []
     alloc = PageAllocator(num_pages, page_size)
-    cache = RadixCache(alloc, clock=FakeClock(), on_event=events.append)
+    cache = RadixCache(alloc, clock=TickingClock(), on_event=events.append)
     return cache, alloc, events
 
 
@@ -445,7 +436,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def setup(self, page_size, num_pages):
         self.ps = page_size
         self.num_pages = num_pages
-        self.clock = FakeClock()
+        self.clock = TickingClock()
         self.alloc = PageAllocator(num_pages, page_size)
         self.mirror = Mirror(page_size)
         self.events: list = []

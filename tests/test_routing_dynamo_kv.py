@@ -16,13 +16,7 @@ from preble.core.messages import LoadReport
 from preble.core.routing.base import RequestDone, RouteRequest
 from preble.core.routing.dynamo_kv import DynamoKV, DynamoKVConfig
 
-
-class Clock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .clocks import ManualClock
 
 
 def report(worker: str, waiting: int) -> LoadReport:
@@ -149,7 +143,7 @@ operations = st.one_of(  # routes and stores weighted up: ties, overlaps and loa
 @given(ops=st.lists(operations, min_size=20, max_size=60), weight=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
        seed=st.integers(0, 3))
 def test_costs_and_choices_match_the_naive_model(ops, weight, seed):
-    clock = Clock()
+    clock = ManualClock()
     stale = 4.0
     policy = DynamoKV(clock, DynamoKVConfig(page_size=PS, overlap_score_weight=weight,
                                             stale_request_s=stale, seed=seed))
@@ -191,7 +185,7 @@ P = 4  # page size of the scripted scenarios
 
 
 def make(workers=("a", "b"), clock=None, **kw) -> DynamoKV:
-    policy = DynamoKV(clock or Clock(), DynamoKVConfig(page_size=P, **kw))
+    policy = DynamoKV(clock or ManualClock(), DynamoKVConfig(page_size=P, **kw))
     for w in workers:
         policy.add_worker(w)
     return policy
@@ -327,7 +321,7 @@ def test_sampling_is_one_seeded_draw_against_the_running_sum_in_worker_order():
 
 
 def test_stale_requests_expire_lazily_a_period_after_they_were_seen_active():
-    clock = Clock()
+    clock = ManualClock()
     policy = make(workers=("a",), clock=clock)
     policy.route(RouteRequest("r1", pages(1), 1))
     policy.on_load(report("a", 0))

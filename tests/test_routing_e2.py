@@ -14,17 +14,12 @@ from preble.core.routing import make_policy
 from preble.core.routing.base import RequestDone, RouteRequest
 from preble.core.routing.e2 import E2Config, E2Policy
 
+from .clocks import ManualClock
+
 PS = 4
 COST = CostModel()
 NO_REBALANCE = dict(rebalance_min_load_s=1e18)
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 _ids = itertools.count()
@@ -36,8 +31,8 @@ def fresh(n: int) -> list[int]:
     return [_rng.randrange(1_000, 1 << 30) for _ in range(n)]
 
 
-def make(workers=("w0", "w1", "w2"), **cfg) -> tuple[E2Policy, Clock]:
-    clock = Clock()
+def make(workers=("w0", "w1", "w2"), **cfg) -> tuple[E2Policy, ManualClock]:
+    clock = ManualClock()
     policy = E2Policy(clock, COST, E2Config(page_size=PS, **cfg))
     for w in workers:
         policy.add_worker(w)
@@ -367,12 +362,12 @@ def test_remove_worker_forgets_it():
 
 
 def test_make_policy_builds_e2_and_rejects_unknown_names():
-    policy = make_policy("e2", clock=Clock(), page_size=PS, config=E2Config(page_size=PS))
+    policy = make_policy("e2", clock=ManualClock(), page_size=PS, config=E2Config(page_size=PS))
     assert isinstance(policy, E2Policy) and policy.config.page_size == PS
-    assert make_policy("e2", clock=Clock(), page_size=PS).config.page_size == PS  # defaults, the workers' size
+    assert make_policy("e2", clock=ManualClock(), page_size=PS).config.page_size == PS  # defaults, the workers' size
     with pytest.raises(ValueError, match="page size 16 is not the workers' 4"):
-        make_policy("e2", clock=Clock(), page_size=4, config=E2Config())
+        make_policy("e2", clock=ManualClock(), page_size=4, config=E2Config())
     with pytest.raises(ValueError, match="unknown routing policy 'nope'.*e2"):
-        make_policy("nope", clock=Clock())
+        make_policy("nope", clock=ManualClock())
     with pytest.raises(ValueError):
-        make_policy("round_robin", clock=Clock(), config=E2Config())
+        make_policy("round_robin", clock=ManualClock(), config=E2Config())

@@ -17,21 +17,16 @@ from preble.core.routing.base import RequestDone, RouteRequest
 from preble.core.routing.latency import LatencyConfig, LatencyPolicy, estimate
 from preble.core.routing.worker_load import LoadView
 
+from .clocks import ManualClock
+
 PS = 4
 # Round numbers, so the expected costs below can be checked by hand.
 COST = CostModel(a=0.01, b=0.001, c=0.0, d=0.005, e=0.001, f=0.0001)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
 
-    def __call__(self) -> float:
-        return self.t
-
-
-def make(workers=("w0", "w1", "w2"), **cfg) -> tuple[LatencyPolicy, Clock]:
-    clock = Clock()
+def make(workers=("w0", "w1", "w2"), **cfg) -> tuple[LatencyPolicy, ManualClock]:
+    clock = ManualClock()
     policy = LatencyPolicy(clock, COST, LatencyConfig(page_size=PS, step_tokens=8, **cfg))
     for w in workers:
         policy.add_worker(w)
@@ -117,7 +112,7 @@ def test_failed_requests_leave_the_load_and_teach_no_output_length():
 
 
 def test_factory_builds_it_for_the_workers_page_size():
-    policy = make_policy("latency", clock=Clock(), page_size=8)
+    policy = make_policy("latency", clock=ManualClock(), page_size=8)
     assert isinstance(policy, LatencyPolicy) and policy.config.page_size == 8
 
 

@@ -21,15 +21,10 @@ from preble.core.messages import LoadReport
 from preble.core.routing.base import RequestDone, RouteRequest
 from preble.core.routing.preble_paper import PreblePaperConfig, PreblePaperPolicy, PrefillFit
 
+from .clocks import ManualClock
+
 FIT = PrefillFit()
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 # ---------------------------------------------------------------------------- the naive model
@@ -58,7 +53,7 @@ def lcp(a, b) -> int:
 class Naive:
     """GlobalSchedulerWithTime over GPUs 0..W-1, rule by rule, with no incremental state."""
 
-    def __init__(self, cfg: PreblePaperConfig, workers: int, clock: Clock) -> None:
+    def __init__(self, cfg: PreblePaperConfig, workers: int, clock: ManualClock) -> None:
         self.cfg, self.w, self.clock = cfg, workers, clock
         self.tick = count()
         self.root = N(None, (), 0, next(self.tick), workers)
@@ -365,7 +360,7 @@ def prompt_of(rng: random.Random, base: int, cut: int, extra: int) -> list[int]:
 def run_both(ops, cfg: PreblePaperConfig, seed: int = 0) -> Counter:
     """Play the ops on the policy and the model; every decision, load and held size must agree.
     Returns how often each branch was taken."""
-    clock = Clock()
+    clock = ManualClock()
     policy = PreblePaperPolicy(clock, cfg)
     for w in IDS:
         policy.add_worker(w)
@@ -527,8 +522,8 @@ def fresh(n: int) -> list[int]:
     return [_rng.randrange(10_000, 1 << 40) for _ in range(n)]
 
 
-def make(workers: int = 2, **cfg) -> tuple[PreblePaperPolicy, Clock]:
-    clock = Clock()
+def make(workers: int = 2, **cfg) -> tuple[PreblePaperPolicy, ManualClock]:
+    clock = ManualClock()
     policy = PreblePaperPolicy(clock, PreblePaperConfig(**cfg))
     for g in range(workers):
         policy.add_worker(f"w{g}")
@@ -555,7 +550,7 @@ def test_defaults_are_the_release_constants():
     assert (cfg.chain_length, cfg.overload_ratio, cfg.tpot_initial_s, cfg.tpot_samples) == (3, 2.0, 0.15, 200)
     assert (cfg.pd_hit_ratio, cfg.unseen_miss_rate) == (0.7, 1.0)
     assert cfg.eviction and cfg.rebalancing and cfg.pd_balance and cfg.subset_index_as_replica
-    assert PreblePaperPolicy(Clock()).name == "preble_paper"
+    assert PreblePaperPolicy(ManualClock()).name == "preble_paper"
 
 
 @pytest.mark.parametrize("new, context, ms", [

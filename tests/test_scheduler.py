@@ -13,20 +13,15 @@ from preble.core.sampling_params import SamplingParams
 from preble.core.scheduler import RequestTooLong, Scheduler
 from preble.core.scheduler_config import SchedulerConfig
 
+from .clocks import ManualClock
+
 EOS = 0
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_scheduler(num_pages=64, page_size=4, **kw) -> Scheduler:
     alloc = PageAllocator(num_pages, page_size)
-    clock = FakeClock()
+    clock = ManualClock()
     config = SchedulerConfig(**{"kv_watermark": 0.0, "local_policy": "fcfs", **kw})
     return Scheduler(config, alloc, RadixCache(alloc, clock), clock)
 

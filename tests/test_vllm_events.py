@@ -22,6 +22,8 @@ from preble.router.config import WorkerPoolConfig
 from preble.router.vllm_events import VllmEventTranslator, follow_vllm_events
 from preble.router.workers import WorkerPool
 
+from .clocks import ManualClock
+
 PS = 16  # the router's page size
 BS = 32  # vLLM's block size
 
@@ -92,19 +94,12 @@ def stored(blocks: list[list[int]], parent: int | None = None, cls: type = Store
 # ---------------------------------------------------------------------------- the router side
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
 
 class Router:
     """A translator feeding an E2 policy, as the worker pool wires them."""
 
     def __init__(self, page_size: int = PS, workers: tuple[str, ...] = ("v",)) -> None:
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.policy = E2Policy(self.clock, config=E2Config(page_size=page_size, rebalance=False))
         for w in workers:
             self.policy.add_worker(w)
@@ -419,7 +414,7 @@ def test_worker_pool_follows_a_vllm_worker_and_stops_when_it_is_down():
 
     async def main() -> None:
         pub = Publisher()
-        policy = E2Policy(Clock(), config=E2Config(page_size=PS))
+        policy = E2Policy(ManualClock(), config=E2Config(page_size=PS))
         cfg = WorkerPoolConfig(worker_kind="openai", kv_events=(pub.endpoint,), page_size=PS,
                                load_interval_s=0.02, unhealthy_after_s=0.1)
         pool = WorkerPool(["http://vllm-0"], policy, cfg)
@@ -446,4 +441,4 @@ def test_worker_pool_follows_a_vllm_worker_and_stops_when_it_is_down():
 
 def test_pool_rejects_endpoints_that_do_not_pair_with_workers():
     with pytest.raises(ValueError, match="2 KV event endpoints for 1 workers"):
-        WorkerPool(["http://a"], E2Policy(Clock()), WorkerPoolConfig(kv_events=("tcp://x:1", "tcp://x:2")))
+        WorkerPool(["http://a"], E2Policy(ManualClock()), WorkerPoolConfig(kv_events=("tcp://x:1", "tcp://x:2")))
