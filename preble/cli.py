@@ -223,11 +223,10 @@ def sim(
 ) -> None:
     """Simulate a cluster: real local schedulers, caches and routing policy, cost-model time."""
     import json
-    import random
 
     from .bench.cli import parse_param, trace_workload
     from .bench.loadgen import write_jsonl
-    from .bench.workloads import make_workload
+    from .bench.workloads import make_workload, poisson_arrivals
     from .core.cost_model import CostModel
     from .sim.cluster import SimConfig, SimRequest, simulate
     from .sim.report import summarize
@@ -243,17 +242,15 @@ def sim(
     else:
         wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok,
                            **dict(map(parse_param, param)))
-    rng = random.Random(seed)
-    t, reqs = 0.0, []
-    for r in wl.requests:
+    times = poisson_arrivals(len(wl.requests), rate, seed) if rate else [r.arrival for r in wl.requests]
+    reqs = []
+    for r, t in zip(wl.requests, times):
         ids = r.prompt_token_ids
         if ids is None:
             if tok is None:
                 raise typer.BadParameter(f"workload {workload!r} is text: give --tokenizer", param_hint="--tokenizer")
             ids = tok.encode(r.prompt, add_special_tokens=False)
-        reqs.append(SimRequest(r.request_id, t if rate else r.arrival, ids, r.max_tokens))
-        if rate:
-            t += rng.expovariate(rate)
+        reqs.append(SimRequest(r.request_id, t, ids, r.max_tokens))
     model = CostModel.load(cost_model) if cost_model else CostModel()
     records = simulate(reqs, SimConfig(replicas=replicas, policy=policy, page_size=page_size, num_pages=num_pages,
                                        tensor_parallel=tp, seed=seed), model)

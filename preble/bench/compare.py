@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +31,7 @@ from ..core.scheduler_config import SchedulerConfig
 from ..sim.cluster import SimConfig, SimRequest, simulate
 from ..sim.report import summarize
 from .provenance import source_revision
-from .workloads import Workload, make_workload
+from .workloads import Workload, make_workload, poisson_arrivals
 from .workloads.report import PREBLE_WORKLOADS, compare_to_paper
 
 # the paper's comparison, and the router's default policy
@@ -129,10 +128,7 @@ class Prepared:
             scale = self.own_rate / rate
             times = [(t - self.arrivals[0]) * scale for t in self.arrivals[:n]]
         else:
-            rng = random.Random(seed)
-            times = [0.0] * n
-            for i in range(1, n):
-                times[i] = times[i - 1] + rng.expovariate(rate)
+            times = poisson_arrivals(n, rate, seed)
         return [SimRequest(f"{self.name}-{i}", times[i], self.prompts[i], self.max_tokens[i]) for i in range(n)]
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import httpx
+
+from .workloads.base import poisson_arrivals
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,7 @@ class LoadConfig:
 def arrival_times(reqs: Sequence[LoadRequest], cfg: LoadConfig) -> list[float]:
     if cfg.rate is None:
         return [r.arrival for r in reqs]
-    rng = random.Random(cfg.seed)
-    t, out = 0.0, []
-    for _ in reqs:
-        out.append(t)
-        t += rng.expovariate(cfg.rate)
-    return out
+    return poisson_arrivals(len(reqs), cfg.rate, cfg.seed)
 
 
 async def _one(client: httpx.AsyncClient, cfg: LoadConfig, req: LoadRequest, arrival: float,

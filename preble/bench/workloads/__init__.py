@@ -7,7 +7,15 @@ trace replays (Mooncake hash-id trace, Azure timestamp trace).
 """
 
 from . import agent, loogle, programming, shared_prefix, toolbench, trace, videoqa  # noqa: F401  (each registers itself)
-from .base import WORKLOADS, Workload, WorkloadRequest, default_data_dir, make_workload, shared_prefix_lengths
+from .base import (
+    WORKLOADS,
+    Workload,
+    WorkloadRequest,
+    default_data_dir,
+    make_workload,
+    poisson_arrivals,
+    shared_prefix_lengths,
+)
 
 __all__ = [
     "WORKLOADS",
@@ -15,5 +23,6 @@ __all__ = [
     "WorkloadRequest",
     "default_data_dir",
     "make_workload",
+    "poisson_arrivals",
     "shared_prefix_lengths",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "make_workload",
     "default_data_dir",
     "shared_prefix_lengths",
+    "poisson_arrivals",
     "stable_seed",
     "text_to_ids",
     "count_tokens",
@@ -158,6 +160,18 @@ def default_data_dir() -> Path:
         return Path(env)
     repo_root = Path(__file__).resolve().parents[3]
     return (repo_root.parent / "shared" / "data").resolve()
+
+
+def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:
+    """`n` arrival times (s) of a Poisson process at `rate` per second, the first at 0: the one
+    arrival process of the simulator, the load generator and the comparisons (same seed, same
+    times)."""
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
 
 
 def stable_seed(*parts: Any) -> int:
