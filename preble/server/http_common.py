@@ -1,4 +1,5 @@
-"""Pieces both HTTP servers (worker and router) share: error handling, request limits, API keys."""
+"""Pieces both HTTP servers (worker and router) share: error handling, request limits, API keys,
+and their latency histograms' buckets (so the two compare)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .openai_protocol import APIError
 
 log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)  # seconds: TTFT, request latency
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)  # seconds per output token
 
 
 def install_error_handlers(app: FastAPI) -> None:

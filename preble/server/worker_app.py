@@ -24,12 +24,17 @@ from ..core.sampling_params import SamplingParams
 from . import openai_protocol as oai
 from .config import FrontendConfig
 from .engine_client import EngineClient
-from .http_common import Admission, Guard, check_model, install_error_handlers, max_tokens_for
+from .http_common import (
+    LATENCY_BUCKETS,
+    TPOT_BUCKETS,
+    Admission,
+    Guard,
+    check_model,
+    install_error_handlers,
+    max_tokens_for,
+)
 from .logs import REQUEST_ID_HEADER
 from .protocol import TokenDelta
-
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
-TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 log = logging.getLogger("preble.worker")
 

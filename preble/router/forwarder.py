@@ -1,0 +1,331 @@
+"""Forwarding one request: route it, open it on a worker, relay the answer, retry what has not
+reached the client, and report the outcome once to the policy, the metrics and the dashboard.
+
+No accepted request is left without an answer or an error: one whose answer has not reached
+the client yet (a stream before its first chunk, a whole answer at any point) is retried on
+another worker, a bounded number of times with a growing pause; a stream cut after that ends
+with an OpenAI error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
+from ..server import openai_protocol as oai
+from ..server.http_common import Admission, max_tokens_for
+from ..server.logs import REQUEST_ID_HEADER
+from .config import RouterConfig
+from .dashboard import Timeline
+from .metrics import RouterMetrics
+from .workers import WorkerDown, WorkerPool
+
+log = logging.getLogger("preble.router")
+
+ROUTE_HEADER = "x-preble-route"
+# What a failing attempt raises: the worker down or failing, the connection, a malformed chunk.
+ATTEMPT_ERRORS = (httpx.HTTPError, WorkerDown, ValueError)
+
+
+class WorkerRejected(Exception):
+    """The worker refused the request (a 4xx, passed on to the client as is)."""
+
+    def __init__(self, status: int, body: bytes, retry_after: str | None) -> None:
+        super().__init__(status)
+        self.status, self.body, self.retry_after = status, body, retry_after
+
+
+class WorkerFailed(Exception):
+    """The worker could not answer (down, an error status, a broken or unfinished stream).
+    `suspect`: the worker itself may be broken (not just this request), so route around it."""
+
+    def __init__(self, why: str, suspect: bool = True) -> None:
+        super().__init__(why)
+        self.suspect = suspect
+
+
+class Upstream:
+    """One attempt at one worker: its answer as parsed chunks, every read guarded so that the
+    worker being marked down ends the wait at once."""
+
+    def __init__(self, pool: WorkerPool, decision: RouteDecision) -> None:
+        self.pool, self.decision = pool, decision
+        self.worker = decision.worker_id
+        self.resp: httpx.Response | None = None
+        self.first: dict | None = None  # the first chunk, read before the answer starts
+        self._lines: AsyncIterator[str] | None = None
+
+    async def open(self, body: dict, request_id: str) -> None:
+        """Send the request and read up to its first chunk."""
+        worker = self.pool.workers[self.worker]
+        if worker.model is not None:  # an external engine wants its model named
+            body = {**body, "model": worker.model}
+        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body,
+                                             headers={REQUEST_ID_HEADER: request_id})
+        async with self.pool.guard(self.worker):
+            self.resp = await self.pool.client.send(req, stream=True)
+        if self.resp.status_code != 200:
+            async with self.pool.guard(self.worker):
+                content = await self.resp.aread()
+            await self.close()
+            if 400 <= self.resp.status_code < 500 and self.resp.status_code != 408:
+                raise WorkerRejected(self.resp.status_code, content, self.resp.headers.get("retry-after"))
+            # A 5xx is this request's failure; the health check judges the worker.
+            raise WorkerFailed(f"status {self.resp.status_code}", suspect=False)
+        self._lines = self.resp.aiter_lines()
+        self.first = await self._next()
+
+    async def chunks(self) -> AsyncIterator[dict]:
+        """Every chunk of the answer, the first included; ends at the worker's [DONE]."""
+        data = self.first
+        while data is not None:
+            yield data
+            data = await self._next()
+
+    async def _next(self) -> dict | None:
+        while True:
+            async with self.pool.guard(self.worker):
+                line = await anext(self._lines, None)
+            if line is None:
+                raise WorkerFailed("the stream ended before [DONE]")
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                return None if data == "[DONE]" else json.loads(data)
+
+    async def close(self) -> None:
+        if self.resp is not None:
+            await self.resp.aclose()
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that runs `on_close` however it ends: finished, failed, or cancelled
+    by a client that disconnected (before its body started, too)."""
+
+    def __init__(self, content, on_close, **kw) -> None:
+        super().__init__(content, media_type="text/event-stream", **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
+
+
+class Outcome:
+    """What one request's answer was, reported once to the policy, the dashboard and the metrics."""
+
+    def __init__(self, fwd: Forwarder, rid: str, prompt: list[int], start: float) -> None:
+        self.fwd, self.rid, self.prompt, self.start = fwd, rid, prompt, start
+        self.first: float | None = None
+        self.usage: dict | None = None
+
+    def saw(self, data: dict) -> None:
+        if data.get("usage"):
+            self.usage = data["usage"]
+        if data.get("choices") and self.first is None:
+            self.first = time.monotonic()
+
+    def done(self, up: Upstream, status: str) -> None:
+        end, metrics = time.monotonic(), self.fwd.metrics
+        use = self.usage or oai.usage(len(self.prompt), 0, 0)
+        ttft = (self.first or end) - self.start
+        cached, out_tokens = use["prompt_tokens_details"]["cached_tokens"], use["completion_tokens"]
+        ok = status == "ok"
+        self.fwd.policy.on_done(RequestDone(self.rid, up.worker, len(self.prompt), cached, out_tokens, ttft,
+                                            end - self.start, ok=ok))
+        self.fwd.timeline.record(ttft, len(self.prompt), cached, ok)
+        metrics.requests.labels(status).inc()
+        if ok:
+            metrics.ttft.observe(ttft)
+            metrics.e2e.observe(end - self.start)
+            if out_tokens > 1:
+                metrics.tpot.observe((end - self.start - ttft) / (out_tokens - 1))
+        log.info("request", extra={"fields": {
+            "request_id": self.rid, "worker": up.worker, "branch": up.decision.branch, "status": status,
+            "prompt_tokens": len(self.prompt), "cached_tokens": cached, "output_tokens": out_tokens,
+            "ttft": round(ttft, 6), "latency": round(end - self.start, 6)}})
+        metrics.prompt.labels(up.worker).inc(len(self.prompt))
+        metrics.cached.labels(up.worker).inc(cached)
+
+
+class Forwarder:
+    """Everything between an admitted, tokenised request and its response."""
+
+    def __init__(self, cfg: RouterConfig, pool: WorkerPool, policy: RoutingPolicy, metrics: RouterMetrics,
+                 admission: Admission, timeline: Timeline) -> None:
+        self.cfg, self.pool, self.policy, self.metrics = cfg, pool, policy, metrics
+        self.admission, self.timeline = admission, timeline
+        self.decisions: deque[dict] = deque(maxlen=cfg.recent_decisions)
+
+    async def handle(self, prompt: list[int], body, chat: bool) -> Response:
+        cfg = self.cfg
+        max_tokens = max_tokens_for(len(prompt), body.max_new_tokens() if chat else body.max_tokens,
+                                    cfg.max_model_len, cfg.default_max_tokens)
+        rid = oai.new_id("chatcmpl" if chat else "cmpl")
+        start = time.monotonic()
+        fwd = self.worker_body(prompt, body, max_tokens)
+        self.admission.enter(len(prompt))
+        released = streaming = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.admission.leave(len(prompt))
+
+        try:
+            if body.stream:
+                resp = await self.answer_stream(prompt, body, fwd, rid, chat, start, release)
+                streaming = True  # released when the stream ends
+                return resp
+            return await self.answer_whole(prompt, fwd, rid, chat, start)
+        except WorkerRejected as err:
+            self.metrics.requests.labels("rejected").inc()
+            headers = {"Retry-After": err.retry_after} if err.retry_after else None
+            return Response(err.body, status_code=err.status, media_type="application/json", headers=headers)
+        finally:
+            if not streaming:
+                release()
+
+    @staticmethod
+    def worker_body(prompt: list[int], body, max_tokens: int) -> dict:
+        """The forwarded request: token ids, the sampling fields the client set (defaults are
+        the same everywhere, and external engines may not know Preble's extensions), always
+        streamed with usage."""
+        fields = body.model_dump(exclude_unset=True, exclude_none=True,
+                                 exclude={"model", "messages", "prompt", "max_tokens", "max_completion_tokens",
+                                          "stream", "stream_options", "user", "logprobs", "echo"})
+        return {**fields, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}}
+
+    def failed(self, up: Upstream, rid: str, prompt: list[int], err: BaseException) -> None:
+        """An attempt that did not finish: the policy takes its work back, the worker is suspect."""
+        self.policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
+        if not isinstance(err, WorkerRejected):
+            log.warning("attempt failed", extra={"fields": {"request_id": rid, "worker": up.worker,
+                                                            "error": str(err) or type(err).__name__}})
+            if getattr(err, "suspect", True):
+                self.pool.mark_failed(up.worker)
+
+    async def connect(self, prompt: list[int], body: dict, rid: str, first: int = 0) -> tuple[Upstream, int]:
+        """Route and open, on other workers (after a growing pause) until one starts answering;
+        attempts are numbered from `first`. Returns the upstream and its attempt's number."""
+        cfg = self.cfg
+        request = RouteRequest(rid, prompt, body["max_tokens"])
+        for attempt in range(first, cfg.max_attempts):
+            if attempt:
+                self.metrics.retries.inc()
+                await asyncio.sleep(cfg.retry_backoff_s * 2 ** (attempt - 1))
+            if not self.pool.healthy():
+                raise oai.APIError(503, "no healthy worker", "unavailable")
+            up = Upstream(self.pool, self.policy.route(request))
+            try:
+                # A retry may land on a worker still running an earlier attempt (one that was
+                # only slow): each attempt has its own id there, logged under the router's id.
+                await up.open(body, f"{rid}.{attempt}" if attempt else rid)
+                return up, attempt
+            except (*ATTEMPT_ERRORS, WorkerFailed, WorkerRejected) as err:
+                await up.close()
+                self.failed(up, rid, prompt, err)
+                if isinstance(err, WorkerRejected):
+                    raise
+        raise oai.APIError(503, f"no worker answered after {cfg.max_attempts} attempts", "unavailable")
+
+    def record(self, decision: RouteDecision, rid: str) -> None:
+        self.metrics.branches.labels(self.policy.name, decision.branch).inc()
+        entry = {"request_id": rid, "time": time.time(), "worker": decision.worker_id,
+                 "branch": decision.branch, "matched_tokens": decision.matched_tokens,
+                 "costs": decision.costs}
+        self.decisions.append(entry)
+        log.info("route", extra={"fields": entry})
+
+    @staticmethod
+    def route_header(decision: RouteDecision) -> dict[str, str]:
+        return {ROUTE_HEADER: json.dumps({"worker": decision.worker_id, "branch": decision.branch,
+                                          "matched_tokens": decision.matched_tokens}, separators=(",", ":"))}
+
+    async def answer_whole(self, prompt: list[int], fwd: dict, rid: str, chat: bool, start: float) -> Response:
+        """A non-streamed answer: nothing reaches the client before the end, so any failure is
+        retried on another worker while attempts are left."""
+        attempt = 0
+        while True:
+            up, attempt = await self.connect(prompt, fwd, rid, attempt)
+            outcome = Outcome(self, rid, prompt, start)
+            texts: dict[int, str] = {}
+            reasons: dict[int, str | None] = {}
+            try:
+                async for data in up.chunks():
+                    outcome.saw(data)
+                    for c in data.get("choices", ()):
+                        texts[c["index"]] = texts.get(c["index"], "") + (c.get("text") or "")
+                        reasons[c["index"]] = c.get("finish_reason") or reasons.get(c["index"])
+            except asyncio.CancelledError:
+                self.policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
+                raise
+            except (*ATTEMPT_ERRORS, WorkerFailed) as err:
+                self.failed(up, rid, prompt, err)
+                attempt += 1
+                if attempt >= self.cfg.max_attempts:
+                    self.metrics.requests.labels("worker_failed").inc()
+                    raise oai.APIError(502, f"the worker failed mid-request: {err}", "server_error") from None
+                continue
+            finally:
+                await up.close()
+            self.record(up.decision, rid)
+            outcome.done(up, "ok")
+            choices = [oai.choice(i, texts[i], reasons.get(i), chat) for i in sorted(texts)]
+            use = outcome.usage or oai.usage(len(prompt), 0, 0)
+            return JSONResponse(oai.completion_body(rid, self.cfg.served_model_name, choices, use, chat),
+                                headers=self.route_header(up.decision))
+
+    async def answer_stream(self, prompt: list[int], body, fwd: dict, rid: str, chat: bool, start: float,
+                            release: Callable[[], None]) -> StreamingResponse:
+        """A streamed answer: retried until its first chunk is in hand; a worker failing after
+        that ends the stream with an error event. However the response ends (a client that
+        goes away before it starts included), the upstream is closed and the request released."""
+        up, _ = await self.connect(prompt, fwd, rid)
+        self.record(up.decision, rid)
+        outcome = Outcome(self, rid, prompt, start)
+        model = self.cfg.served_model_name
+        ended = False
+
+        async def end(status: str) -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                await up.close()
+                outcome.done(up, status)
+                release()
+
+        async def sse() -> AsyncIterator[bytes]:
+            started: set[int] = set()
+            try:
+                async for data in up.chunks():
+                    outcome.saw(data)
+                    for c in data.get("choices", ()):
+                        i = c["index"]
+                        yield oai.sse(oai.chunk(rid, model, i, c.get("text"), c.get("finish_reason"), chat,
+                                                first=i not in started))
+                        started.add(i)
+                if body.include_usage and outcome.usage:
+                    yield oai.sse(oai.usage_chunk(rid, model, outcome.usage, chat))
+                await end("ok")
+            except (*ATTEMPT_ERRORS, WorkerFailed) as err:
+                self.metrics.cut.inc()
+                log.warning("stream cut", extra={"fields": {"request_id": rid, "worker": up.worker,
+                                                            "error": str(err) or type(err).__name__}})
+                self.pool.mark_failed(up.worker)
+                await end("worker_failed")
+                yield oai.sse(oai.APIError(502, "the worker failed mid-stream", "server_error").body())
+            yield oai.sse("[DONE]")
+
+        return _Stream(sse(), lambda: end("client_gone"), headers=self.route_header(up.decision))
