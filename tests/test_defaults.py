@@ -79,3 +79,11 @@ def test_the_command_line_imports_neither_torch_nor_the_web_stack():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_router_never_imports_the_engine():
+    """The router runs where no engine does (in front of external engines, on a CPU host)."""
+    code = "import sys, preble.router.server; print([m for m in sys.modules if m.startswith('preble.engine')])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from preble import LLM, SamplingParams
-from preble.engine.model.config import UnsupportedModel
 from preble.engine.model.llama import LlamaForCausalLM
 from preble.engine.model.presets import PRESETS, preset
+from preble.models.config import UnsupportedModel
 
 # Parameter counts of the published checkpoints (tied embeddings counted once).
 PUBLISHED_PARAMS = {"llama3-8b": 8.03e9, "llama3-70b": 70.6e9, "mistral-7b": 7.25e9,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from preble import LLM, SamplingParams
-from preble.engine.model.config import ModelConfig, UnsupportedModel
 from preble.engine.parallel import TensorParallel, check_divisible, local_config
+from preble.models.config import ModelConfig, UnsupportedModel
 
 from .reference import hf_greedy
 from .test_engine_vs_hf import random_prompts

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..models.config import DTYPES, ModelConfig
 from .attention import make_backend
 from .config import EngineConfig
 from .kv_pool import KVPool
-from .model.config import DTYPES, ModelConfig
 from .model.llama import LlamaForCausalLM
 from .model.loader import build_model, load_model
 from .model.presets import init_random_, is_random, preset

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .model.config import ModelConfig, UnsupportedModel
+from ..models.config import ModelConfig, UnsupportedModel
 
 
 @dataclass(frozen=True)

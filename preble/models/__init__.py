@@ -1,1 +1,2 @@
-"""Model checkpoints used by the engine and tests: tiny random Hugging Face models of each supported family."""
+"""Models as files: the architecture facts of a Hugging Face folder (`config`, read by the engine and
+the router alike, without torch), the demo model and tiny random models of each supported family."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from ..engine.model.config import ModelConfig
+from ..models.config import ModelConfig
 from .config import FrontendConfig, WorkerConfig
 from .engine_client import EngineClient
 from .engine_proc import EngineProcConfig, run_engine_process

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models.config import ModelConfig
 from ..attention import AttentionBackend
 from ..batch import ForwardBatch
 from ..parallel import TensorParallel, local_config
-from .config import ModelConfig
 
 fused_ops = None  # the Triton module, imported by `use_fused_ops` on CUDA machines
 

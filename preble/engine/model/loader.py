@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ...models.config import ModelConfig, UnsupportedModel
 from ..parallel import TensorParallel, shard_of
-from .config import ModelConfig, UnsupportedModel
 from .llama import LlamaForCausalLM, rope_inv_freq
 
 # checkpoint name suffix -> (fused parameter suffix, index of the slice it fills)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig, UnsupportedModel
+from ...models.config import ModelConfig, UnsupportedModel
 
 RANDOM_PREFIX = "random:"
 
