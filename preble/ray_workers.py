@@ -14,8 +14,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from .launch import WorkerProcess, stop_workers, supervise, wait_healthy, worker_api_key, worker_command
 from .launch_config import ServeConfig
+from .supervision import WorkerProcess, stop_workers, supervise, wait_healthy, worker_api_key, worker_command
 
 LOOPBACK = "127.0.0.1"
 
