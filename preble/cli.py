@@ -17,7 +17,7 @@ from .core.scheduler_config import SchedulerConfig
 from .engine.config import EngineConfig
 from .launch_config import ServeConfig
 from .router.config import RouterServerConfig
-from .server.config import WorkerConfig
+from .worker.config import WorkerConfig
 
 POLICY_HELP = "Routing policy: " + " | ".join(POLICIES) + "."
 
@@ -78,7 +78,7 @@ def worker(
     log_json: bool = typer.Option(WorkerConfig.log_json, help="Log JSON lines."),
 ) -> None:
     """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
-    from .server.worker import run_worker
+    from .worker.server import run_worker
 
     cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
                         max_num_batched_tokens, max_running_requests, max_model_len, local_policy, tp)

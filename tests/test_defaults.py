@@ -15,7 +15,7 @@ from preble.core.scheduler_config import SchedulerConfig
 from preble.engine.config import EngineConfig
 from preble.launch_config import ServeConfig
 from preble.router.config import RouterServerConfig
-from preble.server.config import WorkerConfig
+from preble.worker.config import WorkerConfig
 
 # command -> the config dataclasses its options fill (an option: the first one's field of its name),
 # and its options named apart from their field

@@ -73,7 +73,7 @@ def test_bad_params_raise_a_typed_error(bad):
 
 
 def test_params_cross_to_the_engine_process_as_they_are_and_are_checked_there():
-    from preble.server import protocol as P
+    from preble.worker import protocol as P
 
     msg = P.Generate("r1", [1, 2, 3], SamplingParams(max_tokens=5, temperature=0.5, stop="x", seed=7))
     decoded = P.to_engine_decoder.decode(P.to_engine_encoder.encode(msg))

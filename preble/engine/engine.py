@@ -22,10 +22,10 @@ from ..core.sampling_params import SamplingParams
 from ..core.scheduler import Scheduler
 from ..core.step_stats import StepMeter
 from .config import EngineConfig
-from .executor import build_runner, load_rank_model, model_config_of, resolve_dtype
 from .kv_pool import page_bytes
 from .model.presets import is_random
 from .parallel import TensorParallel
+from .rank import build_runner, load_rank_model, model_config_of, resolve_dtype
 from .sampler import Sampler
 from .tp_ranks import TPRanks, rank_device
 

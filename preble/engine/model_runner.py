@@ -1,4 +1,4 @@
-"""Turns a scheduler step into tensors, runs the model and samples: the engine's executor.
+"""Turns a scheduler step into tensors, runs the model and samples.
 
 A step is first laid out as a `StepInput` (plain arrays), which is all any rank needs to run it:
 under tensor parallelism rank 0 sends it to the other ranks (`tp_ranks.py`), and every rank runs

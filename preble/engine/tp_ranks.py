@@ -123,7 +123,7 @@ def _stop_ranks(channel: Channel, procs: list[subprocess.Popen], timeout_s: floa
 
 def run_rank(spec: RankSpec) -> None:
     """A non-zero rank: join, build this rank's shard, then run every step rank 0 sends."""
-    from .executor import build_runner, load_rank_model
+    from .rank import build_runner, load_rank_model
 
     torch.set_num_threads(spec.num_threads)
     torch.manual_seed(spec.config.seed)

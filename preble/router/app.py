@@ -20,8 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from transformers import AutoTokenizer
 
 from ..core.routing.base import RoutingPolicy
-from ..server import openai_protocol as oai
-from ..server.http_common import Admission, Guard, check_model, install_error_handlers
+from ..http import openai as oai
+from ..http.errors import check_model, install_error_handlers
+from ..http.limits import Admission, Guard
 from .config import RouterConfig
 from .dashboard import Timeline
 from .dashboard_routes import dashboard_routes

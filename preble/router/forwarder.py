@@ -20,12 +20,13 @@ import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
-from ..server import openai_protocol as oai
-from ..server.http_common import Admission, max_tokens_for
-from ..server.logs import REQUEST_ID_HEADER
+from ..http import openai as oai
+from ..http.errors import max_tokens_for
+from ..http.limits import Admission
+from ..http.logs import REQUEST_ID_HEADER
 from .config import RouterConfig
 from .dashboard import Timeline
-from .metrics import RouterMetrics
+from .metrics import RequestStatus, RouterMetrics
 from .workers import WorkerDown, WorkerPool
 
 log = logging.getLogger("preble.router")
@@ -134,12 +135,12 @@ class Outcome:
         if data.get("choices") and self.first is None:
             self.first = time.monotonic()
 
-    def done(self, up: Upstream, status: str) -> None:
+    def done(self, up: Upstream, status: RequestStatus) -> None:
         end, metrics = time.monotonic(), self.fwd.metrics
         use = self.usage or oai.usage(len(self.prompt), 0, 0)
         ttft = (self.first or end) - self.start
         cached, out_tokens = use["prompt_tokens_details"]["cached_tokens"], use["completion_tokens"]
-        ok = status == "ok"
+        ok = status is RequestStatus.OK
         self.fwd.policy.on_done(RequestDone(self.rid, up.worker, len(self.prompt), cached, out_tokens, ttft,
                                             end - self.start, ok=ok))
         self.fwd.timeline.record(ttft, len(self.prompt), cached, ok)
@@ -189,7 +190,7 @@ class Forwarder:
                 return resp
             return await self.answer_whole(prompt, fwd, rid, chat, start)
         except WorkerRejected as err:
-            self.metrics.requests.labels("rejected").inc()
+            self.metrics.requests.labels(RequestStatus.REJECTED).inc()
             headers = {"Retry-After": err.retry_after} if err.retry_after else None
             return Response(err.body, status_code=err.status, media_type="application/json", headers=headers)
         finally:
@@ -275,13 +276,13 @@ class Forwarder:
                 self.failed(up, rid, prompt, err)
                 attempt += 1
                 if attempt >= self.cfg.max_attempts:
-                    self.metrics.requests.labels("worker_failed").inc()
+                    self.metrics.requests.labels(RequestStatus.WORKER_FAILED).inc()
                     raise oai.APIError(502, f"the worker failed mid-request: {err}", "server_error") from None
                 continue
             finally:
                 await up.close()
             self.record(up.decision, rid)
-            outcome.done(up, "ok")
+            outcome.done(up, RequestStatus.OK)
             choices = [oai.choice(i, texts[i], reasons.get(i), chat) for i in sorted(texts)]
             use = outcome.usage or oai.usage(len(prompt), 0, 0)
             return JSONResponse(oai.completion_body(rid, self.cfg.served_model_name, choices, use, chat),
@@ -298,7 +299,7 @@ class Forwarder:
         model = self.cfg.served_model_name
         ended = False
 
-        async def end(status: str) -> None:
+        async def end(status: RequestStatus) -> None:
             nonlocal ended
             if not ended:
                 ended = True
@@ -318,14 +319,14 @@ class Forwarder:
                         started.add(i)
                 if body.include_usage and outcome.usage:
                     yield oai.sse(oai.usage_chunk(rid, model, outcome.usage, chat))
-                await end("ok")
+                await end(RequestStatus.OK)
             except (*ATTEMPT_ERRORS, WorkerFailed) as err:
                 self.metrics.cut.inc()
                 log.warning("stream cut", extra={"fields": {"request_id": rid, "worker": up.worker,
                                                             "error": str(err) or type(err).__name__}})
                 self.pool.mark_failed(up.worker)
-                await end("worker_failed")
+                await end(RequestStatus.WORKER_FAILED)
                 yield oai.sse(oai.APIError(502, "the worker failed mid-stream", "server_error").body())
             yield oai.sse("[DONE]")
 
-        return _Stream(sse(), lambda: end("client_gone"), headers=self.route_header(up.decision))
+        return _Stream(sse(), lambda: end(RequestStatus.CLIENT_GONE), headers=self.route_header(up.decision))

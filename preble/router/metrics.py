@@ -3,12 +3,24 @@ policy (histogram buckets shared with the worker's, so the two compare)."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..core.routing.base import RoutingPolicy
-from ..server.http_common import LATENCY_BUCKETS, TPOT_BUCKETS, Admission
+from ..http.buckets import LATENCY_BUCKETS, TPOT_BUCKETS
+from ..http.limits import Admission
 from . import dashboard as dash
 from .workers import WorkerPool
+
+
+class RequestStatus(StrEnum):
+    """How a request ended at the router (the `status` label of `preble_router_requests`)."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # a worker refused it (its 4xx passed on)
+    WORKER_FAILED = "worker_failed"  # every attempt failed, or the stream was cut after it began
+    CLIENT_GONE = "client_gone"  # the client left before the stream ended
 
 
 class RouterMetrics:

@@ -11,8 +11,8 @@ import uvicorn
 
 from ..core.cost_model import CostModel
 from ..core.routing import DEFAULT_PAGE_SIZE, make_policy, reads_caches
+from ..http.logs import configure_logging
 from ..models.config import ModelConfig
-from ..server.logs import configure_logging
 from .app import create_router_app
 from .config import DashboardConfig, RouterConfig, RouterServerConfig, WorkerPoolConfig
 from .gc_tuning import tune_gc

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import uvicorn
 
+from ..http.logs import configure_logging
 from ..models.config import ModelConfig
+from .app import create_worker_app
 from .config import FrontendConfig, WorkerConfig
 from .engine_client import EngineClient
-from .engine_proc import EngineProcConfig, run_engine_process
-from .logs import configure_logging
-from .worker_app import create_worker_app
+from .engine_process import EngineProcConfig, run_engine_process
 
 log = logging.getLogger(__name__)
 

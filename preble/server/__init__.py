@@ -1,1 +1,0 @@
-"""A worker: an HTTP frontend process and an engine process joined by ZeroMQ."""

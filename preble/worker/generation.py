@@ -1,0 +1,185 @@
+"""Running one HTTP request on the engine: admission, n choices, and the answer as one JSON body
+or as a stream of server-sent events, in OpenAI's shape or SGLang's `/generate` shape.
+
+A request is submitted and its first delta awaited before any answer starts, so that what the
+engine refuses becomes a 400 rather than a broken stream. Every engine request is counted once
+in the metrics, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..core.sampling_params import SamplingParams
+from ..http import openai as oai
+from ..http.limits import Admission
+from .engine_client import EngineClient
+from .metrics import RequestStatus, WorkerMetrics
+from .protocol import TokenDelta
+
+SSE = "text/event-stream"
+
+
+@dataclass
+class Run:
+    """One engine request in flight: its delta stream, first delta, and timings."""
+
+    request_id: str
+    stream: AsyncIterator[TokenDelta]
+    first: TokenDelta
+    begin: float
+    first_at: float
+
+
+@dataclass
+class Output:
+    """A finished run: its text, its token ids and its last delta (the counts)."""
+
+    text: str
+    token_ids: list[int]
+    last: TokenDelta
+
+
+class Generator:
+    """Submits requests to the engine on behalf of the endpoints and shapes their answers."""
+
+    def __init__(self, client: EngineClient, admission: Admission, metrics: WorkerMetrics,
+                 served_model_name: str, clock) -> None:
+        self.client, self.admission, self.metrics = client, admission, metrics
+        self.model, self.clock = served_model_name, clock
+
+    async def _admitted(self, request_id: str, prompt: list[int],
+                        sampling: SamplingParams) -> AsyncIterator[TokenDelta]:
+        """The engine's deltas for one request, counted against admission while it runs."""
+        self.admission.enter(len(prompt))
+        try:
+            async with aclosing(self.client.generate(request_id, prompt, sampling)) as deltas:
+                async for delta in deltas:
+                    yield delta
+        finally:
+            self.admission.leave(len(prompt))
+
+    async def start(self, request_id: str, prompt: list[int], sampling: SamplingParams) -> Run:
+        """Submit and wait for the first delta; a refusal becomes a 400 (the sampling
+        parameters were checked when the request was read)."""
+        begin = self.clock()
+        stream = self._admitted(request_id, prompt, sampling)
+        first = await anext(stream)
+        if first.error is not None:
+            self.metrics.finished(request_id, RequestStatus.REJECTED, begin, None, None)
+            raise oai.APIError(400, first.error)
+        return Run(request_id, stream, first, begin, self.clock())
+
+    async def _start_choices(self, rid: str, prompt: list[int], body, max_tokens: int) -> list[Run]:
+        runs: list[Run] = []
+        try:
+            for i in range(body.n):
+                runs.append(await self.start(rid if body.n == 1 else f"{rid}.{i}", prompt,
+                                             body.sampling(max_tokens, i)))
+        except BaseException:
+            for run in runs:
+                await run.stream.aclose()
+            raise
+        return runs
+
+    async def _deltas(self, run: Run) -> AsyncIterator[TokenDelta]:
+        """All of a run's deltas, the first included. Closing it early (a client gone) closes
+        the engine request; either way the run is counted in the metrics once."""
+        status, last = RequestStatus.ERROR, run.first
+        try:
+            yield run.first
+            async for delta in run.stream:
+                last = delta
+                yield delta
+            status = RequestStatus.OK
+        finally:
+            await run.stream.aclose()
+            self.metrics.finished(run.request_id, status, run.begin, run.first_at, last)
+
+    async def drain(self, run: Run) -> Output:
+        text, ids, last = "", [], run.first
+        async with aclosing(self._deltas(run)) as deltas:
+            async for delta in deltas:
+                text, last = text + delta.text, delta
+                ids += delta.token_ids
+        return Output(text, ids, last)
+
+    async def openai(self, rid: str, prompt: list[int], body, max_tokens: int, chat: bool):
+        """A completion or chat completion: one body, or a stream of chunks."""
+        runs = await self._start_choices(rid, prompt, body, max_tokens)
+        if body.stream:
+            return StreamingResponse(self._openai_stream(runs, rid, len(prompt), body.include_usage, chat),
+                                     media_type=SSE)
+        outputs = [await self.drain(run) for run in runs]
+        use = oai.usage(len(prompt), sum(o.last.output_tokens for o in outputs), outputs[0].last.cached_tokens)
+        choices = [oai.choice(i, o.text, oai.finish_reason_openai(o.last.finish_reason), chat)
+                   for i, o in enumerate(outputs)]
+        return JSONResponse(oai.completion_body(rid, self.model, choices, use, chat))
+
+    async def _openai_stream(self, runs: list[Run], rid: str, prompt_len: int, include_usage: bool,
+                             chat: bool) -> AsyncIterator[bytes]:
+        """The choices' chunks interleaved as they come, then usage (if asked) and [DONE]."""
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, run: Run) -> None:
+            try:
+                async with aclosing(self._deltas(run)) as deltas:
+                    async for delta in deltas:
+                        await merged.put((index, delta))
+            finally:
+                await merged.put((index, None))
+
+        tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
+        finals: dict[int, TokenDelta] = {}
+        started: set[int] = set()
+        try:
+            open_streams = len(runs)
+            while open_streams:
+                index, delta = await merged.get()
+                if delta is None:
+                    open_streams -= 1
+                    continue
+                reason = oai.finish_reason_openai(delta.finish_reason)
+                if delta.text or reason or index not in started:
+                    yield oai.sse(oai.chunk(rid, self.model, index, delta.text, reason, chat, index not in started))
+                    started.add(index)
+                if delta.finish_reason is not None:
+                    finals[index] = delta
+            if include_usage and finals:
+                use = oai.usage(prompt_len, sum(d.output_tokens for d in finals.values()),
+                                next(iter(finals.values())).cached_tokens)
+                yield oai.sse(oai.usage_chunk(rid, self.model, use, chat))
+            yield oai.sse("[DONE]")
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def sglang(self, rid: str, prompt: list[int], sampling: SamplingParams, stream: bool):
+        """SGLang's `/generate`: text and ids so far with `meta_info`, whole or as events."""
+        run = await self.start(rid, prompt, sampling)
+        if not stream:
+            out = await self.drain(run)
+            return JSONResponse(_sglang_payload(rid, out.text, out.token_ids, out.last))
+
+        async def events() -> AsyncIterator[bytes]:
+            text, ids = "", []
+            async with aclosing(self._deltas(run)) as deltas:
+                async for delta in deltas:
+                    text += delta.text
+                    ids += delta.token_ids
+                    yield oai.sse(_sglang_payload(rid, text, ids, delta))
+            yield oai.sse("[DONE]")
+
+        return StreamingResponse(events(), media_type=SSE)
+
+
+def _sglang_payload(rid: str, text: str, token_ids: list[int], delta: TokenDelta) -> dict:
+    reason = None if delta.finish_reason is None else {"type": delta.finish_reason}
+    return {"text": text, "output_ids": list(token_ids), "meta_info": {
+        "id": rid, "prompt_tokens": delta.prompt_tokens, "completion_tokens": delta.output_tokens,
+        "cached_tokens": delta.cached_tokens, "finish_reason": reason}}
