@@ -9,10 +9,20 @@ read through `worker_info` and `hot_prefixes`, as plain data, never its internal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
+
+
+class EventsState(StrEnum):
+    """How a policy follows a worker's KV events (`CacheView`; `WorkerInfo.kv_events`)."""
+
+    NONE = "none"  # none received yet: tracked by routed prompts
+    LIVE = "live"  # followed
+    GAP = "gap"  # events were lost: routed prompts until a resync or a CacheCleared
+    INCOMPATIBLE = "incompatible"  # another page size: routed prompts for good
 
 
 @dataclass(frozen=True)
@@ -25,7 +35,7 @@ class RouteRequest:
 @dataclass(frozen=True)
 class RouteDecision:
     worker_id: str
-    branch: str  # e2: exploit | explore | rebalance | replicate | pd; baselines: their own name or rule
+    branch: str  # why this worker: each policy names its branches with its own StrEnum (e2: E2Branch), or its name
     matched_tokens: int  # prompt tokens the chosen worker is believed to hold
     costs: dict[str, float] = field(default_factory=dict)  # candidate worker -> cost, for explanations
 
@@ -48,7 +58,7 @@ class WorkerInfo:
 
     load_s: float | None = None  # the policy's own load figure for it (seconds of queued work)
     cached_pages: int | None = None  # KV pages the policy believes it holds
-    kv_events: str | None = None  # how the policy follows its KV events: none | live | gap | incompatible
+    kv_events: EventsState | None = None  # how the policy follows its KV events
     kv_events_note: str | None = None  # why they are not followed
 
 
@@ -60,7 +70,7 @@ class PrefixInfo:
     requests_in_window: float
     held_by: list[str]  # workers holding it now
     assigned_to: list[str]  # workers a live steering decision sends it to
-    assignment: str | None  # that decision's reason (e2: rebalance | replicate)
+    assignment: str | None  # that decision's reason (e2: E2Branch.REBALANCE | E2Branch.REPLICATE)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
@@ -120,6 +121,14 @@ class PowerOfTwo(_Baseline):
         return self._assign(req, b if self.tokens[b] < self.tokens[a] else a, self.name)
 
 
+class CacheAwareBranch(StrEnum):
+    """Which of `CacheAware`'s rules chose the worker (the other baselines' branch is their name)."""
+
+    IMBALANCED = "imbalanced"  # outstanding requests are imbalanced: the least loaded worker
+    CACHE_HIT = "cache_hit"  # the best-matching worker, its match rate above the threshold
+    CACHE_MISS = "cache_miss"  # no worker matches enough: the least loaded worker
+
+
 @dataclass(frozen=True)
 class CacheAwareConfig:
     cache_threshold: float = 0.3  # prefix match rate above which the best-matching worker wins
@@ -153,14 +162,14 @@ class CacheAware(_Baseline):
         hi, lo = max(loads.values()), loads[least]
         matched, worker = 0, None
         if hi - lo > cfg.balance_abs_threshold and hi > cfg.balance_rel_threshold * lo:
-            worker, branch = least, "imbalanced"
+            worker, branch = least, CacheAwareBranch.IMBALANCED
         else:
             matched, best = self.tree.match(req.token_ids)
             rate = matched / len(req.token_ids) if req.token_ids else 0.0
             if best in loads and rate > cfg.cache_threshold:
-                worker, branch = best, "cache_hit"
+                worker, branch = best, CacheAwareBranch.CACHE_HIT
             else:
-                worker, branch, matched = least, "cache_miss", 0
+                worker, branch, matched = least, CacheAwareBranch.CACHE_MISS, 0
         self.tree.insert(req.token_ids, worker, self.clock())
         return self._assign(req, worker, branch, matched)
 

@@ -15,23 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from ..global_tree import EventGap, GlobalTree, Node, PageSizeMismatch, TreeMatch
 from ..kv_events import CacheCleared, KVEvent, PagesStored
 from ..messages import LoadReport
 from ..pages import DEFAULT_PAGE_SIZE
 from ..window_stats import ROUTER_WINDOW
-from .base import HotPrefixes, PrefixInfo, WorkerInfo
-
-
-class EventsState(StrEnum):
-    """How a worker's KV events are followed."""
-
-    NONE = "none"  # none received yet: tracked by routed prompts
-    LIVE = "live"  # followed
-    GAP = "gap"  # events were lost: routed prompts until a resync or a CacheCleared
-    INCOMPATIBLE = "incompatible"  # another page size: routed prompts for good
+from .base import EventsState, HotPrefixes, PrefixInfo, WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -69,7 +59,7 @@ class CacheView:
 
     def worker_info(self, worker_id: str, load_s: float | None) -> WorkerInfo:
         state = self._events.get(worker_id)
-        return WorkerInfo(load_s, self.tree.held_pages(worker_id), state[0].value if state else None,
+        return WorkerInfo(load_s, self.tree.held_pages(worker_id), state[0] if state else None,
                           state[1] if state else None)
 
     def hot_prefixes(self, limit: int, scan_budget: int) -> HotPrefixes:

@@ -32,6 +32,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from heapq import heappop, heappush
 from itertools import count
 
@@ -43,6 +44,16 @@ from ..pages import DEFAULT_PAGE_SIZE
 from ..window_stats import ROUTER_WINDOW, WindowSums
 from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 from .cache_view import CacheView, CacheViewConfig, Holding
+
+
+class E2Branch(StrEnum):
+    """Why E2 sent a request where it did (`RouteDecision.branch`)."""
+
+    EXPLOIT = "exploit"  # the cheapest worker holding its longest cached prefix
+    EXPLORE = "explore"  # the cheapest of all workers
+    PD = "pd"  # an explored request to the cheapest decode-heavy worker
+    REBALANCE = "rebalance"  # its prefix was moved off an overloaded worker
+    REPLICATE = "replicate"  # the cheapest of its prefix's replicas
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class Assignment:
     """Future requests through a node go to one of `workers` (set by rebalance or replicate)."""
 
     workers: tuple[str, ...]
-    reason: str  # the branch of the requests it routes: rebalance | replicate
+    reason: E2Branch  # the branch of the requests it routes: REBALANCE or REPLICATE
     until: float
 
 
@@ -178,11 +189,11 @@ class E2Policy:
         return self.view.hot_prefixes(limit, scan_budget)
 
     def on_load(self, report: LoadReport) -> None:
-        ws = self._workers.get(report.worker_id)
-        if ws is None:
+        state = self._workers.get(report.worker_id)
+        if state is None:
             return
-        ws.report = report
-        ws.pages_since_report = 0
+        state.report = report
+        state.pages_since_report = 0
         self.view.check_report(report)
 
     # ------------------------------------------------------------------ routing
@@ -192,41 +203,44 @@ class E2Policy:
             raise RuntimeError("no workers to route to")
         now = self.clock()
         cfg = self.config
-        b = self.tree.window.bucket(now)
+        bucket = self.tree.window.bucket(now)
         if cfg.rebalance and now >= self._rebalance_after:
             self._rebalance_after = now + cfg.rebalance_interval_s
-            self._rebalance(now, b)
-        m = self.view.match(req.token_ids)
-        n = len(req.token_ids)
-        out = self._output_estimate(req.max_tokens, b)
-        cached = m.cached_tokens
-        assignment = self._assignment(m, now)
+            self._rebalance(now, bucket)
+        match = self.view.match(req.token_ids)
+        prompt_len = len(req.token_ids)
+        expected_output = self._output_estimate(req.max_tokens, bucket)
+        cached = match.cached_tokens
+        assignment = self._assignment(match, now)
+        branch: E2Branch
         if assignment is not None:
-            cands, branch = list(assignment.workers), assignment.reason
+            candidates, branch = list(assignment.workers), assignment.reason
         else:
-            cands = [w for w, k in m.held.items() if k == cached and w in self._workers]
-            branch = "exploit"
-            if not cands or cached <= cfg.exploit_ratio * (n - cached):
-                cands, branch = list(self._workers), "explore"
-        path_nodes = set(m.path)
-        if m.partial is not None:
-            path_nodes.add(m.partial)
-        costs = {w: self._cost(w, self._load(w, b), m, n, out, path_nodes, b) for w in cands}
-        if branch == "explore" and cfg.pd_balance:
-            heavy = [w for w in cands if self._decode_heavy(w, b)]
-            if heavy and len(heavy) < len(cands):
-                cands, branch = heavy, "pd"
-        worker = min(cands, key=lambda w: (costs[w], self._workers[w].order))
-        self._commit(req, worker, m, n, out, now)
-        return RouteDecision(worker, branch, m.held.get(worker, 0), costs)
+            candidates = [w for w, held in match.held.items() if held == cached and w in self._workers]
+            branch = E2Branch.EXPLOIT
+            if not candidates or cached <= cfg.exploit_ratio * (prompt_len - cached):
+                candidates, branch = list(self._workers), E2Branch.EXPLORE
+        path_nodes = set(match.path)
+        if match.partial is not None:
+            path_nodes.add(match.partial)
+        costs = {w: self._cost(w, self._load(w, bucket), match, prompt_len, expected_output, path_nodes, bucket)
+                 for w in candidates}
+        if branch == E2Branch.EXPLORE and cfg.pd_balance:
+            heavy = [w for w in candidates if self._decode_heavy(w, bucket)]
+            if heavy and len(heavy) < len(candidates):
+                candidates, branch = heavy, E2Branch.PD
+        worker = min(candidates, key=lambda w: (costs[w], self._workers[w].order))
+        self._commit(req, worker, match, prompt_len, expected_output, now)
+        return RouteDecision(worker, branch, match.held.get(worker, 0), costs)
 
-    def _cost(self, w: str, load: float, m: TreeMatch, n: int, out: int, path_nodes: set,
-              b: int) -> float:
-        """L + M + P of sending this request to worker `w`."""
-        held = m.held.get(w, 0)
-        ps = self.config.page_size
-        need = -(-(n - held) // ps) + -(-out // ps)
-        return load + self._eviction_cost(w, need, path_nodes, b) + self.cost.prefill_time(n - held, held)
+    def _cost(self, worker: str, load: float, match: TreeMatch, prompt_len: int, expected_output: int,
+              path_nodes: set, bucket: int) -> float:
+        """L + M + P of sending this request to `worker`."""
+        held = match.held.get(worker, 0)
+        page_size = self.config.page_size
+        need_pages = -(-(prompt_len - held) // page_size) + -(-expected_output // page_size)
+        return load + self._eviction_cost(worker, need_pages, path_nodes, bucket) + \
+            self.cost.prefill_time(prompt_len - held, held)
 
     def load_of(self, worker_id: str) -> float:
         """L of a worker now, in GPU seconds (for operators; 0 for unknown workers)."""
@@ -234,182 +248,186 @@ class E2Policy:
             return 0.0
         return self._load(worker_id, self.tree.bucket())
 
-    def _load(self, w: str, b: int) -> float:
+    def _load(self, worker: str, bucket: int) -> float:
         """L: windowed prefill seconds plus the seconds to decode what is outstanding."""
-        return self.tree.load(w, b)[PREFILL_S] + self._decode_s(w)
+        return self.tree.load(worker, bucket)[PREFILL_S] + self._decode_s(worker)
 
-    def _decode_s(self, w: str) -> float:
+    def _decode_s(self, worker: str) -> float:
         """Decode seconds outstanding on `w`: each expected output token at an unloaded step's
         time (the paper's output x TPOT). Batching makes the GPU time smaller, yet every queued
         decode slows the others; a loaded TPOT instead would grow with the square of the queue
         and overreact to bursts."""
-        ws = self._workers[w]
-        if ws.outstanding <= 0:
+        state = self._workers[worker]
+        if state.outstanding <= 0:
             return 0.0
-        step = self.cost.tpot(1, ws.outstanding_tokens // ws.outstanding)
-        return self.cost.decode_time(ws.outstanding_output, step)
+        step = self.cost.tpot(1, state.outstanding_tokens // state.outstanding)
+        return self.cost.decode_time(state.outstanding_output, step)
 
-    def _eviction_cost(self, w: str, need_pages: int, path_nodes: set, b: int) -> float:
+    def _eviction_cost(self, worker: str, need_pages: int, path_nodes: set, bucket: int) -> float:
         """M: what recomputing the LRU nodes the worker must evict to fit `need_pages` costs."""
-        ws = self._workers[w]
-        rep = ws.report
-        if rep is None:
+        state = self._workers[worker]
+        report = state.report
+        if report is None:
             return 0.0  # capacity unknown: assume it fits
-        free = rep.kv_total_pages - rep.kv_used_pages - ws.pages_since_report
-        evict = min(need_pages - free, rep.kv_evictable_pages)
-        if evict <= 0:
+        free_pages = report.kv_total_pages - report.kv_used_pages - state.pages_since_report
+        evict_pages = min(need_pages - free_pages, report.kv_evictable_pages)
+        if evict_pages <= 0:
             return 0.0
-        vic = self._victims(w, ws, evict, b)
-        i = bisect_left(vic.pages, evict)
-        if any(node in path_nodes for node in vic.nodes[:i + 1]):
-            return self._eviction_cost_slow(w, evict, path_nodes, b)
-        if i == len(vic.pages):  # fewer pages in its LRU than needed: all of them
-            return vic.costs[-1] if vic.costs else 0.0
-        before_pages = vic.pages[i - 1] if i else 0
-        before_cost = vic.costs[i - 1] if i else 0.0
-        return before_cost + self._node_cost(w, vic.nodes[i], evict - before_pages, b)
+        victims = self._victims(worker, state, evict_pages, bucket)
+        index = bisect_left(victims.pages, evict_pages)  # the first victim that completes the eviction
+        if any(node in path_nodes for node in victims.nodes[:index + 1]):
+            return self._eviction_cost_slow(worker, evict_pages, path_nodes, bucket)
+        if index == len(victims.pages):  # fewer pages in its LRU than needed: all of them
+            return victims.costs[-1] if victims.costs else 0.0
+        pages_before = victims.pages[index - 1] if index else 0
+        cost_before = victims.costs[index - 1] if index else 0.0
+        return cost_before + self._node_cost(worker, victims.nodes[index], evict_pages - pages_before, bucket)
 
-    def _victims(self, w: str, ws: _Worker, pages: int, b: int) -> _Victims:
-        version = self.tree.lru_version(w)
-        vic = ws.victims
-        if vic is None or vic.version != version or vic.bucket != b:
-            vic = ws.victims = _Victims(version, b, it=self.tree.lru(w))
-        while not vic.done and (not vic.pages or vic.pages[-1] < pages):
-            node = next(vic.it, None)
+    def _victims(self, worker: str, state: _Worker, pages: int, bucket: int) -> _Victims:
+        version = self.tree.lru_version(worker)
+        victims = state.victims
+        if victims is None or victims.version != version or victims.bucket != bucket:
+            victims = state.victims = _Victims(version, bucket, it=self.tree.lru(worker))
+        while not victims.done and (not victims.pages or victims.pages[-1] < pages):
+            node = next(victims.it, None)
             if node is None:
-                vic.done = True
+                victims.done = True
                 break
-            vic.nodes.append(node)
-            vic.pages.append((vic.pages[-1] if vic.pages else 0) + len(node.hashes))
-            vic.costs.append((vic.costs[-1] if vic.costs else 0.0) +
-                             self._node_cost(w, node, len(node.hashes), b))
-        return vic
+            victims.nodes.append(node)
+            victims.pages.append((victims.pages[-1] if victims.pages else 0) + len(node.hashes))
+            victims.costs.append((victims.costs[-1] if victims.costs else 0.0) +
+                                 self._node_cost(worker, node, len(node.hashes), bucket))
+        return victims
 
-    def _eviction_cost_slow(self, w: str, evict: int, path_nodes: set, b: int) -> float:
+    def _eviction_cost_slow(self, worker: str, evict_pages: int, path_nodes: set, bucket: int) -> float:
         total = 0.0
-        for node in self.tree.lru(w):
-            if evict <= 0:
+        for node in self.tree.lru(worker):
+            if evict_pages <= 0:
                 break
             if node in path_nodes:
                 continue
-            take = min(evict, len(node.hashes))
-            total += self._node_cost(w, node, take, b)
-            evict -= take
+            take = min(evict_pages, len(node.hashes))
+            total += self._node_cost(worker, node, take, bucket)
+            evict_pages -= take
         return total
 
-    def _node_cost(self, w: str, node: Node, pages: int, b: int) -> float:
-        """Recomputing the last `pages` pages of `node` for each request that used it on `w`."""
-        hits = self.tree.stats(node, w, b)[REQUESTS]
-        if hits <= 0:
+    def _node_cost(self, worker: str, node: Node, pages: int, bucket: int) -> float:
+        """Recomputing the last `pages` pages of `node` for each request that used it on `worker`."""
+        requests = self.tree.stats(node, worker, bucket)[REQUESTS]
+        if requests <= 0:
             return 0.0
         tokens = pages * self.config.page_size
-        return hits * self.cost.prefill_time(tokens, node.end - tokens)
+        return requests * self.cost.prefill_time(tokens, node.end - tokens)
 
-    def _decode_heavy(self, w: str, b: int) -> bool:
-        ws = self._workers[w]
-        if ws.report is not None:
-            return ws.report.hit_ratio >= self.config.pd_hit_ratio
-        done, prompt, cached = ws.hits.totals(b)
+    def _decode_heavy(self, worker: str, bucket: int) -> bool:
+        state = self._workers[worker]
+        if state.report is not None:
+            return state.report.hit_ratio >= self.config.pd_hit_ratio
+        done, prompt, cached = state.hits.totals(bucket)
         return done >= self.config.pd_min_requests and prompt > 0 and \
             cached / prompt >= self.config.pd_hit_ratio
 
-    def _output_estimate(self, max_tokens: int, b: int) -> int:
+    def _output_estimate(self, max_tokens: int, bucket: int) -> int:
         """Expected output tokens: the window's mean, capped by the request's budget."""
-        done, tokens = self._outputs.totals(b)
+        done, tokens = self._outputs.totals(bucket)
         return max_tokens if done <= 0 else min(max_tokens, round(tokens / done))
 
-    def _assignment(self, m: TreeMatch, now: float) -> Assignment | None:
+    def _assignment(self, match: TreeMatch, now: float) -> Assignment | None:
         """The deepest live steering decision on the request's path."""
-        for node in reversed(m.path):
-            a = node.assigned
-            if a is None:
+        for node in reversed(match.path):
+            assignment = node.assigned
+            if assignment is None:
                 continue
-            if a.until <= now:
+            if assignment.until <= now:
                 node.assigned = None
                 continue
-            live = tuple(w for w in a.workers if w in self._workers)
+            live = tuple(w for w in assignment.workers if w in self._workers)
             if live:
-                return Assignment(live, a.reason, a.until)
+                return Assignment(live, assignment.reason, assignment.until)
         return None
 
-    def _commit(self, req: RouteRequest, w: str, m: TreeMatch, n: int, out: int, now: float) -> None:
+    def _commit(self, req: RouteRequest, worker: str, match: TreeMatch, prompt_len: int, expected_output: int,
+                now: float) -> None:
         """Count the request as the worker's load and its prompt as held by the worker."""
-        ws = self._workers[w]
-        held = m.held.get(w, 0)
-        path, holding = self.view.commit(m, w)
+        state = self._workers[worker]
+        held = match.held.get(worker, 0)
+        path, holding = self.view.commit(match, worker)
         if path:
-            self._touch_top(ws, path[0])
-        prefill = self.cost.prefill_time(n - held, held)
-        end = path[-1] if path else self.tree.root
-        self.tree.record(end, w, (1.0, prefill, float(out)))
+            self._touch_top(state, path[0])
+        prefill_s = self.cost.prefill_time(prompt_len - held, held)
+        path_end = path[-1] if path else self.tree.root
+        self.tree.record(path_end, worker, (1.0, prefill_s, float(expected_output)))
         prefix = None
-        if m.cached_tokens > 0:
-            prefix = next((x for x in path if x.end == m.cached_tokens), None)
-        ps = self.config.page_size
-        ws.pages_since_report += -(-(n - held) // ps) + -(-out // ps)
-        ws.outstanding += 1
-        ws.outstanding_tokens += n
-        ws.outstanding_output += out
-        self._pending[req.request_id] = _Pending(w, now, end, prefix, n, prefill, out, holding)
+        if match.cached_tokens > 0:
+            prefix = next((node for node in path if node.end == match.cached_tokens), None)
+        page_size = self.config.page_size
+        state.pages_since_report += -(-(prompt_len - held) // page_size) + -(-expected_output // page_size)
+        state.outstanding += 1
+        state.outstanding_tokens += prompt_len
+        state.outstanding_output += expected_output
+        self._pending[req.request_id] = _Pending(worker, now, path_end, prefix, prompt_len, prefill_s,
+                                                 expected_output, holding)
 
-    def _touch_top(self, ws: _Worker, node: Node) -> None:
+    def _touch_top(self, state: _Worker, node: Node) -> None:
         """Remember a top-level subtree the worker was sent work in: where rebalancing looks."""
-        ws.tops[node] = None
-        ws.tops.move_to_end(node)
-        if len(ws.tops) > self.config.rebalance_tops:
-            ws.tops.popitem(last=False)
+        state.tops[node] = None
+        state.tops.move_to_end(node)
+        if len(state.tops) > self.config.rebalance_tops:
+            state.tops.popitem(last=False)
 
     # ------------------------------------------------------------------ feedback
 
     def on_done(self, done: RequestDone) -> None:
-        p = self._pending.pop(done.request_id, None)
-        if p is None:
+        pending = self._pending.pop(done.request_id, None)
+        if pending is None:
             return
-        ws = self._workers.get(p.worker)
-        if ws is None:
+        state = self._workers.get(pending.worker)
+        if state is None:
             return
-        ws.outstanding -= 1
-        ws.outstanding_tokens -= p.prompt_tokens
-        ws.outstanding_output -= p.output_tokens
+        state.outstanding -= 1
+        state.outstanding_tokens -= pending.prompt_tokens
+        state.outstanding_output -= pending.output_tokens
         now = self.clock()
         if not done.ok:  # it did not run to the end: take back its estimated work
-            self.tree.record(p.path_end, p.worker, (0.0, -p.prefill_s, -float(p.output_tokens)), at=p.time)
+            self.tree.record(pending.path_end, pending.worker,
+                             (0.0, -pending.prefill_s, -float(pending.output_tokens)), at=pending.time)
             return
-        prefill = self.cost.prefill_time(done.prompt_tokens - done.cached_tokens, done.cached_tokens)
-        self.tree.record(p.path_end, p.worker, (0.0, prefill - p.prefill_s,
-                                                float(done.output_tokens - p.output_tokens)), at=p.time)
-        b = self.tree.bucket()
-        ws.hits.add(b, (1.0, float(done.prompt_tokens), float(done.cached_tokens)))
-        self._outputs.add(b, (1.0, float(done.output_tokens)))
-        self.view.correct(p.worker, p.holding, done.cached_tokens)
-        if p.prefix is not None and self.config.replicate:
-            self.tree.record_ttft(p.prefix, p.worker, done.ttft)
-            self._maybe_replicate(p.prefix, p.worker, now)
+        prefill_s = self.cost.prefill_time(done.prompt_tokens - done.cached_tokens, done.cached_tokens)
+        self.tree.record(pending.path_end, pending.worker,
+                         (0.0, prefill_s - pending.prefill_s, float(done.output_tokens - pending.output_tokens)),
+                         at=pending.time)
+        bucket = self.tree.bucket()
+        state.hits.add(bucket, (1.0, float(done.prompt_tokens), float(done.cached_tokens)))
+        self._outputs.add(bucket, (1.0, float(done.output_tokens)))
+        self.view.correct(pending.worker, pending.holding, done.cached_tokens)
+        if pending.prefix is not None and self.config.replicate:
+            self.tree.record_ttft(pending.prefix, pending.worker, done.ttft)
+            self._maybe_replicate(pending.prefix, pending.worker, now)
 
     # ------------------------------------------------------------------ rebalance and replicate
 
-    def _rebalance(self, now: float, b: int) -> None:
+    def _rebalance(self, now: float, bucket: int) -> None:
         """Shift load from the heaviest to the lightest worker until within the ratio: move a
         subtree, or where the heavy worker's load is pinned by a prefix too hot to move, give
         that prefix the light worker as a replica (counted as taking half its load). The light
         worker pays for each shift by recomputing the prefix, which counts as its load."""
         cfg = self.config
-        loads = {w: self._load(w, b) for w in self._workers}
-        order = self._workers
+        loads = {w: self._load(w, bucket) for w in self._workers}
+        workers = self._workers
         self._scan_left = cfg.rebalance_scan_nodes
         for _ in range(cfg.rebalance_max_moves):
-            heavy = max(loads, key=lambda w: (loads[w], -order[w].order))
-            light = min(loads, key=lambda w: (loads[w], order[w].order))
+            heavy = max(loads, key=lambda w: (loads[w], -workers[w].order))
+            light = min(loads, key=lambda w: (loads[w], workers[w].order))
             if heavy == light or loads[heavy] < cfg.rebalance_min_load_s or \
                     loads[heavy] <= cfg.rebalance_ratio * loads[light]:
                 return
-            shift = self._pick_shift(heavy, light, loads[heavy] - loads[light], now, b)
+            shift = self._pick_shift(heavy, light, loads[heavy] - loads[light], now, bucket)
             if shift is None:
                 return
             if shift.replicate:
                 self._replicate(shift.node, heavy, light, now)
             else:
-                shift.node.assigned = Assignment((light,), "rebalance", now + cfg.assignment_ttl_s)
+                shift.node.assigned = Assignment((light,), E2Branch.REBALANCE, now + cfg.assignment_ttl_s)
                 self.tree.move_stats(shift.node, heavy, light)
             top = self.tree.top(shift.node)
             if top is not None:
@@ -417,39 +435,39 @@ class E2Policy:
             loads[heavy] -= shift.load
             loads[light] += shift.load + shift.recompute
 
-    def _pick_shift(self, w: str, light: str, gap: float, now: float, b: int) -> _Shift | None:
-        """What to shift from `w` to `light`, whose loads differ by `gap`, or None.
+    def _pick_shift(self, heavy: str, light: str, gap: float, now: float, bucket: int) -> _Shift | None:
+        """What to shift from `heavy` to `light`, whose loads differ by `gap`, or None.
 
         A shift of load x whose prefix costs `light` c seconds to recompute must be worth it
-        (x >= rebalance_min_gain * c) and must not overshoot (light ends below where w started).
-        A move takes the largest subtree that lives on `w` alone (no other worker served it in
-        the window) with 2x + c <= gap; replicated prefixes stay where they are. Subtrees are
-        visited by decreasing load on `w`, so the first movable one is the largest, and a part
-        is never worth more than its whole. If no move can close the gap within the moves
-        allowed, the hottest prefix pinning `w` gets replicated (when replication is on): too
-        large to move or shared, `light` neither holds it nor is assigned it, no too-large part
-        below it, and x/2 + c <= gap. The search starts from the top-level subtrees `w` was most
-        recently sent work in, not from every prefix in the tree, and weighs at most the check's
-        budget of `rebalance_scan_nodes` subtrees."""
+        (x >= rebalance_min_gain * c) and must not overshoot (light ends below where heavy
+        started). A move takes the largest subtree that lives on `heavy` alone (no other worker
+        served it in the window) with 2x + c <= gap; replicated prefixes stay where they are.
+        Subtrees are visited by decreasing load on `heavy`, so the first movable one is the
+        largest, and a part is never worth more than its whole. If no move can close the gap
+        within the moves allowed, the hottest prefix pinning `heavy` gets replicated (when
+        replication is on): too large to move or shared, `light` neither holds it nor is
+        assigned it, no too-large part below it, and x/2 + c <= gap. The search starts from the
+        top-level subtrees `heavy` was most recently sent work in, not from every prefix in the
+        tree, and weighs at most the check's budget of `rebalance_scan_nodes` subtrees."""
         cfg = self.config
-        decode_s = self._decode_s(w)
-        window_output = self.tree.load(w, b)[OUTPUT_TOKENS]
+        decode_s = self._decode_s(heavy)
+        window_output = self.tree.load(heavy, bucket)[OUTPUT_TOKENS]
         seq = count()
-        heap: list[tuple[float, int, Node]] = []
+        heap: list[tuple[float, int, Node]] = []  # (-load on `heavy`, insertion order, subtree)
 
         def push(node: Node) -> None:
-            """Queue the subtree by its part of L on `w`: its windowed prefill seconds plus its
+            """Queue the subtree by its part of L on `heavy`: its windowed prefill seconds plus its
             share (by windowed output tokens) of the worker's outstanding decode seconds."""
-            sums = node.stats.get(w) if node.stats else None
+            sums = node.stats.get(heavy) if node.stats else None
             if sums is None or self._scan_left <= 0:
                 return
             self._scan_left -= 1
-            stats = sums.totals(b)
+            stats = sums.totals(bucket)
             if stats[REQUESTS] >= cfg.rebalance_min_requests:
                 share = stats[OUTPUT_TOKENS] / window_output if window_output > 0 else 0.0
                 heappush(heap, (-(stats[PREFILL_S] + share * decode_s), next(seq), node))
 
-        tops = self._workers[w].tops
+        tops = self._workers[heavy].tops
         for node in list(tops):
             if self._scan_left <= 0:
                 break
@@ -462,58 +480,61 @@ class E2Policy:
             push(top)
         move: _Shift | None = None
         pinned: list[_Shift] = []
-        big: set[Node] = set()  # too large to move
+        too_large: set[Node] = set()  # too large to move
         while heap:
-            neg, _, node = heappop(heap)
-            x = -neg
+            neg_load, _, node = heappop(heap)
+            shift_load = -neg_load
             held = self.tree.held_prefix(node, light)
-            c = self.cost.prefill_time(node.end - held, held)
-            if x < cfg.rebalance_min_gain * c:
+            recompute_s = self.cost.prefill_time(node.end - held, held)
+            if shift_load < cfg.rebalance_min_gain * recompute_s:
                 continue
-            a = node.assigned
-            live = a if a is not None and a.until > now else None
-            replicated = live is not None and live.reason == "replicate"
-            if not replicated and 2 * x + c <= gap and \
-                    not any(o != w and self.tree.stats(node, o, b)[REQUESTS] > 0 for o in node.stats):
-                move = _Shift(node, False, x, c)
+            assignment = node.assigned
+            live = assignment if assignment is not None and assignment.until > now else None
+            replicated = live is not None and live.reason == E2Branch.REPLICATE
+            if not replicated and 2 * shift_load + recompute_s <= gap and \
+                    not any(other != heavy and self.tree.stats(node, other, bucket)[REQUESTS] > 0
+                            for other in node.stats):
+                move = _Shift(node, False, shift_load, recompute_s)
                 break
-            if 2 * x + c > gap:
-                big.add(node)
+            if 2 * shift_load + recompute_s > gap:
+                too_large.add(node)
             if cfg.replicate and (light not in live.workers if live else held < node.end) and \
-                    x / 2 >= cfg.rebalance_min_gain * c and x / 2 + c <= gap:
-                pinned.append(_Shift(node, True, x / 2, c))
+                    shift_load / 2 >= cfg.rebalance_min_gain * recompute_s and shift_load / 2 + recompute_s <= gap:
+                pinned.append(_Shift(node, True, shift_load / 2, recompute_s))
             if not replicated:
                 for child in node.children.values():
                     push(child)
         # The hot prefix is the most specific one: a shared ancestor (a system prompt above many
         # tools) pins nothing that its too-large descendants do not.
-        hot = max((s for s in pinned if not any(ch in big for ch in s.node.children.values())),
-                  key=lambda s: s.load, default=None)
+        hot = max((shift for shift in pinned if not any(child in too_large for child in shift.node.children.values())),
+                  key=lambda shift: shift.load, default=None)
         if move is not None and (hot is None or move.load * cfg.rebalance_max_moves >= gap / 2):
             return move
         return hot
 
-    def _replicate(self, node: Node, w: str, extra: str, now: float) -> None:
-        """Steer `node`'s requests to its current workers (or holders, with `w`) plus `extra`."""
-        a = node.assigned
-        current = list(a.workers) if a is not None and a.until > now else self.tree.holders(node)
-        current = [x for x in dict.fromkeys(current + [w]) if x in self._workers and x != extra]
-        node.assigned = Assignment(tuple(current + [extra]), "replicate",
+    def _replicate(self, node: Node, worker: str, extra: str, now: float) -> None:
+        """Steer `node`'s requests to its current workers (or holders, with `worker`) plus `extra`."""
+        assignment = node.assigned
+        current = list(assignment.workers) if assignment is not None and assignment.until > now \
+            else self.tree.holders(node)
+        current = [w for w in dict.fromkeys(current + [worker]) if w in self._workers and w != extra]
+        node.assigned = Assignment(tuple(current + [extra]), E2Branch.REPLICATE,
                                    now + self.config.assignment_ttl_s)
 
-    def _maybe_replicate(self, node: Node, w: str, now: float) -> None:
-        """If this prefix's TTFT on `w` doubled across the window, give it one more worker."""
+    def _maybe_replicate(self, node: Node, worker: str, now: float) -> None:
+        """If this prefix's TTFT on `worker` doubled across the window, give it one more worker."""
         cfg = self.config
-        (n_old, s_old), (n_new, s_new) = self.tree.ttft_halves(node, w)
-        if n_old < cfg.replicate_min_samples or n_new < cfg.replicate_min_samples or s_old <= 0:
+        (count_old, ttft_sum_old), (count_new, ttft_sum_new) = self.tree.ttft_halves(node, worker)
+        if count_old < cfg.replicate_min_samples or count_new < cfg.replicate_min_samples or ttft_sum_old <= 0:
             return
-        if s_new / n_new < cfg.replicate_ttft_ratio * (s_old / n_old):
+        if ttft_sum_new / count_new < cfg.replicate_ttft_ratio * (ttft_sum_old / count_old):
             return
-        a = node.assigned
-        current = list(a.workers) if a is not None and a.until > now else self.tree.holders(node)
-        others = [x for x in self._workers if x not in current and x != w]
+        assignment = node.assigned
+        current = list(assignment.workers) if assignment is not None and assignment.until > now \
+            else self.tree.holders(node)
+        others = [w for w in self._workers if w not in current and w != worker]
         if not others:
             return
-        b = self.tree.window.bucket(now)
-        self._replicate(node, w, min(others, key=lambda x: (self._load(x, b), self._workers[x].order)), now)
-        self.tree.reset_ttft(node, w)
+        bucket = self.tree.window.bucket(now)
+        self._replicate(node, worker, min(others, key=lambda w: (self._load(w, bucket), self._workers[w].order)), now)
+        self.tree.reset_ttft(node, worker)

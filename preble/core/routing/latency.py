@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -52,6 +53,14 @@ from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerI
 from .cache_view import CacheView, CacheViewConfig, Holding
 from .calibration import Calibration, CalibrationConfig
 from .worker_load import LoadTable, LoadView
+
+
+class LatencyBranch(StrEnum):
+    """How the chosen worker relates to the cache (`RouteDecision.branch`; see `_branch`)."""
+
+    HIT = "hit"  # it holds the longest cached prefix
+    PARTIAL = "partial"  # it holds less of it
+    MISS = "miss"  # it holds none of the prompt
 
 
 @dataclass(frozen=True)
@@ -230,9 +239,9 @@ class LatencyPolicy:
             self.view.correct(p.worker, p.holding, done.cached_tokens)
 
 
-def _branch(match: TreeMatch, held: int) -> str:
-    """How the choice relates to the cache: hit (holds the longest cached prefix), partial
-    (holds less of it) or miss (holds none of the prompt)."""
+def _branch(match: TreeMatch, held: int) -> LatencyBranch:
+    """How the choice relates to the cache: HIT (holds the longest cached prefix), PARTIAL
+    (holds less of it) or MISS (holds none of the prompt)."""
     if held and held >= match.cached_tokens:
-        return "hit"
-    return "partial" if held else "miss"
+        return LatencyBranch.HIT
+    return LatencyBranch.PARTIAL if held else LatencyBranch.MISS

@@ -83,6 +83,7 @@ from itertools import count
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from .base import Described, RequestDone, RouteDecision, RouteRequest, WorkerInfo
+from .e2 import E2Branch  # the paper's branches: exploit, explore, pd
 
 _EXP = 1074  # every finite double is a whole number of 2**-1074
 _ONE = 1 << _EXP
@@ -382,22 +383,22 @@ class PreblePaperPolicy(Described):
         self._pending[req.request_id] = (slot, leaf)
         return RouteDecision(w.id, branch, matched, {self._slots[s].id: c for s, c in costs.items()})
 
-    def _choose(self, leaf: _Node) -> tuple[int, str, dict[int, float]]:
+    def _choose(self, leaf: _Node) -> tuple[int, E2Branch, dict[int, float]]:
         """Exploit, pd or explore: (slot, branch, cost of each GPU priced)."""
         n = len(leaf.tokens)
         if n < leaf.end - n:
             cands = self._allocated(leaf)
             if len(cands) == 1:
-                return cands[0], "exploit", {}
+                return cands[0], E2Branch.EXPLOIT, {}
             pos, costs = self._cheapest(leaf, cands)
             gpu = self._order[pos].slot if self.config.subset_index_as_replica else cands[pos]
-            return gpu, "exploit", costs
+            return gpu, E2Branch.EXPLOIT, costs
         heavy = self._decode_heavy()
         if heavy is not None:
-            return heavy, "pd", {}
+            return heavy, E2Branch.PD, {}
         slots = [w.slot for w in self._order]
         pos, costs = self._cheapest(leaf, slots)
-        return slots[pos], "explore", costs
+        return slots[pos], E2Branch.EXPLORE, costs
 
     def _allocated(self, leaf: _Node) -> list[int]:
         """The allocation of the nearest node up from the leaf that has one (all GPUs if none)."""

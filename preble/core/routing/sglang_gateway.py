@@ -51,12 +51,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import islice
 
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from .approx_tree import ApproxTree
 from .base import Described, RequestDone, RouteDecision, RouteRequest
+
+
+class SGLangGatewayBranch(StrEnum):
+    """Which part of the gateway's rule chose the worker (module docstring)."""
+
+    CACHE_HIT = "cache_hit"  # the least loaded holder of the match
+    SPILL = "spill"  # a hit whose holder is overloaded: the least loaded worker
+    CACHE_MISS = "cache_miss"  # no hit: the least loaded worker
 
 
 @dataclass(frozen=True)
@@ -129,9 +138,10 @@ class SGLangGateway(Described):
         least = min(self.load, key=lambda w: (self.load[w], self.processed[w]))
         if tokens and matched / len(tokens) > cfg.cache_threshold:
             pick = self._lightest(holders)
-            worker, branch = (least, "spill") if self._overloaded(pick) else (pick, "cache_hit")
+            worker, branch = (least, SGLangGatewayBranch.SPILL) if self._overloaded(pick) else \
+                (pick, SGLangGatewayBranch.CACHE_HIT)
         else:
-            worker, branch = least, "cache_miss"
+            worker, branch = least, SGLangGatewayBranch.CACHE_MISS
         costs = {w: float(self.load[w]) for w in holders}
         if whole:
             self.tree.insert(whole, worker, self.clock())

@@ -50,11 +50,19 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from ..global_tree import EventGap, GlobalTree, PageSizeMismatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from .base import HeldPagesDescribed, RequestDone, RouteDecision, RouteRequest
+
+
+class SGLangSlimBranch(StrEnum):
+    """Which part of the slim router's rule chose the worker (module docstring)."""
+
+    CACHE_CANDIDATE = "cache_candidate"  # the tournament among the cache candidates
+    POWER_OF_TWO = "power_of_two"  # no candidate: power of two
 
 
 @dataclass(frozen=True)
@@ -131,9 +139,9 @@ class SGLangSlim(HeldPagesDescribed):
         matched = self.matched_tokens(req.token_ids)
         candidates = self._candidates(matched, n)
         if candidates:
-            worker, branch = self._tournament(candidates, matched, n), "cache_candidate"
+            worker, branch = self._tournament(candidates, matched, n), SGLangSlimBranch.CACHE_CANDIDATE
         else:
-            worker, branch = self._power_of_two(), "power_of_two"
+            worker, branch = self._power_of_two(), SGLangSlimBranch.POWER_OF_TWO
         costs = {w: float(n - matched[w]) for w in candidates}
         if req.request_id not in self._routed:
             self._routed[req.request_id] = worker
