@@ -226,9 +226,10 @@ def sim(
 
     from .bench.cli import parse_param, trace_workload
     from .bench.loadgen import write_jsonl
+    from .bench.requests import sim_request
     from .bench.workloads import make_workload, poisson_arrivals
     from .core.cost_model import CostModel
-    from .sim.cluster import SimConfig, SimRequest, simulate
+    from .sim.cluster import SimConfig, simulate
     from .sim.report import summarize
 
     tok = None
@@ -243,14 +244,9 @@ def sim(
         wl = make_workload(workload, num_requests=num_requests, seed=seed, tokenizer=tok,
                            **dict(map(parse_param, param)))
     times = poisson_arrivals(len(wl.requests), rate, seed) if rate else [r.arrival for r in wl.requests]
-    reqs = []
-    for r, t in zip(wl.requests, times):
-        ids = r.prompt_token_ids
-        if ids is None:
-            if tok is None:
-                raise typer.BadParameter(f"workload {workload!r} is text: give --tokenizer", param_hint="--tokenizer")
-            ids = tok.encode(r.prompt, add_special_tokens=False)
-        reqs.append(SimRequest(r.request_id, t, ids, r.max_tokens))
+    if tok is None and any(r.prompt_token_ids is None for r in wl.requests):
+        raise typer.BadParameter(f"workload {workload!r} is text: give --tokenizer", param_hint="--tokenizer")
+    reqs = [sim_request(r, arrival=t, tokenizer=tok) for r, t in zip(wl.requests, times)]
     model = CostModel.load(cost_model) if cost_model else CostModel()
     records = simulate(reqs, SimConfig(replicas=replicas, policy=policy, page_size=page_size, num_pages=num_pages,
                                        tensor_parallel=tp, seed=seed), model)

@@ -18,8 +18,9 @@ import time
 from transformers import AutoTokenizer
 
 from preble.bench.demo import DemoConfig
-from preble.bench.loadgen import LoadConfig, LoadRequest, run_load
+from preble.bench.loadgen import LoadConfig, run_load
 from preble.bench.local_cluster import LocalCluster
+from preble.bench.requests import load_request
 from preble.bench.workloads import make_workload
 from preble.models.demo import ensure_demo_model
 
@@ -35,8 +36,7 @@ def main() -> None:
     model = str(ensure_demo_model())
     tokenizer = AutoTokenizer.from_pretrained(model)
     wl = make_workload("toolbench", num_requests=400, seed=0, tokenizer=tokenizer)
-    reqs = [LoadRequest(r.request_id, r.prompt if r.prompt is not None else list(r.prompt_token_ids),
-                        min(r.max_tokens, 24)) for r in wl.requests]
+    reqs = [load_request(r, max_tokens_cap=24) for r in wl.requests]
     with LocalCluster(model, 2, "e2", DemoConfig().worker_args()) as cluster:
         cfg = LoadConfig(cluster.url, rate=args.rate, duration=args.warmup_s + 30)
         loader = threading.Thread(target=lambda: asyncio.run(run_load(reqs, cfg)), daemon=True)

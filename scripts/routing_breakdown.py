@@ -17,10 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from preble.bench.provenance import source_revision
+from preble.bench.requests import sim_request
 from preble.bench.workloads import make_workload
 from preble.core.cost_model import CostModel
 from preble.core.routing import default_config
-from preble.sim import SimConfig, SimRequest, simulate, summarize
+from preble.sim import SimConfig, simulate, summarize
 
 # (label, policy, config overrides)
 VARIANTS = (("e2", "e2", {}), ("e2 without P/D balancing", "e2", {"pd_balance": False}),
@@ -58,7 +59,7 @@ def main() -> None:
     rows = []
     for replicas, scale in POINTS:
         wl = make_workload("mooncake", num_requests=args.requests, seed=0, time_scale=scale)
-        reqs = [SimRequest(r.request_id, r.arrival, r.prompt_token_ids, r.max_tokens) for r in wl.requests]
+        reqs = [sim_request(r) for r in wl.requests]
         for label, policy, overrides in VARIANTS:
             cfg = replace(default_config(policy), **overrides) if overrides else None
             records = simulate(reqs, SimConfig(replicas=replicas, policy=policy, policy_config=cfg,

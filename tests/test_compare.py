@@ -8,17 +8,11 @@ import json
 import pytest
 import torch
 
-from preble.bench.compare import (
-    ABLATION_VARIANTS,
-    CompareConfig,
-    Prepared,
-    Runner,
-    Variant,
-    capacity,
-    markdown,
-    plot,
-    targets,
-)
+from preble.bench.compare import targets
+from preble.bench.compare_config import ABLATION_VARIANTS, CompareConfig, Variant
+from preble.bench.compare_report import markdown, plot
+from preble.bench.prepare import Prepared, capacity, unloaded_latency
+from preble.bench.sim_runner import Runner
 from preble.bench.workloads import make_workload
 from preble.core.cost_model import CostModel
 from preble.core.routing import default_config
@@ -111,8 +105,6 @@ def test_a_small_comparison_reports_and_plots(tmp_path):
 
 
 def test_light_rate_halves_until_round_robin_is_near_unloaded():
-    from preble.bench.compare import unloaded_latency
-
     # 48 KV pages hold one 512-token prefix of six: the caches thrash and the capacity estimate
     # (every shared token a hit) overshoots, so the light rate must come down.
     cfg = CompareConfig(num_pages=48, duration_s=20, min_requests=100, max_requests=200, jobs=1)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from preble.bench.compare import CompareConfig
+from preble.bench.compare_config import CompareConfig
 from preble.bench.grid import GridConfig, GridMismatch, gain_over_best_other, leaderboard, markdown, merge, run
 
 

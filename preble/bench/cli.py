@@ -15,7 +15,7 @@ bench_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_
 
 from ..core.routing import DEFAULT_POLICY
 from ..router.config import RouterServerConfig
-from .compare import CompareConfig
+from .compare_config import CompareConfig
 from .grid import GridConfig
 from .workloads.report import PREBLE_WORKLOADS
 from .workloads.trace import BLOCK
@@ -147,8 +147,9 @@ def serve(
     from rich.progress import Progress
 
     from ..sim.report import summarize
-    from .loadgen import LoadConfig, LoadRequest, run_load, write_jsonl
+    from .loadgen import LoadConfig, run_load, write_jsonl
     from .plots import latency_vs_rate, read_summaries
+    from .requests import load_request
     from .workloads import make_workload
 
     if plot is not None and summaries is None:
@@ -164,8 +165,7 @@ def serve(
         except (httpx.HTTPError, ValueError):
             label = None
         label = label or url
-    reqs = [LoadRequest(r.request_id, r.prompt if r.prompt is not None else r.prompt_token_ids, r.max_tokens,
-                        r.arrival) for r in wl.requests]
+    reqs = [load_request(r) for r in wl.requests]
     for r in rate or [None]:
         cfg = LoadConfig(url=url, model=model, rate=r, duration=duration, seed=seed)
         with Progress(disable=as_json) as progress:
@@ -231,7 +231,8 @@ def compare(
 ) -> None:
     """The paper's comparison in the simulator: workloads x policies x rates x replicas, plus the
     local-queue, ablation and scaling studies."""
-    from .compare import markdown, merged, plot, run
+    from .compare import merged, run
+    from .compare_report import markdown, plot
 
     cfg = replace(_COMPARE, workloads=_names(workloads), policies=_names(policies),
                   replicas=tuple(map(int, _names(replicas))),

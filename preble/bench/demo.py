@@ -23,6 +23,7 @@ from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import LocalCluster
 from .provenance import host_machine, source_revision
+from .requests import load_request
 from .workloads import make_workload
 
 
@@ -46,7 +47,7 @@ class DemoConfig:
 
 def requests(cfg: DemoConfig) -> list[LoadRequest]:
     wl = make_workload("shared_prefix", num_requests=cfg.num_requests, seed=cfg.seed, **cfg.params)
-    return [LoadRequest(r.request_id, list(r.prompt_token_ids), r.max_tokens) for r in wl.requests]
+    return [load_request(r) for r in wl.requests]
 
 
 def run_policy(model: str, policy: str, cfg: DemoConfig,

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 import torch
 
 from ..core.pages import DEFAULT_PAGE_SIZE
-from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
 from ..engine.engine import LLMEngine
+from .engine_driver import EngineDriver, sync_device
 from .provenance import source_revision
 
 
@@ -50,12 +50,6 @@ QUICK = dict(prefill_lengths=(64,), cached_prefix=128, new_tokens=16, decode_bat
              extra={"num_pages": 256})
 
 
-def sync_device(device: torch.device) -> None:
-    """Wait for queued device work, so that a host clock measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def device_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
     """Measured matmul rate (TFLOP/s) and copy bandwidth (GB/s, bytes read + written)."""
     n = 8192 if device.type == "cuda" else 1024
@@ -82,33 +76,6 @@ def device_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
     gbps = 2 * nbytes * reps / (time.perf_counter() - t) / 1e9
     del a, b, src, dst
     return {"matmul_tflops": tflops, "copy_gbps": gbps}
-
-
-class _Runner:
-    def __init__(self, engine: LLMEngine, cfg: EngineBenchConfig) -> None:
-        self.engine, self.cfg = engine, cfg
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.device = engine.device
-
-    def tokens(self, n: int) -> list[int]:
-        return torch.randint(3, self.cfg.vocab_cap, (n,), generator=self.gen).tolist()
-
-    def add(self, prompt: list[int], max_tokens: int):
-        return self.engine.add_request(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0,
-                                                              ignore_eos=True))
-
-    def run_until_done(self) -> None:
-        while self.engine.has_work:
-            self.engine.step()
-
-    def timed_first_token(self, prompt: list[int]) -> float:
-        """Seconds from submission to the first token (the request is the only one)."""
-        req = self.add(prompt, 1)
-        sync_device(self.device)
-        t = time.perf_counter()
-        while not req.is_finished:
-            self.engine.step()
-        return time.perf_counter() - t
 
 
 def _weights_bytes(engine: LLMEngine) -> int:
@@ -141,7 +108,7 @@ def run(cfg: EngineBenchConfig) -> dict:
     engine = LLMEngine(ecfg)
     init_s = time.perf_counter() - t
     ceilings = device_ceilings(device, engine.dtype)
-    r = _Runner(engine, cfg)
+    r = EngineDriver(engine, cfg.seed, cfg.vocab_cap)
     flops_tok = _matmul_flops_per_token(engine)
     result: dict = {"config": asdict(cfg), "init_s": init_s, "ceilings": ceilings,
                     "weights_gb": _weights_bytes(engine) / 1e9, "backend": type(engine.runner.backend).__name__}
@@ -154,7 +121,7 @@ def run(cfg: EngineBenchConfig) -> dict:
         flops = flops_tok * n + _attention_flops(engine, n, 0)
         prefill.append({"tokens": n, "seconds": secs, "tokens_per_s": n / secs,
                         "mfu": flops / secs / (ceilings["matmul_tflops"] * 1e12)})
-        engine.cache.evict(engine.cache.evictable_pages)
+        r.clear_cache()
     result["prefill"] = prefill
 
     prefix = r.tokens(cfg.cached_prefix)
@@ -163,7 +130,7 @@ def run(cfg: EngineBenchConfig) -> dict:
     cold = min(r.timed_first_token(r.tokens(cfg.new_tokens)) for _ in range(3))
     result["ttft"] = {"cached_prefix": cfg.cached_prefix, "new_tokens": cfg.new_tokens,
                       "with_cached_prefix_s": cached, "cold_s": cold, "ratio": cached / cold}
-    engine.cache.evict(engine.cache.evictable_pages)
+    r.clear_cache()
 
     mc = engine.model_config
     kv_bytes_per_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * engine.dtype.itemsize
@@ -173,23 +140,15 @@ def run(cfg: EngineBenchConfig) -> dict:
     decode = []
     for batch in cfg.decode_batches:
         reqs = [r.add(r.tokens(cfg.decode_context), cfg.decode_steps + 2) for _ in range(batch)]
-        while any(not q.output_token_ids for q in reqs):
-            engine.step()
-        engine.step()
-        sync_device(device)
-        t = time.perf_counter()
-        steps = 0
-        while steps < cfg.decode_steps - 1 and all(not q.is_finished for q in reqs):
-            engine.step()
-            steps += 1
-        secs = (time.perf_counter() - t) / steps
+        r.start_decode(reqs)
+        secs = r.timed_steps(cfg.decode_steps - 1, until_finished=reqs)
         r.run_until_done()
         context = cfg.decode_context + cfg.decode_steps // 2
         floor_bytes = weights_read + batch * context * kv_bytes_per_token
         floor_s = floor_bytes / (ceilings["copy_gbps"] * 1e9)
         decode.append({"batch": batch, "step_ms": secs * 1e3, "tokens_per_s": batch / secs,
                        "floor_ms": floor_s * 1e3, "roofline_fraction": floor_s / secs})
-        engine.cache.evict(engine.cache.evictable_pages)
+        r.clear_cache()
     result["decode"] = decode
 
     prefix = r.tokens(cfg.shared_prefix)

@@ -2,7 +2,7 @@
 in the simulator, with a leaderboard of each policy's latency against the best at each point.
 
 A point is (workload, replicas, KV memory regime, load, seed). Loads come from round_robin's
-rate ladder at that point (`compare.Runner.climb`: from a light load until its p99 passes the
+rate ladder at that point (`sim_runner.Runner.climb`: from a light load until its p99 passes the
 saturation factor, one step beyond), plus, for traces, the trace's own rate and twice it (its
 arrivals compressed, their burstiness kept). The ladder is climbed once per (workload,
 replicas, memory) with the first seed; every seed then plays the same rates with its own
@@ -16,7 +16,6 @@ Capacity at a TTFT SLO: for each policy, the highest rate whose p90 TTFT stays u
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import time
 from collections import defaultdict
@@ -28,18 +27,11 @@ from typing import Any
 
 from ..core.cost_model import CostModel
 from ..core.routing import DEFAULT_POLICY, POLICIES
-from .compare import (
-    CompareConfig,
-    Prepared,
-    Runner,
-    Variant,
-    _install,
-    _pool,
-    _tokenizer,
-    _tokenizer_path,
-    prepare,
-)
+from .compare_config import CompareConfig, Variant
+from .prepare import Prepared, load_tokenizer, prepare, tokenizer_path
 from .provenance import source_revision
+from .sim_pool import map_until_deadline, registry, spawn_pool
+from .sim_runner import Runner
 
 PEERS = tuple(p for p in POLICIES if p != DEFAULT_POLICY)  # every other registered policy
 # KV pages per replica. h200: the Llama-3-8B cost model's GPU at 0.85 of 141 GB (704k tokens).
@@ -84,15 +76,13 @@ def _workload_args(name: str) -> tuple[str, dict]:
 
 def _prepare_task(cfg: GridConfig, name: str, tokenizer: str) -> Prepared:
     kind, params = _workload_args(name)
-    prep = prepare(kind, cfg.base.max_requests, _tokenizer(tokenizer), 0,
+    prep = prepare(kind, cfg.base.max_requests, load_tokenizer(tokenizer), 0,
                    cfg.base.max_model_len - 1024, params=params, trace_arrivals=name in cfg.traces)
     return replace(prep, name=name)
 
 
 def _runner(cfg: GridConfig, workload: str, memory: str, seed: int) -> Runner:
-    from .compare import _PREPARED as shared
-
-    return Runner(cfg.compare_config(memory, seed), shared[workload], CostModel.load(cfg.base.cost_model))
+    return Runner(cfg.compare_config(memory, seed), registry.get(workload), CostModel.load(cfg.base.cost_model))
 
 
 def _ladder_task(cfg: GridConfig, workload: str, replicas: int, memory: str) -> list[float]:
@@ -143,16 +133,16 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
     """The grid: prepare the workloads, climb the ladders, run every point, then the capacity
     search. `checkpoint` receives the document once the points are done (before the search)."""
     start = time.monotonic()
-    tokenizer = _tokenizer_path(cfg.base)
+    tokenizer = tokenizer_path(cfg.base)
     names = list(cfg.workloads)
-    with _pool(cfg.jobs) as pool:
+    with spawn_pool(cfg.jobs) as pool:
         prepared = dict(zip(names, pool.map(_prepare_task, [cfg] * len(names), names, [tokenizer] * len(names))))
     log(f"prepared {', '.join(names)}")
     cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
     known = {cell: list(rs) for cell, rs in cfg.known_rates}
     needed = list(dict.fromkeys(cells + _capacity_cells(cfg)))
     climb = [c for c in needed if c not in known]
-    with _pool(cfg.jobs, prepared) as pool:
+    with spawn_pool(cfg.jobs, prepared) as pool:
         climbed = dict(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb])))) if climb else {}
     ladders = {**known, **climbed}
     rates = {c: ladders[c] for c in cells}
@@ -160,7 +150,7 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
         "loads of the grid's points")
     points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
               for s in cfg.seeds for v in cfg.variants()]
-    rows = _until_deadline(cfg.jobs, prepared, _point_task, points, start, cfg.deadline_s)
+    rows = map_until_deadline(cfg.jobs, prepared, _point_task, points, start, cfg.deadline_s)
     complete = len(rows) == len(points)
     log(f"{len(rows)} of {len(points)} runs done" + ("" if complete else "; deadline: capacity search skipped"))
     doc = {"meta": {**_meta(cfg), "runs": len(rows), "runs_planned": len(points)}, "config": _config_dict(cfg),
@@ -170,30 +160,9 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
     if checkpoint is not None:
         checkpoint(doc)
     if complete:
-        with _pool(cfg.jobs, prepared) as pool:
+        with spawn_pool(cfg.jobs, prepared) as pool:
             doc["capacity"] = _capacities(cfg, pool, ladders)
     return doc
-
-
-def _until_deadline(jobs: int, prepared: dict, fn: Callable, tasks: list[tuple], start: float,
-                    deadline_s: float | None) -> list:
-    """Results of `fn` over `tasks`, in order, made by fresh ("spawn") processes, stopping at the
-    deadline: the processes are then terminated, runs in flight and not started are dropped."""
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(jobs, initializer=_install, initargs=(prepared,))
-    try:
-        pending = [pool.apply_async(fn, t) for t in tasks]
-        out = []
-        for p in pending:
-            left = None if deadline_s is None else deadline_s - (time.monotonic() - start)
-            try:
-                out.append(p.get(timeout=max(0.0, left) if left is not None else None))
-            except multiprocessing.TimeoutError:
-                break
-        return out
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def _whole_points(rows: list[dict], variants: int) -> list[dict]:

@@ -40,6 +40,8 @@ from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import free_port_block
 from .provenance import source_revision
+from .requests import load_request
+from .workloads import WorkloadRequest, make_workload
 
 
 @dataclass(frozen=True)
@@ -297,22 +299,22 @@ def router_version(spec: RouterSpec, executable: str | None) -> str:
 def prepare_requests(run: WorkloadRun, tokenizer, cfg: PeerBenchConfig) -> list[LoadRequest]:
     """The workload's requests as text prompts, shared prefixes cut to `prefix_cap` tokens and
     outputs to `max_output_tokens` (the same list for every router)."""
-    from .workloads import make_workload
-
     wl = make_workload(run.name, num_requests=run.num_requests, seed=cfg.seed, tokenizer=tokenizer, **run.params)
-    out = []
-    for r in wl.requests:
-        text = r.prompt
-        cap = cfg.prefix_cap
-        if text is None or (cap is not None and r.shared_prefix_len > cap):
-            ids = list(r.prompt_token_ids) if r.prompt_token_ids is not None else \
-                tokenizer.encode(text, add_special_tokens=False)
-            if cap is not None and r.shared_prefix_len > cap:
-                ids = ids[:cap] + ids[r.shared_prefix_len:]
-            text = tokenizer.decode(ids)
-        max_tokens = r.max_tokens if cfg.max_output_tokens is None else min(r.max_tokens, cfg.max_output_tokens)
-        out.append(LoadRequest(r.request_id, text, max_tokens))
-    return out
+    return [load_request(r, prompt=capped_text(r, tokenizer, cfg.prefix_cap), max_tokens_cap=cfg.max_output_tokens)
+            for r in wl.requests]
+
+
+def capped_text(r: WorkloadRequest, tokenizer, cap: int | None) -> str:
+    """`r`'s prompt as text with at most `cap` tokens of its shared prefix (None: all of it);
+    token ids are decoded."""
+    text = r.prompt
+    if text is None or (cap is not None and r.shared_prefix_len > cap):
+        ids = list(r.prompt_token_ids) if r.prompt_token_ids is not None else \
+            tokenizer.encode(text, add_special_tokens=False)
+        if cap is not None and r.shared_prefix_len > cap:
+            ids = ids[:cap] + ids[r.shared_prefix_len:]
+        text = tokenizer.decode(ids)
+    return text
 
 
 def _run_one(spec: RouterSpec, executable: str | None, pool: WorkerPool, model: str, reqs: list[LoadRequest],

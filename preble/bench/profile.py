@@ -8,19 +8,17 @@ samples, so a reader can judge the model the router and the simulator will use.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from ..core.cost_model import CostModel
 from ..core.pages import DEFAULT_PAGE_SIZE
-from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
 from ..engine.config import EngineConfig
 from ..engine.engine import LLMEngine
-from .engine import environment, sync_device
+from .engine import environment
+from .engine_driver import EngineDriver
 
 
 @dataclass(frozen=True)
@@ -58,49 +56,33 @@ class _Profiler:
             model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size, seed=cfg.seed,
             scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_running_requests=max(cfg.decode_batches)),
             **cfg.extra))
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-
-    def tokens(self, n: int) -> list[int]:
-        return torch.randint(3, self.cfg.vocab_cap, (n,), generator=self.gen).tolist()
-
-    def add(self, prompt: list[int], max_tokens: int):
-        return self.engine.add_request(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0,
-                                                              ignore_eos=True))
+        self.driver = EngineDriver(self.engine, cfg.seed, cfg.vocab_cap)
 
     def drain(self, keep_cache: bool = False) -> None:
         """Finish every request; then empty the cache unless told to keep it."""
-        while self.engine.has_work:
-            self.engine.step()
+        self.driver.run_until_done()
         if not keep_cache:
-            self.engine.cache.evict(self.engine.cache.evictable_pages)
+            self.driver.clear_cache()
 
     def prefill(self, new: int, cached: int) -> float:
         """Seconds of the one step that prefills `new` tokens after a cached `cached`-token prefix."""
-        prefix = self.tokens(cached)
+        d = self.driver
+        prefix = d.tokens(cached)
         if cached:
-            self.add(prefix, 1)
+            d.add(prefix, 1)
             self.drain(keep_cache=True)
-        req = self.add(prefix + self.tokens(new), 1)
-        sync_device(self.engine.device)
-        t = time.perf_counter()
-        self.engine.step()
-        elapsed = time.perf_counter() - t
+        req = d.add(prefix + d.tokens(new), 1)
+        elapsed = d.timed_steps(1)
         assert req.is_finished and req.num_cached_tokens >= cached - self.cfg.page_size
         self.drain()
         return elapsed
 
     def decode(self, batch: int, context: int) -> float:
         """Seconds per decode step of `batch` sequences of about `context` tokens each."""
-        steps = self.cfg.decode_steps
-        reqs = [self.add(self.tokens(context), steps + 2) for _ in range(batch)]
-        while any(not r.output_token_ids for r in reqs):
-            self.engine.step()
-        self.engine.step()
-        sync_device(self.engine.device)
-        t = time.perf_counter()
-        for _ in range(steps):
-            self.engine.step()
-        elapsed = (time.perf_counter() - t) / steps
+        d, steps = self.driver, self.cfg.decode_steps
+        reqs = [d.add(d.tokens(context), steps + 2) for _ in range(batch)]
+        d.start_decode(reqs)
+        elapsed = d.timed_steps(steps)
         self.drain()
         return elapsed
 

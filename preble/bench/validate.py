@@ -20,12 +20,12 @@ from typing import Any
 from ..core.cost_model import CostModel
 from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.routing import DEFAULT_POLICY
-from ..core.sampling_params import SamplingParams
 from ..core.scheduler_config import SchedulerConfig
-from ..sim.cluster import SimConfig, SimRequest, simulate
+from ..sim.cluster import SimConfig, simulate
 from ..sim.report import summarize
-from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
+from .loadgen import LoadConfig, RequestRecord, arrival_times, run_load
 from .local_cluster import LocalCluster
+from .requests import load_request, sim_request
 from .workloads import make_workload
 
 COMPARED = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "mean_tpot", "hit_ratio")
@@ -79,7 +79,7 @@ def run_live(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | Non
     from ..models.demo import ensure_demo_model
 
     wl = _workload(cfg)
-    reqs = [LoadRequest(r.request_id, list(r.prompt_token_ids), r.max_tokens) for r in wl.requests]
+    reqs = [load_request(r) for r in wl.requests]
     with LocalCluster(cfg.model or str(ensure_demo_model()), cfg.workers, cfg.policy, cfg.worker_args(),
                       cfg.device) as cluster:
         records = asyncio.run(run_load(reqs, LoadConfig(cluster.url, rate=cfg.rate, seed=cfg.seed),
@@ -89,12 +89,12 @@ def run_live(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | Non
 
 def run_in_process(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = None
                    ) -> tuple[list[RequestRecord], int]:
-    """The workload on one engine stepped in this process; (records, its KV pages)."""
-    import time
-
+    """The workload on one engine stepped in this process; (records, its KV pages). Its requests
+    are sampled at the default temperature (the live run's load generator asks for greedy ones;
+    either way they run to `max_tokens`)."""
     from ..engine.config import EngineConfig
     from ..engine.engine import LLMEngine
-    from .loadgen import arrival_times
+    from .engine_driver import EngineDriver
 
     if cfg.workers != 1:
         raise ValueError("an in-process run has one replica")
@@ -104,47 +104,35 @@ def run_in_process(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None]
         num_pages=cfg.num_pages, seed=cfg.seed,
         scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens,
                                   local_policy=cfg.local_policy)))
-    _warm_up(engine, max(len(r.prompt_token_ids) for r in wl.requests))
+    driver = EngineDriver(engine, cfg.seed)
+    _warm_up(driver, max(len(r.prompt_token_ids) for r in wl.requests))
     times = arrival_times(wl.requests, LoadConfig("", rate=cfg.rate, seed=cfg.seed))
-    arrivals = dict(zip((r.request_id for r in wl.requests), times))
-    pending = sorted(wl.requests, key=lambda r: arrivals[r.request_id])
+    arrivals = {r.request_id: t for r, t in zip(wl.requests, times)}
     records: list[RequestRecord] = []
-    i, start = 0, time.monotonic()
-    while i < len(pending) or engine.has_work:
-        now = time.monotonic() - start
-        while i < len(pending) and arrivals[pending[i].request_id] <= now:
-            r = pending[i]
-            i += 1
-            engine.add_request(list(r.prompt_token_ids), SamplingParams(max_tokens=r.max_tokens, ignore_eos=True),
-                               r.request_id)
-        if not engine.has_work:
-            time.sleep(max(0.0, arrivals[pending[i].request_id] - now))
-            continue
-        for req in engine.step():
-            if not req.is_finished:
-                continue
-            at = arrivals[req.request_id]
-            first, end = req.first_token_time - start, req.finish_time - start
-            n = len(req.output_token_ids)
-            rec = RequestRecord(req.request_id, at, first, end, first - at,
-                                (end - first) / (n - 1) if n > 1 else None, end - at,
-                                len(req.prompt_token_ids), req.num_cached_tokens or 0, n, "engine", "in-process")
-            records.append(rec)
-            if on_done is not None:
-                on_done(rec)
+    for req, start in driver.replay([sim_request(r, arrival=t) for r, t in zip(wl.requests, times)],
+                                    greedy=False):
+        at = arrivals[req.request_id]
+        first, end = req.first_token_time - start, req.finish_time - start
+        n = len(req.output_token_ids)
+        rec = RequestRecord(req.request_id, at, first, end, first - at,
+                            (end - first) / (n - 1) if n > 1 else None, end - at,
+                            len(req.prompt_token_ids), req.num_cached_tokens or 0, n, "engine", "in-process")
+        records.append(rec)
+        if on_done is not None:
+            on_done(rec)
     return records, engine.allocator.num_pages
 
 
-def _warm_up(engine, prompt_len: int) -> None:
+def _warm_up(driver, prompt_len: int) -> None:
     """Compile and autotune the kernels before the clock starts (a server is warm when its
     clients arrive): a fresh prefill, one on a cached prefix, a few decode steps; then an empty
     cache again."""
+    engine = driver.engine
     vocab = engine.model_config.vocab_size
     fresh = [(7 * i + 3) % vocab for i in range(prompt_len)]
     for prompt in (fresh, fresh[: prompt_len // 2] + [(11 * i + 5) % vocab for i in range(prompt_len // 2)]):
-        engine.add_request(prompt, SamplingParams(max_tokens=4, ignore_eos=True))
-        while engine.has_work:
-            engine.step()
+        driver.add(prompt, 4, greedy=False)
+        driver.run_until_done()
     engine.cache.clear()
 
 
@@ -153,8 +141,7 @@ def run(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None] | None = N
     records, num_pages = (run_in_process if in_process else run_live)(cfg, on_done)
     ok = [r for r in records if r.error is None]
     by_id = {r.request_id: r for r in _workload(cfg).requests}
-    sim_reqs = [SimRequest(r.request_id, r.arrival, by_id[r.request_id].prompt_token_ids,
-                           by_id[r.request_id].max_tokens) for r in ok]
+    sim_reqs = [sim_request(by_id[r.request_id], arrival=r.arrival) for r in ok]
     sim_records = simulate(sim_reqs, cfg.sim_config(num_pages), CostModel.load(cfg.cost_model))
     real, sim = summarize(ok), summarize(sim_records)
     return {"meta": _meta(cfg.device), "config": asdict(cfg), "mode": "in-process" if in_process else "live",
