@@ -15,7 +15,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.cost_model import CostModel
 from ..core.pages import DEFAULT_PAGE_SIZE
@@ -27,6 +27,9 @@ from .loadgen import LoadConfig, RequestRecord, arrival_times, run_load
 from .local_cluster import LocalCluster
 from .requests import load_request, sim_request
 from .workloads import make_workload
+
+if TYPE_CHECKING:
+    from .engine_driver import EngineDriver
 
 COMPARED = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "mean_tpot", "hit_ratio")
 
@@ -123,7 +126,7 @@ def run_in_process(cfg: ValidateConfig, on_done: Callable[[RequestRecord], None]
     return records, engine.allocator.num_pages
 
 
-def _warm_up(driver, prompt_len: int) -> None:
+def _warm_up(driver: EngineDriver, prompt_len: int) -> None:
     """Compile and autotune the kernels before the clock starts (a server is warm when its
     clients arrive): a fresh prefill, one on a cached prefix, a few decode steps; then an empty
     cache again."""

@@ -253,7 +253,7 @@ class E2Policy:
         return self.tree.load(worker, bucket)[PREFILL_S] + self._decode_s(worker)
 
     def _decode_s(self, worker: str) -> float:
-        """Decode seconds outstanding on `w`: each expected output token at an unloaded step's
+        """Decode seconds outstanding on `worker`: each expected output token at an unloaded step's
         time (the paper's output x TPOT). Batching makes the GPU time smaller, yet every queued
         decode slows the others; a loaded TPOT instead would grow with the square of the queue
         and overreact to bursts."""
@@ -488,8 +488,7 @@ class E2Policy:
             recompute_s = self.cost.prefill_time(node.end - held, held)
             if shift_load < cfg.rebalance_min_gain * recompute_s:
                 continue
-            assignment = node.assigned
-            live = assignment if assignment is not None and assignment.until > now else None
+            live = _live_assignment(node, now)
             replicated = live is not None and live.reason == E2Branch.REPLICATE
             if not replicated and 2 * shift_load + recompute_s <= gap and \
                     not any(other != heavy and self.tree.stats(node, other, bucket)[REQUESTS] > 0
@@ -514,9 +513,8 @@ class E2Policy:
 
     def _replicate(self, node: Node, worker: str, extra: str, now: float) -> None:
         """Steer `node`'s requests to its current workers (or holders, with `worker`) plus `extra`."""
-        assignment = node.assigned
-        current = list(assignment.workers) if assignment is not None and assignment.until > now \
-            else self.tree.holders(node)
+        live = _live_assignment(node, now)
+        current = list(live.workers) if live else self.tree.holders(node)
         current = [w for w in dict.fromkeys(current + [worker]) if w in self._workers and w != extra]
         node.assigned = Assignment(tuple(current + [extra]), E2Branch.REPLICATE,
                                    now + self.config.assignment_ttl_s)
@@ -529,12 +527,17 @@ class E2Policy:
             return
         if ttft_sum_new / count_new < cfg.replicate_ttft_ratio * (ttft_sum_old / count_old):
             return
-        assignment = node.assigned
-        current = list(assignment.workers) if assignment is not None and assignment.until > now \
-            else self.tree.holders(node)
+        live = _live_assignment(node, now)
+        current = list(live.workers) if live else self.tree.holders(node)
         others = [w for w in self._workers if w not in current and w != worker]
         if not others:
             return
         bucket = self.tree.window.bucket(now)
         self._replicate(node, worker, min(others, key=lambda w: (self._load(w, bucket), self._workers[w].order)), now)
         self.tree.reset_ttft(node, worker)
+
+
+def _live_assignment(node: Node, now: float) -> Assignment | None:
+    """`node`'s steering decision while it lasts (its workers may since have left)."""
+    assignment = node.assigned
+    return assignment if assignment is not None and assignment.until > now else None
