@@ -1,7 +1,7 @@
 """`preble serve`: N workers and a router, started and stopped as one.
 
 Workers run as child processes (`preble worker`; or as Ray actors' children, see
-preble/ray_workers.py; both supervised by preble/supervision.py) that die with this process (Linux parent-death signal), so neither
+preble/ray_workers.py; both started and restarted by preble/processes.py) that die with this process (Linux parent-death signal), so neither
 Ctrl-C, SIGTERM nor a crash of the launcher leaves orphans behind. A worker that crashes is
 started again on its port; the router re-admits it when its health check passes.
 """
@@ -13,16 +13,9 @@ import signal
 import threading
 
 from .launch_config import ServeConfig
+from .processes import ChildProcess, raise_if_exited, stop_all, supervise
 from .router.config import RouterServerConfig
-from .supervision import (
-    WorkerProcess,
-    exited_check,
-    stop_workers,
-    supervise,
-    wait_healthy,
-    worker_api_key,
-    worker_command,
-)
+from .supervision import wait_healthy, worker_api_key, worker_command
 
 
 class NotEnoughGPUs(RuntimeError):
@@ -69,7 +62,7 @@ class LocalWorkers:
         self.workers = [self._worker(i, port) for i, port in enumerate(ports)]
         self._stop = threading.Event()
 
-    def _worker(self, i: int, port: int) -> WorkerProcess:
+    def _worker(self, i: int, port: int) -> ChildProcess:
         cfg = self.cfg
         env = {**os.environ, "PREBLE_WORKER_API_KEY": self.api_key}
         threads = None
@@ -77,18 +70,18 @@ class LocalWorkers:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]
         else:
             threads = _threads_per_worker(cfg.workers * cfg.tp)
-        return WorkerProcess(f"worker-{i}", worker_command(cfg, i, "127.0.0.1", port, threads), env)
+        return ChildProcess(f"worker-{i}", worker_command(cfg, i, "127.0.0.1", port, threads), env)
 
     def ready(self, timeout_s: float) -> None:
         """Wait until every worker answers, then restart any that crashes (the router re-admits
         it once healthy) until `stop`."""
-        wait_healthy(self.urls, timeout_s, exited_check([w.proc for w in self.workers]))
+        wait_healthy(self.urls, timeout_s, lambda: raise_if_exited(self.workers, "a worker exited during start-up"))
         threading.Thread(target=supervise, args=(self.workers, self._stop, self.cfg.supervise_interval_s),
                          name="preble-supervisor", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
-        stop_workers([w.proc for w in self.workers])
+        stop_all(self.workers, self.cfg.stop_grace_s)
 
 
 def _interrupt(signum, frame) -> None:

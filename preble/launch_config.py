@@ -24,6 +24,7 @@ class ServeConfig:
     max_inflight: int = RouterServerConfig.max_inflight  # requests the router admits at once
     api_key: str | None = None  # required from the router's clients
     supervise_interval_s: float = 0.5  # how often crashed workers are looked for (and restarted)
+    stop_grace_s: float = 10.0  # how long stopped workers get to exit before SIGKILL
     log_json: bool = False  # router and workers log JSON lines
     cost_model: str | None = None  # e2's cost model (`preble profile` JSON); None: built-in
     ray: bool = False  # place workers as Ray actors (each on --tp GPUs, or a share of CPUs) instead of local children

@@ -15,7 +15,8 @@ import threading
 from dataclasses import dataclass
 
 from .launch_config import ServeConfig
-from .supervision import WorkerProcess, stop_workers, supervise, wait_healthy, worker_api_key, worker_command
+from .processes import ChildProcess, supervise
+from .supervision import wait_healthy, worker_api_key, worker_command
 
 LOOPBACK = "127.0.0.1"
 
@@ -38,8 +39,8 @@ class WorkerActor:
         self._url = f"http://{host}:{port}"
         # Ray has set CUDA_VISIBLE_DEVICES to the actor's GPU; the worker inherits it.
         env = {**os.environ, "PREBLE_WORKER_API_KEY": api_key}
-        self.worker = WorkerProcess(f"worker-{index}", worker_command(cfg, index, host, port, threads), env)
-        self._interval_s = cfg.supervise_interval_s
+        self.worker = ChildProcess(f"worker-{index}", worker_command(cfg, index, host, port, threads), env)
+        self._interval_s, self._grace_s = cfg.supervise_interval_s, cfg.stop_grace_s
         self._stop = threading.Event()
 
     def url(self) -> str:
@@ -58,7 +59,7 @@ class WorkerActor:
 
     def stop(self) -> None:
         self._stop.set()
-        stop_workers([self.worker.proc])
+        self.worker.stop(self._grace_s)
 
 
 def _free_port(host: str) -> int:

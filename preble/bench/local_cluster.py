@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import signal
+import os
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
 from ..core.routing import DEFAULT_POLICY
+from ..processes import ChildProcess, wait_until
 
 
 def free_port_block(n: int) -> int:
@@ -36,50 +36,40 @@ def _free(port: int) -> bool:
 
 
 class LocalCluster:
-    """Router + `workers` workers on loopback; `stop()` (or leaving the `with`) ends them all.
-    The log goes to a file: nobody reads a pipe while a benchmark runs, and a full one blocks."""
+    """Router + `workers` workers on loopback; `stop()` (or leaving the `with`) ends them all, as
+    does this process's death. The log goes to a temporary file, removed at `stop()`."""
 
     def __init__(self, model: str, workers: int = 2, policy: str = DEFAULT_POLICY,
                  worker_args: Sequence[str] = (), device: str = "cpu",
-                 startup_timeout_s: float = 300.0, serve_args: Sequence[str] = ()) -> None:
-        self.workers = workers
+                 startup_timeout_s: float = 300.0, serve_args: Sequence[str] = (),
+                 stop_grace_s: float = 60.0, poll_s: float = 0.3) -> None:
+        self.workers, self.stop_grace_s = workers, stop_grace_s
         self.port = free_port_block(workers + 1)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="preble-serve-", suffix=".log")
-        self.proc = subprocess.Popen(
+        fd, log_path = tempfile.mkstemp(prefix="preble-serve-", suffix=".log")
+        os.close(fd)
+        self.child = ChildProcess(
+            "preble serve",
             [sys.executable, "-m", "preble.cli", "serve", "--model", model, "--workers", str(workers),
              "--policy", policy, "--port", str(self.port), "--device", device, *serve_args, *worker_args],
-            stdout=self.log, stderr=subprocess.STDOUT, text=True)
+            log_path=Path(log_path))
+        self.proc = self.child.proc
         try:
-            self._wait(startup_timeout_s)
+            wait_until(self._all_healthy, [self.child], startup_timeout_s, poll_s, "cluster")
         except BaseException:
             self.stop()
             raise
 
-    def _wait(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"preble serve exited: {self.log_tail()}")
-            try:
-                body = httpx.get(f"{self.url}/health", timeout=1).json()
-                if len(body.get("healthy_workers", [])) == self.workers:
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cluster not healthy after {timeout_s:.0f} s: {self.log_tail()}")
-            time.sleep(0.3)
+    def _all_healthy(self) -> bool:
+        return len(httpx.get(f"{self.url}/health", timeout=1).json().get("healthy_workers", [])) == self.workers
 
     def log_tail(self, chars: int = 4000) -> str:
-        with open(self.log.name) as f:
-            return f.read()[-chars:]
+        return self.child.tail(chars)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self.log.close()
+        """`preble serve`'s exit code (SIGKILL'd if it outlives the grace period)."""
+        code = self.child.stop(self.stop_grace_s)
+        self.child.log_path.unlink(missing_ok=True)
         return code
 
     def __enter__(self) -> LocalCluster:

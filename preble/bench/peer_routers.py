@@ -34,8 +34,8 @@ from typing import Any
 
 import httpx
 
-from ..child_process import spawn_tied
 from ..core.pages import DEFAULT_PAGE_SIZE
+from ..processes import ChildProcess, stop_all, wait_until
 from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import free_port_block
@@ -163,49 +163,6 @@ class PeerBenchConfig:
         return path if path and os.access(path, os.X_OK) else None
 
 
-class Process:
-    """A child process logging to a file, ended with SIGTERM (then SIGKILL) and with its parent."""
-
-    def __init__(self, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
-        self.args, self.log_path = list(args), log_path
-        self._log = open(log_path, "w")
-        self.proc = spawn_tied(self.args, env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, chars: int) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, grace_s: float) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def wait_until(ready: Callable[[], bool], procs: Sequence[Process], timeout_s: float, poll_s: float,
-               what: str, tail_chars: int) -> None:
-    """Poll `ready` until it holds; raise if a process exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for p in procs:
-            if not p.alive():
-                raise RuntimeError(f"{what}: {p.args[0]} exited ({p.proc.returncode}): {p.tail(tail_chars)}")
-        try:
-            if ready():
-                return
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout_s:.0f} s")
-        time.sleep(poll_s)
-
-
 class WorkerPool:
     """N `preble worker` processes on loopback ports, with no API key (the peer routers present
     none), started once for every run."""
@@ -215,9 +172,10 @@ class WorkerPool:
         base = free_port_block(cfg.workers)
         self.urls = [f"http://127.0.0.1:{base + i}" for i in range(cfg.workers)]
         env = {k: v for k, v in os.environ.items() if k != "PREBLE_WORKER_API_KEY"}
-        self.procs = [Process([sys.executable, "-m", "preble.cli", "worker", "--model", model, "--host", "127.0.0.1",
-                               "--port", str(base + i), "--worker-id", f"worker-{i}", *cfg.worker_args()],
-                              log_dir / f"worker-{i}.log", env) for i in range(cfg.workers)]
+        self.procs = [ChildProcess(f"worker-{i}", [sys.executable, "-m", "preble.cli", "worker", "--model", model,
+                                                   "--host", "127.0.0.1", "--port", str(base + i),
+                                                   "--worker-id", f"worker-{i}", *cfg.worker_args()],
+                                   env, log_dir / f"worker-{i}.log") for i in range(cfg.workers)]
         try:
             wait_until(lambda: all(httpx.get(f"{u}/health", timeout=1).status_code == 200 for u in self.urls),
                        self.procs, cfg.worker_startup_s, cfg.poll_s, "workers", cfg.log_tail_chars)
@@ -247,8 +205,7 @@ class WorkerPool:
         return out
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.stop(self.cfg.stop_grace_s)
+        stop_all(self.procs, self.cfg.stop_grace_s)
 
 
 def router_command(spec: RouterSpec, executable: str | None, model: str, workers: Sequence[str], port: int,
@@ -324,9 +281,9 @@ def _run_one(spec: RouterSpec, executable: str | None, pool: WorkerPool, model: 
     before = pool.requests_served()
     port = free_port_block(2)
     url = f"http://127.0.0.1:{port}"
-    proc = Process(router_command(spec, executable, model, pool.urls, port, port + 1, pool.cfg.cost_model,
-                                  pool.cfg.health_timeout_s),
-                   log_dir / f"{run.name}_{spec.kind}_{spec.policy}.log")
+    proc = ChildProcess(spec.name, router_command(spec, executable, model, pool.urls, port, port + 1,
+                                                  pool.cfg.cost_model, pool.cfg.health_timeout_s),
+                        log_path=log_dir / f"{run.name}_{spec.kind}_{spec.policy}.log")
     try:
         wait_until(lambda: router_ready(spec, url, len(pool.urls)), [proc], cfg.router_startup_s, cfg.poll_s,
                    spec.name, cfg.log_tail_chars)

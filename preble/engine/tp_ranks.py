@@ -22,7 +22,7 @@ import msgspec
 import torch
 import torch.distributed as dist
 
-from ..child_process import spawn_tied
+from ..processes import spawn_tied
 from .config import EngineConfig
 from .model_runner import StepInput
 from .parallel import TensorParallel, init_group
