@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from preble.bench.requests import sim_request
 from preble.bench.workloads import make_workload
 from preble.bench.workloads.base import default_data_dir
 from preble.bench.workloads.trace import MOONCAKE_FILE
 from preble.core.cost_model import CostModel
 from preble.core.routing import DEFAULT_POLICY
-from preble.sim import SimConfig, SimRequest, simulate, summarize
+from preble.sim import SimConfig, simulate, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 H200 = ROOT / "results" / "cost_models" / "h200_llama3-8b.json"
@@ -26,7 +27,7 @@ H200 = ROOT / "results" / "cost_models" / "h200_llama3-8b.json"
 def test_default_policy_keeps_up_with_cache_aware_on_a_mooncake_slice():
     # 800 rows at 4x the trace's rate: the trace's own load per replica on 16 replicas x 2.
     wl = make_workload("mooncake", num_requests=800, seed=0, time_scale=0.25)
-    reqs = [SimRequest(r.request_id, r.arrival, r.prompt_token_ids, r.max_tokens) for r in wl.requests]
+    reqs = [sim_request(r) for r in wl.requests]
     cost = CostModel.load(H200)
 
     def run(policy: str) -> dict:
