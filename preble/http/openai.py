@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.sampling_params import InvalidSamplingParams, SamplingParams
@@ -204,14 +204,20 @@ def chunk(rid: str, model: str, index: int, text: str | None, finish_reason: str
             "created": int(time.time()), "model": model, "choices": [c]}
 
 
-def usage_chunk(rid: str, model: str, use: dict, chat: bool) -> dict:
-    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+def usage_chunk(rid: str, model: str, use: dict, chat: bool, timing: dict | None = None) -> dict:
+    """The last chunk: token counts, and per-hop times when the request asked for them."""
+    body = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()), "model": model, "choices": [], "usage": use}
+    if timing is not None:
+        body["timing"] = timing
+    return body
 
 
 def sse(data: dict | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
+    """One server-sent event (msgspec's encoder: several times faster than json's, per token)."""
+    if isinstance(data, str):
+        return f"data: {data}\n\n".encode()
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
 def finish_reason_openai(reason: str | None) -> str | None:

@@ -14,7 +14,7 @@ import contextlib
 import time
 
 import msgspec
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from transformers import AutoTokenizer
@@ -23,6 +23,7 @@ from ..core.routing.base import RoutingPolicy
 from ..http import openai as oai
 from ..http.errors import check_model, install_error_handlers
 from ..http.limits import Admission, Guard
+from ..http.logs import wants_timing
 from .config import RouterConfig
 from .dashboard import Timeline
 from .dashboard_routes import dashboard_routes
@@ -53,23 +54,25 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
     install_error_handlers(app)
 
     @app.post("/v1/completions")
-    async def completions(body: oai.CompletionRequest):
+    async def completions(body: oai.CompletionRequest, request: Request):
+        received = wants_timing(request.headers)
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if any(t < 0 or t >= len(tokenizer) for t in ids):
+        if ids and (min(ids) < 0 or max(ids) >= len(tokenizer)):
             raise oai.APIError(400, f"prompt token ids must be in [0, {len(tokenizer)})", param="prompt")
-        return await forwarder.handle(ids, body, chat=False)
+        return await forwarder.handle(ids, body, chat=False, received=received)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: oai.ChatCompletionRequest):
+    async def chat_completions(body: oai.ChatCompletionRequest, request: Request):
+        received = wants_timing(request.headers)
         check_model(body.model, cfg.served_model_name)
         try:
             ids = tokenizer.apply_chat_template(body.chat(), add_generation_prompt=True, tokenize=True,
                                                 return_dict=False)
         except Exception as err:  # content parts or a template that rejects the conversation
             raise oai.APIError(400, f"bad messages: {err}", param="messages") from None
-        return await forwarder.handle(ids, body, chat=True)
+        return await forwarder.handle(ids, body, chat=True, received=received)
 
     @app.get("/v1/models")
     async def models():

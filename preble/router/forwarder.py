@@ -17,13 +17,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import msgspec
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
 from ..http import openai as oai
 from ..http.errors import max_tokens_for
 from ..http.limits import Admission
-from ..http.logs import REQUEST_ID_HEADER
+from ..http.logs import REQUEST_ID_HEADER, TIMING_HEADER
 from .config import RouterConfig
 from .dashboard import Timeline
 from .metrics import RequestStatus, RouterMetrics
@@ -54,23 +55,26 @@ class WorkerFailed(Exception):
 
 
 class Upstream:
-    """One attempt at one worker: its answer as parsed chunks, every read guarded so that the
-    worker being marked down ends the wait at once."""
+    """One attempt at one worker: its answer as batches of parsed chunks (those that arrived in
+    one read: a relay that fell behind catches up in one event per choice), every read guarded
+    so that the worker being marked down ends the wait at once."""
 
     def __init__(self, pool: WorkerPool, decision: RouteDecision) -> None:
         self.pool, self.decision = pool, decision
         self.worker = decision.worker_id
         self.resp: httpx.Response | None = None
-        self.first: dict | None = None  # the first chunk, read before the answer starts
-        self._lines: AsyncIterator[str] | None = None
+        self.first: list[dict] | None = None  # the first batch, read before the answer starts
+        self._reads: AsyncIterator[bytes] | None = None
+        self._partial = b""  # the start of a line whose end has not arrived
+        self._ended = False  # [DONE] seen
 
-    async def open(self, body: dict, request_id: str) -> None:
+    async def open(self, body: dict, request_id: str, timing: bool = False) -> None:
         """Send the request and read up to its first chunk."""
         worker = self.pool.workers[self.worker]
         if worker.model is not None:  # an external engine wants its model named
             body = {**body, "model": worker.model}
-        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body,
-                                             headers={REQUEST_ID_HEADER: request_id})
+        headers = {REQUEST_ID_HEADER: request_id, **({TIMING_HEADER: "1"} if timing else {})}
+        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body, headers=headers)
         async with self.pool.guard(self.worker):
             self.resp = await self.pool.client.send(req, stream=True)
         if self.resp.status_code != 200:
@@ -81,29 +85,48 @@ class Upstream:
                 raise WorkerRejected(self.resp.status_code, content, self.resp.headers.get("retry-after"))
             # A 5xx is this request's failure; the health check judges the worker.
             raise WorkerFailed(f"status {self.resp.status_code}", suspect=False)
-        self._lines = self.resp.aiter_lines()
-        self.first = await self._next()
+        self._reads = self.resp.aiter_bytes()
+        self.first = await self._next_batch()
 
-    async def chunks(self) -> AsyncIterator[dict]:
-        """Every chunk of the answer, the first included; ends at the worker's [DONE]."""
-        data = self.first
-        while data is not None:
-            yield data
-            data = await self._next()
+    async def batches(self) -> AsyncIterator[list[dict]]:
+        """Every chunk of the answer in arrival batches, the first included; ends at [DONE]."""
+        batch = self.first
+        while batch is not None:
+            yield batch
+            batch = await self._next_batch()
 
-    async def _next(self) -> dict | None:
-        while True:
+    async def _next_batch(self) -> list[dict] | None:
+        """The chunks of the next read (more reads while none is complete); None after [DONE]."""
+        batch: list[dict] = []
+        while not batch and not self._ended:
             async with self.pool.guard(self.worker):
-                line = await anext(self._lines, None)
-            if line is None:
+                data = await anext(self._reads, None)
+            if data is None:
                 raise WorkerFailed("the stream ended before [DONE]")
-            if line.startswith("data: "):
-                data = line[len("data: "):]
-                return None if data == "[DONE]" else json.loads(data)
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data: ") or self._ended:
+                    continue
+                payload = line[len(b"data: "):].rstrip(b"\r")
+                if payload == b"[DONE]":
+                    self._ended = True
+                else:
+                    batch.append(msgspec.json.decode(payload))
+        return batch or None
 
     async def close(self) -> None:
         if self.resp is not None:
             await self.resp.aclose()
+
+
+def merge_choices(batch: list[dict]) -> dict[int, tuple[str, str | None]]:
+    """Each choice's text in `batch` joined, with the last finish reason it gave."""
+    merged: dict[int, tuple[str, str | None]] = {}
+    for data in batch:
+        for c in data.get("choices", ()):
+            text, reason = merged.get(c["index"], ("", None))
+            merged[c["index"]] = (text + (c.get("text") or ""), c.get("finish_reason") or reason)
+    return merged
 
 
 class _Stream(StreamingResponse):
@@ -124,16 +147,33 @@ class _Stream(StreamingResponse):
 class Outcome:
     """What one request's answer was, reported once to the policy, the dashboard and the metrics."""
 
-    def __init__(self, fwd: Forwarder, rid: str, prompt: list[int], start: float) -> None:
+    def __init__(self, fwd: Forwarder, rid: str, prompt: list[int], start: float, received: float | None) -> None:
         self.fwd, self.rid, self.prompt, self.start = fwd, rid, prompt, start
         self.first: float | None = None
         self.usage: dict | None = None
+        self.received = received  # wall clock, when the client asked for per-hop timing
+        self.first_sent: float | None = None
+        self.worker_timing: dict = {}
 
-    def saw(self, data: dict) -> None:
-        if data.get("usage"):
-            self.usage = data["usage"]
-        if data.get("choices") and self.first is None:
-            self.first = time.monotonic()
+    def saw(self, batch: list[dict]) -> None:
+        for data in batch:
+            if data.get("usage"):
+                self.usage = data["usage"]
+            if data.get("timing"):
+                self.worker_timing = data["timing"]
+            if data.get("choices") and self.first is None:
+                self.first = time.monotonic()
+
+    def sending(self) -> None:
+        """The answer's first bytes go out now."""
+        if self.received is not None and self.first_sent is None:
+            self.first_sent = time.time()
+
+    def timing(self) -> dict | None:
+        """Per-hop times, the router's around the worker's; None unless asked for."""
+        if self.received is None:
+            return None
+        return {"router_received": self.received, **self.worker_timing, "router_first_sent": self.first_sent}
 
     def done(self, up: Upstream, status: RequestStatus) -> None:
         end, metrics = time.monotonic(), self.fwd.metrics
@@ -167,7 +207,8 @@ class Forwarder:
         self.admission, self.timeline = admission, timeline
         self.decisions: deque[dict] = deque(maxlen=cfg.recent_decisions)
 
-    async def handle(self, prompt: list[int], body, chat: bool) -> Response:
+    async def handle(self, prompt: list[int], body, chat: bool, received: float | None = None) -> Response:
+        """`received`: when the request arrived (wall clock), if it asked for per-hop timing."""
         cfg = self.cfg
         max_tokens = max_tokens_for(len(prompt), body.max_new_tokens() if chat else body.max_tokens,
                                     cfg.max_model_len, cfg.default_max_tokens)
@@ -185,10 +226,11 @@ class Forwarder:
 
         try:
             if body.stream:
-                resp = await self.answer_stream(prompt, body, fwd, rid, chat, start, release)
+                resp = await self.answer_stream(prompt, body, fwd, rid, chat, Outcome(self, rid, prompt, start,
+                                                                                      received), release)
                 streaming = True  # released when the stream ends
                 return resp
-            return await self.answer_whole(prompt, fwd, rid, chat, start)
+            return await self.answer_whole(prompt, fwd, rid, chat, start, received)
         except WorkerRejected as err:
             self.metrics.requests.labels(RequestStatus.REJECTED).inc()
             headers = {"Retry-After": err.retry_after} if err.retry_after else None
@@ -217,7 +259,8 @@ class Forwarder:
             if getattr(err, "suspect", True):
                 self.pool.mark_failed(up.worker)
 
-    async def connect(self, prompt: list[int], body: dict, rid: str, first: int = 0) -> tuple[Upstream, int]:
+    async def connect(self, prompt: list[int], body: dict, rid: str, first: int = 0,
+                      timing: bool = False) -> tuple[Upstream, int]:
         """Route and open, on other workers (after a growing pause) until one starts answering;
         attempts are numbered from `first`. Returns the upstream and its attempt's number."""
         cfg = self.cfg
@@ -232,7 +275,7 @@ class Forwarder:
             try:
                 # A retry may land on a worker still running an earlier attempt (one that was
                 # only slow): each attempt has its own id there, logged under the router's id.
-                await up.open(body, f"{rid}.{attempt}" if attempt else rid)
+                await up.open(body, f"{rid}.{attempt}" if attempt else rid, timing)
                 return up, attempt
             except (*ATTEMPT_ERRORS, WorkerFailed, WorkerRejected) as err:
                 await up.close()
@@ -254,21 +297,22 @@ class Forwarder:
         return {ROUTE_HEADER: json.dumps({"worker": decision.worker_id, "branch": decision.branch,
                                           "matched_tokens": decision.matched_tokens}, separators=(",", ":"))}
 
-    async def answer_whole(self, prompt: list[int], fwd: dict, rid: str, chat: bool, start: float) -> Response:
+    async def answer_whole(self, prompt: list[int], fwd: dict, rid: str, chat: bool, start: float,
+                           received: float | None) -> Response:
         """A non-streamed answer: nothing reaches the client before the end, so any failure is
         retried on another worker while attempts are left."""
         attempt = 0
         while True:
-            up, attempt = await self.connect(prompt, fwd, rid, attempt)
-            outcome = Outcome(self, rid, prompt, start)
+            up, attempt = await self.connect(prompt, fwd, rid, attempt, received is not None)
+            outcome = Outcome(self, rid, prompt, start, received)
             texts: dict[int, str] = {}
             reasons: dict[int, str | None] = {}
             try:
-                async for data in up.chunks():
-                    outcome.saw(data)
-                    for c in data.get("choices", ()):
-                        texts[c["index"]] = texts.get(c["index"], "") + (c.get("text") or "")
-                        reasons[c["index"]] = c.get("finish_reason") or reasons.get(c["index"])
+                async for batch in up.batches():
+                    outcome.saw(batch)
+                    for i, (text, reason) in merge_choices(batch).items():
+                        texts[i] = texts.get(i, "") + text
+                        reasons[i] = reason or reasons.get(i)
             except asyncio.CancelledError:
                 self.policy.on_done(RequestDone(rid, up.worker, len(prompt), 0, 0, 0.0, 0.0, ok=False))
                 raise
@@ -285,17 +329,19 @@ class Forwarder:
             outcome.done(up, RequestStatus.OK)
             choices = [oai.choice(i, texts[i], reasons.get(i), chat) for i in sorted(texts)]
             use = outcome.usage or oai.usage(len(prompt), 0, 0)
-            return JSONResponse(oai.completion_body(rid, self.cfg.served_model_name, choices, use, chat),
-                                headers=self.route_header(up.decision))
+            answer = oai.completion_body(rid, self.cfg.served_model_name, choices, use, chat)
+            outcome.sending()
+            if (timing := outcome.timing()) is not None:
+                answer["timing"] = timing
+            return JSONResponse(answer, headers=self.route_header(up.decision))
 
-    async def answer_stream(self, prompt: list[int], body, fwd: dict, rid: str, chat: bool, start: float,
+    async def answer_stream(self, prompt: list[int], body, fwd: dict, rid: str, chat: bool, outcome: Outcome,
                             release: Callable[[], None]) -> StreamingResponse:
         """A streamed answer: retried until its first chunk is in hand; a worker failing after
         that ends the stream with an error event. However the response ends (a client that
         goes away before it starts included), the upstream is closed and the request released."""
-        up, _ = await self.connect(prompt, fwd, rid)
+        up, _ = await self.connect(prompt, fwd, rid, timing=outcome.received is not None)
         self.record(up.decision, rid)
-        outcome = Outcome(self, rid, prompt, start)
         model = self.cfg.served_model_name
         ended = False
 
@@ -310,15 +356,14 @@ class Forwarder:
         async def sse() -> AsyncIterator[bytes]:
             started: set[int] = set()
             try:
-                async for data in up.chunks():
-                    outcome.saw(data)
-                    for c in data.get("choices", ()):
-                        i = c["index"]
-                        yield oai.sse(oai.chunk(rid, model, i, c.get("text"), c.get("finish_reason"), chat,
-                                                first=i not in started))
+                async for batch in up.batches():
+                    outcome.saw(batch)
+                    for i, (text, reason) in merge_choices(batch).items():
+                        outcome.sending()
+                        yield oai.sse(oai.chunk(rid, model, i, text, reason, chat, first=i not in started))
                         started.add(i)
                 if body.include_usage and outcome.usage:
-                    yield oai.sse(oai.usage_chunk(rid, model, outcome.usage, chat))
+                    yield oai.sse(oai.usage_chunk(rid, model, outcome.usage, chat, outcome.timing()))
                 await end(RequestStatus.OK)
             except (*ATTEMPT_ERRORS, WorkerFailed) as err:
                 self.metrics.cut.inc()

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from ..http import openai as oai
 from ..http.errors import check_model, install_error_handlers, max_tokens_for
 from ..http.limits import Admission, Guard
-from ..http.logs import REQUEST_ID_HEADER
+from ..http.logs import REQUEST_ID_HEADER, wants_timing
 from .config import FrontendConfig
 from .engine_client import EngineClient
 from .generation import Generator
@@ -42,7 +42,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
     app = FastAPI(title="Preble worker", lifespan=lifespan)
     app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
     admission = Admission(cfg.max_inflight, cfg.max_inflight_tokens, cfg.retry_after_s)
-    generator = Generator(client, admission, metrics, cfg.served_model_name, time.monotonic)
+    generator = Generator(client, tokenizer, admission, metrics, cfg.served_model_name, time.monotonic)
 
     install_error_handlers(app)
 
@@ -63,14 +63,17 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: oai.CompletionRequest, request: Request):
+        received = wants_timing(request.headers)
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = max_tokens_for(len(ids), body.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
-        return await generator.openai(request_id(request, "cmpl"), ids, body, max_tokens, chat=False)
+        return await generator.openai(request_id(request, "cmpl"), ids, body, max_tokens, chat=False,
+                                      received=received)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: oai.ChatCompletionRequest, request: Request):
+        received = wants_timing(request.headers)
         check_model(body.model, cfg.served_model_name)
         try:
             messages = body.chat()
@@ -78,7 +81,8 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
             raise oai.APIError(400, str(err), param="messages") from None
         ids = encode_chat(messages)
         max_tokens = max_tokens_for(len(ids), body.max_new_tokens(), cfg.max_model_len, cfg.default_max_tokens)
-        return await generator.openai(request_id(request, "chatcmpl"), ids, body, max_tokens, chat=True)
+        return await generator.openai(request_id(request, "chatcmpl"), ids, body, max_tokens, chat=True,
+                                      received=received)
 
     @app.post("/generate")
     async def generate(body: oai.GenerateRequest):

@@ -39,10 +39,11 @@ class EngineClient:
             msg = P.from_engine_decoder.decode(await self._from_engine.recv())
             self.last_heard = time.monotonic()
             match msg:
-                case P.TokenDelta():
-                    queue = self._queues.get(msg.request_id)
-                    if queue is not None:
-                        queue.put_nowait(msg)
+                case P.StepOutputs():
+                    for delta in msg.deltas:
+                        queue = self._queues.get(delta.request_id)
+                        if queue is not None:
+                            queue.put_nowait(delta)
                 case P.Load():
                     self.load = msg.report
                 case P.Events():
@@ -68,7 +69,9 @@ class EngineClient:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        sampling: SamplingParams) -> AsyncIterator[P.TokenDelta]:
-        """Deltas of one request until its last; leaving early (a client disconnect) aborts it."""
+        """Deltas of one request until its last; leaving early (a client disconnect) aborts it.
+        A reader that falls behind the engine gets what queued up meanwhile as one delta, so a
+        loaded frontend sends fewer, larger events instead of lagging further."""
         queue: asyncio.Queue[P.TokenDelta] = asyncio.Queue()
         self._queues[request_id] = queue
         done = False
@@ -76,6 +79,8 @@ class EngineClient:
             self._send(P.Generate(request_id, prompt_token_ids, sampling))
             while not done:
                 delta = await queue.get()
+                while not queue.empty():
+                    delta = delta.then(queue.get_nowait())
                 done = delta.finish_reason is not None
                 yield delta
         finally:

@@ -1,7 +1,9 @@
 """The engine process: owns the model and runs the step loop; talks to the frontend over ZeroMQ.
 
-It never blocks on HTTP: requests arrive on a PULL socket, and token deltas, load reports and
-KV event batches leave on a PUSH socket. When it has no work it waits on the socket.
+It never blocks on HTTP: requests arrive on a PULL socket, and token deltas (one message per
+step for every request in it), load reports and KV event batches leave on a PUSH socket. Text is
+the frontend's work: between two GPU steps the loop only schedules and sends token ids. When it
+has no work it waits on the socket.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from ..core.load_report import STATS_WINDOW_S, RequestWindow, build_load_report
 from ..core.messages import KVEventBatch, LoadReport
 from ..core.request import Request
 from ..engine.config import EngineConfig
-from ..engine.detokenizer import TextStreamer
 from ..engine.engine import LLMEngine
 from . import protocol as P
 
@@ -50,7 +51,7 @@ class EngineLoop:
         self._events: list[KVEvent] = []
         self.engine = LLMEngine(cfg.engine, on_kv_event=self._events.append)
         self.stats = RequestWindow(cfg.stats_window_s, time.monotonic)
-        self.streamer = TextStreamer(self.engine.decode)
+        self._admitted: dict[str, float] = {}  # wall-clock admission of requests still without a token
         self.seq = 0
         self._last_load = 0.0
         ctx = zmq.Context.instance()
@@ -104,7 +105,7 @@ class EngineLoop:
                 self.add(msg)
             case P.Abort():
                 self.engine.abort(msg.request_id)
-                self.streamer.forget(msg.request_id)
+                self._admitted.pop(msg.request_id, None)
             case P.DumpCache():
                 self.flush_events()
                 self.send(P.Events(KVEventBatch(self.cfg.worker_id, self.seq,
@@ -129,20 +130,27 @@ class EngineLoop:
         try:
             self.engine.add_request(msg.prompt_token_ids, msg.sampling, msg.request_id)
         except ValueError as err:
-            self.send(P.TokenDelta(msg.request_id, [], "", len(msg.prompt_token_ids), 0, 0,
-                                   finish_reason="error", error=str(err)))
+            self.send(P.StepOutputs([P.TokenDelta(msg.request_id, [], len(msg.prompt_token_ids), 0, 0,
+                                                  finish_reason="error", error=str(err))]))
+            return
+        self._admitted[msg.request_id] = time.time()
 
     def step(self) -> None:
-        for req in self.engine.step():
-            self.send(self._delta(req))
+        served = self.engine.step()
+        if not served:
+            return
+        now = time.time()
+        self.send(P.StepOutputs([self._delta(req, now) for req in served]))
+        for req in served:
             if req.is_finished:
                 self.stats.record(req)
 
-    def _delta(self, req: Request) -> P.TokenDelta:
+    def _delta(self, req: Request, now: float) -> P.TokenDelta:
+        admitted = self._admitted.pop(req.request_id, None)
         return P.TokenDelta(
-            request_id=req.request_id, token_ids=req.output_token_ids[-1:], text=self.streamer.delta(req),
-            prompt_tokens=len(req.prompt_token_ids), cached_tokens=req.num_cached_tokens or 0,
-            output_tokens=len(req.output_token_ids), finish_reason=req.finish_reason)
+            req.request_id, req.output_token_ids[-1:], len(req.prompt_token_ids), req.num_cached_tokens or 0,
+            len(req.output_token_ids), req.finish_reason, admitted_at=admitted,
+            first_token_at=None if admitted is None else now)
 
     def flush_events(self) -> None:
         if self._events:
