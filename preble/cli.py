@@ -14,7 +14,7 @@ from .bench.workloads.trace import BLOCK
 from .core.routing import DEFAULT_POLICY, POLICIES
 from .core.sampling_params import SamplingParams
 from .core.scheduler_config import SchedulerConfig
-from .engine.config import EngineConfig
+from .engine.config import LOAD_FORMATS, EngineConfig
 from .launch_config import ServeConfig
 from .router.config import RouterServerConfig
 from .worker.config import WorkerConfig
@@ -41,12 +41,14 @@ DEMO_QUESTIONS = (
 )
 
 
-def engine_config(model: Path, device: str, dtype: str | None, page_size: int,
+def engine_config(model: Path, load_format: str, device: str, dtype: str | None, page_size: int,
                   num_pages: int | None, kv_cache_gib: float | None, max_num_batched_tokens: int,
                   max_running_requests: int, max_model_len: int | None, local_policy: str, tp: int):
+    if load_format not in LOAD_FORMATS:
+        raise typer.BadParameter(f"choose one of {', '.join(LOAD_FORMATS)}", param_hint="--load-format")
     return EngineConfig(
-        model=str(model), device=device, dtype=dtype, page_size=page_size, num_pages=num_pages,
-        kv_cache_gib=kv_cache_gib, tensor_parallel_size=tp,
+        model=str(model), load_format=load_format, device=device, dtype=dtype, page_size=page_size,
+        num_pages=num_pages, kv_cache_gib=kv_cache_gib, tensor_parallel_size=tp,
         scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                                   max_running_requests=max_running_requests,
                                   max_model_len=max_model_len, local_policy=local_policy))
@@ -55,6 +57,9 @@ def engine_config(model: Path, device: str, dtype: str | None, page_size: int,
 @app.command()
 def worker(
     model: Path = typer.Option(..., help="HF model folder."),
+    load_format: str = typer.Option(EngineConfig.load_format, help="auto: the folder's *.safetensors | dummy: "
+                                    "random weights for the folder's architecture (no weight files; see "
+                                    "`preble random-model`)."),
     host: str = typer.Option(WorkerConfig.host, help="Interface to bind; loopback by default."),
     port: int = typer.Option(WorkerConfig.port),
     worker_id: str | None = typer.Option(WorkerConfig.worker_id, help="Name reported to routers; default host:port."),
@@ -80,7 +85,7 @@ def worker(
     """Serve one engine over HTTP (OpenAI, /generate, /load, /kv_events, /metrics)."""
     from .worker.server import run_worker
 
-    cfg = engine_config(model, device, dtype, page_size, num_pages, kv_cache_gib,
+    cfg = engine_config(model, load_format, device, dtype, page_size, num_pages, kv_cache_gib,
                         max_num_batched_tokens, max_running_requests, max_model_len, local_policy, tp)
     run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads,
                             max_inflight=max_inflight, api_key=api_key, log_json=log_json))
@@ -267,6 +272,27 @@ def demo_model(cache_dir: Path | None = typer.Option(None, help="Where converted
     from .models.demo import ensure_demo_model
 
     print(ensure_demo_model(cache_dir))
+
+
+@app.command("random-model")
+def random_model(
+    out: Path = typer.Option(..., help="The folder to write."),
+    preset: str = typer.Option("llama3-8b", help="Architecture: a preset of random:NAME models (an unknown "
+                               "name lists them)."),
+    seed: int = typer.Option(0, help="Seed of the tokenizer's synthetic vocabulary (the weights are drawn from "
+                             "the engine's seed when a worker loads the folder)."),
+) -> None:
+    """Write a model folder without weights (config.json, tokenizer) for a random:NAME architecture,
+    for workers and `preble serve` with --load-format dummy."""
+    from .models.config import UnsupportedModel
+    from .models.random_folder import write_random_model_folder
+
+    try:
+        path = write_random_model_folder(out, preset, seed)
+    except UnsupportedModel as err:
+        raise typer.BadParameter(str(err), param_hint="--preset") from None
+    print(path)
+    console.print(f"serve it with random weights: preble serve --model {path} --load-format dummy", soft_wrap=True)
 
 
 @app.command()

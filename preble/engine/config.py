@@ -7,10 +7,15 @@ from dataclasses import dataclass, field, fields, replace
 from ..core.pages import DEFAULT_PAGE_SIZE
 from ..core.scheduler_config import SchedulerConfig
 
+LOAD_FORMATS = ("auto", "dummy")
+
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str  # Hugging Face folder: config.json, *.safetensors, tokenizer files
+    # auto: the folder's *.safetensors | dummy: the folder's architecture (config.json) with random
+    # weights drawn from `seed`, as `random:NAME` models get, reading no weight files
+    load_format: str = "auto"
     device: str = "cpu"
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float32 on CPU, else the checkpoint's half type
     page_size: int = DEFAULT_PAGE_SIZE  # token slots per KV page; the prefix cache shares whole pages
@@ -25,6 +30,10 @@ class EngineConfig:
     tensor_parallel_size: int = 1  # ranks (GPUs, or CPU processes) one replica's model is split over
     tensor_parallel_timeout_s: float = 300.0  # a collective waiting this long (a rank died) fails the engine
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
 
     @classmethod
     def from_options(cls, model: str, **options) -> EngineConfig:

@@ -39,7 +39,7 @@ def load_rank_model(config: EngineConfig, tp: TensorParallel, device: torch.devi
     """This rank's share of the model, loaded first: the KV pool gets the memory it leaves."""
     mc = model_config_of(config)
     dtype = resolve_dtype(config, mc)
-    if is_random(config.model):  # a real architecture with random weights: no files
+    if is_random(config.model) or config.load_format == "dummy":  # random weights: no weight files read
         model = build_model(mc, device, dtype, tp)
         init_random_(model, config.seed + tp.rank)
         return model

@@ -1,2 +1,3 @@
 """Models as files: the architecture facts of a Hugging Face folder (`config`, read by the engine and
-the router alike, without torch), the demo model and tiny random models of each supported family."""
+the router alike, without torch), the demo model, tiny random models of each supported family and
+weightless folders of the `random:NAME` architectures (`random_folder`)."""

@@ -10,28 +10,18 @@ Only the first call in a process is slow (~2 s), spent importing the transformer
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+
+from .hf_tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, byte_level, prepend_bos, save_tokenizer
 
 FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3")
 
-BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 DEFAULT_VOCAB_SIZE = 512
-# Qwen2-style pre-tokenization (GPT-2 byte level, digits split one by one). transformers 5 ignores the saved
-# tokenizer class for qwen2 folders and rebuilds normalizer/pre-tokenizer as Qwen2Tokenizer's; using the same
-# pipeline everywhere keeps AutoTokenizer and a plain `tokenizers.Tokenizer` on tokenizer.json in agreement.
-PRETOKENIZE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Std of every weight and bias. At 0.02 (the HF default) the median top-1/top-2 logit gap is ~0.03 and ~1.5%
 # of positions are under 1e-3, close enough for float-order noise to flip greedy picks; at 0.2 the median gap is
 # ~0.35 with <1% under 1e-3, and attention is peaked but not one-hot (mean max weight ~0.4 over 48 keys).
@@ -125,15 +115,7 @@ Code sometimes appears too, for example: def add(a, b): return a + b, or x = [1,
 @functools.cache
 def _trained_tokenizer_json(vocab_size: int) -> str:
     """Train once per vocab size per process; the JSON string is immutable, so the cache cannot be corrupted."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer = byte_level(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
@@ -142,12 +124,7 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer)
-    # Prepend BOS like Llama tokenizers do; chat templates render it themselves and are tokenized without it.
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
-        special_tokens=[(BOS_TOKEN, tokenizer.token_to_id(BOS_TOKEN))],
-    )
+    prepend_bos(tokenizer)
     return tokenizer.to_str()
 
 
@@ -156,25 +133,7 @@ def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SI
 
     The real vocabulary can be a little smaller than `vocab_size` when the corpus runs out of merges.
     """
-    out_dir = Path(out_dir)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json(vocab_size)),
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        chat_template=CHAT_TEMPLATE,
-    )
-    # Keep the chat template inside tokenizer_config.json (transformers 5 defaults to a chat_template.jinja file).
-    tokenizer.save_pretrained(out_dir, save_jinja_files=False)
-    # transformers 5 records its internal class name "TokenizersBackend"; the public name loads in 4.x too.
-    # An explicit null unk_token stops Qwen2Tokenizer (forced for qwen2 folders) adding "<|endoftext|>" as
-    # an extra token beyond the model's vocabulary.
-    config_path = out_dir / "tokenizer_config.json"
-    tokenizer_config = json.loads(config_path.read_text())
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tokenizer_config["unk_token"] = None
-    config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    return tokenizer
+    return save_tokenizer(Tokenizer.from_str(_trained_tokenizer_json(vocab_size)), out_dir)
 
 
 def write_tiny_model(

@@ -75,7 +75,7 @@ def load_model(path: str | Path, config: ModelConfig, device: torch.device | str
     path = Path(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise UnsupportedModel(f"{path} holds no *.safetensors weights")
+        raise UnsupportedModel(f"no *.safetensors in {path}; pass --load-format dummy for random weights")
     model = build_model(config, device, dtype, tp)
     params = dict(model.named_parameters())
     filled = dict.fromkeys(params, 0)
