@@ -17,6 +17,7 @@ from ..core.routing import DEFAULT_POLICY
 from ..router.config import RouterServerConfig
 from .compare_config import CompareConfig
 from .grid import GridConfig
+from .serving_config import ServingBenchConfig
 from .workloads.report import PREBLE_WORKLOADS
 from .workloads.trace import BLOCK
 
@@ -82,6 +83,38 @@ def engine(
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps(result, indent=2) if as_json else markdown(result))
+
+
+@bench_app.command("serving")
+def serving(
+    model: Path | None = typer.Option(None, help="HF folder; default: a random-weight folder of --preset."),
+    preset: str = typer.Option(ServingBenchConfig.preset, help="Architecture of the random-weight folder."),
+    url: str | None = typer.Option(None, help="Measure this running server instead of starting one."),
+    device: str = typer.Option(ServingBenchConfig.device),
+    worker_arg: list[str] = typer.Option([], "--worker-arg", help="A `preble worker` option for the served "
+                                         "worker (and the in-process engine's memory sizes); repeat."),
+    concurrency: str = typer.Option(",".join(map(str, ServingBenchConfig.concurrency)),
+                                    help="Concurrent requests, comma-separated."),
+    in_process: bool = typer.Option(ServingBenchConfig.in_process, help="Also measure the engine in-process."),
+    quick: bool = typer.Option(False, help="Small sizes on a tiny model: a smoke run that fits a CPU."),
+    out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it (.md)."),
+) -> None:
+    """`preble serve` against its own engine: TTFT, time per token, throughput at 1-256 streams."""
+    from .serving import markdown, run
+    from .serving_config import QUICK
+
+    given = dict(QUICK) if quick else {}
+    given.update(model=str(model) if model else None, url=url)
+    if not quick:
+        given.update(preset=preset, device=device, concurrency=tuple(int(c) for c in concurrency.split(",")))
+    if worker_arg:
+        given["worker_args"] = tuple(worker_arg)
+    result = run(ServingBenchConfig(in_process=in_process, **given))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
 
 
 def parse_param(value: str) -> tuple[str, object]:

@@ -1,0 +1,33 @@
+"""`preble bench serving`'s configuration, apart from the benchmark (preble/bench/serving.py) so
+that the command line reads its defaults from here and still starts fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServingBenchConfig:
+    model: str | None = None  # HF folder; None: a random-weight folder of `preset`, served with --load-format dummy
+    preset: str = "llama3-8b"
+    preset_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. num_layers for a smoke run
+    url: str | None = None  # measure this running server instead of starting `preble serve`
+    device: str = "cuda"
+    worker_args: tuple[str, ...] = ()  # further `preble worker` options
+    in_process: bool = True  # also measure the engine in this process
+    prompt_tokens: int = 128
+    cached_prefix: int = 8192
+    output_tokens: int = 256
+    concurrency: tuple[int, ...] = (1, 8, 64, 256)
+    ttft_repeats: int = 20
+    vocab_cap: int = 30000  # prompt token ids are drawn below this
+    seed: int = 0
+    startup_timeout_s: float = 900.0
+
+
+# Sizes of a smoke run that a CPU finishes in a few minutes (the CLI's --quick).
+QUICK = dict(preset="llama3-8b", device="cpu", prompt_tokens=16, cached_prefix=256, output_tokens=8,
+             concurrency=(1, 4), ttft_repeats=3,
+             preset_overrides={"num_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4,
+                               "num_kv_heads": 2, "head_dim": 16},
+             worker_args=("--num-pages", "512"))
