@@ -1,0 +1,34 @@
+"""`preble bench serving --quick` end to end on the CPU: a cluster over a random-weight folder, the
+same requests through it and through the engine in-process, and the first token's hops."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from preble.bench.serving import HOPS
+from preble.bench.serving_config import QUICK
+from preble.cli import app
+from preble.core.pages import DEFAULT_PAGE_SIZE
+
+
+def test_quick_serving_benchmark_measures_both_paths(tmp_path):
+    out = tmp_path / "serving.json"
+    result = CliRunner().invoke(app, ["bench", "serving", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    served, local = doc["served"], doc["in_process"]
+    assert "through router + worker" in out.with_suffix(".md").read_text()
+    # Every request got exactly its tokens, both ways, streamed and not.
+    rows = served["concurrency"]
+    assert [(r["concurrency"], r["stream"]) for r in rows] == [(n, s) for n in QUICK["concurrency"] for s in (True, False)]
+    assert all(r["output_tokens"] == r["concurrency"] * QUICK["output_tokens"] for r in rows + local["concurrency"])
+    # The cached-prefix requests found the prefix's whole pages in the worker's cache.
+    assert served["cached_tokens"] == QUICK["cached_prefix"] // DEFAULT_PAGE_SIZE * DEFAULT_PAGE_SIZE
+    # Each hop of the first token's path was stamped, in order.
+    hops = served["hops_cold_ms"]
+    assert list(hops) == [f"{a}->{b}" for a, b in zip(HOPS, HOPS[1:])]
+    assert all(ms >= 0 for ms in hops.values())
+    assert served["ttft_cold_ms"] >= sum(hops.values()) * 0.5
+    assert doc["meta"]["commit"]
