@@ -12,11 +12,18 @@ import pytest
 from preble.bench.local_cluster import LocalCluster
 
 STARTUP_TIMEOUT_S = 120
+PAGE_SIZE = 4  # the workers' KV page size
+
+
+def cached_on_repeat(prompt_tokens: int) -> int:
+    """Cached tokens of a prompt the worker has served whole before: the scheduler matches all
+    but the prompt's last token (at least one is computed), in whole pages."""
+    return (prompt_tokens - 1) // PAGE_SIZE * PAGE_SIZE
 
 
 class Cluster(LocalCluster):
     def __init__(self, model: str, policy: str) -> None:
-        super().__init__(model, 2, policy, ["--page-size", "4"], startup_timeout_s=STARTUP_TIMEOUT_S)
+        super().__init__(model, 2, policy, ["--page-size", str(PAGE_SIZE)], startup_timeout_s=STARTUP_TIMEOUT_S)
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def completion(self, prompt, **kw) -> httpx.Response:
@@ -83,8 +90,10 @@ def test_e2_sends_a_shared_prefix_to_the_same_worker_and_hits_its_cache(e2_clust
     assert second.status_code == 200
     assert route(second)["worker"] == route(first)["worker"]
     assert route(second)["branch"] == "exploit"
-    assert route(second)["matched_tokens"] >= 160
-    assert second.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 160
+    # The first request cached its prompt and output in whole pages: the 160-token prefix (40
+    # pages), then [11, 12, 13, its first output token], which the second's [21, 22, 23, 24] misses.
+    assert route(second)["matched_tokens"] == 160
+    assert second.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 160
 
 
 def test_round_robin_alternates(rr_cluster):
@@ -112,11 +121,19 @@ def test_openai_sdk_works_against_the_router(e2_cluster):
     model = client.models.list().data[0].id
     done = client.completions.create(model=model, prompt="once upon", max_tokens=3, temperature=0)
     assert done.usage.completion_tokens == 3
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=3, stream=True, stream_options={"include_usage": True})
-    chunks = list(stream)
-    assert chunks[-1].usage.completion_tokens == 3
-    assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= 0
+    # The same chat streamed twice: the second goes where the first's prompt is cached and
+    # reports its whole pages (all but the last token) as cached.
+    asked = {"model": model, "messages": [{"role": "user", "content": "hi from the SDK test"}], "max_tokens": 3,
+             "stream": True, "stream_options": {"include_usage": True}}
+    answers = []
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(**asked)
+        answers.append((route(raw), list(raw.parse())))
+        time.sleep(0.5)  # the worker's KV events reach the router
+    (first_route, _), (second_route, chunks) = answers
+    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].usage.prompt_tokens > 2 * PAGE_SIZE
+    assert second_route["worker"] == first_route["worker"] and second_route["branch"] == "exploit"
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == cached_on_repeat(chunks[-1].usage.prompt_tokens)
     # n choices, a seed that makes sampling repeatable, a stop sequence, typed errors.
     messages = [{"role": "user", "content": "count"}]
     a, b = (client.chat.completions.create(model=model, messages=messages, max_tokens=6, n=2, seed=7,
@@ -167,6 +184,7 @@ def test_bench_serve_command_summarises_a_workload(e2_cluster, tmp_path):
     from typer.testing import CliRunner
 
     from preble.cli import app
+    from preble.sim.report import summarize
 
     jsonl = tmp_path / "records.jsonl"
     result = CliRunner().invoke(app, [
@@ -176,10 +194,15 @@ def test_bench_serve_command_summarises_a_workload(e2_cluster, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["requests"] == 8 and summary["errors"] == 0
-    for key in ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "throughput", "hit_ratio"):
-        assert summary[key] >= 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == 8
+    # The summary is the statistics of the records written, each a real answer.
+    assert all(0 < r["ttft"] <= r["latency"] and r["output_tokens"] == 2 for r in records)
+    expected = summarize(records)
+    for key in ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p99_ttft", "throughput", "hit_ratio",
+                "prompt_tokens", "cached_tokens"):
+        assert summary[key] == pytest.approx(expected[key], rel=1e-12), key
     assert summary["hit_ratio"] > 0.3  # two groups of four sharing a 64-token system prompt
-    assert len(jsonl.read_text().splitlines()) == 8
 
 
 def test_bench_serve_sweeps_rates_and_plots_latency_per_label(e2_cluster, tmp_path):
