@@ -13,7 +13,6 @@ import contextlib
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -127,8 +126,3 @@ async def wait_async(predicate, timeout_s: float = 10.0, step_s: float = 0.01) -
         while not predicate():
             await asyncio.sleep(step_s)
 
-
-def until(predicate, timeout_s: float = 10.0) -> float:
-    start = time.monotonic()
-    wait_for(predicate, timeout_s, step_s=0.02)
-    return time.monotonic() - start

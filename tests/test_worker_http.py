@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from preble.core.sampling_params import SamplingParams
@@ -114,10 +116,10 @@ def test_generate_plain_then_streamed_is_the_engines_greedy_output(worker, engin
     assert cached_on_repeat(len(ids)) >= PAGE_SIZE
     # Each event carries everything so far: ids a growing prefix of the engine's, counts to match.
     seen = 0
-    for event in partial:
-        got = event["output_ids"]
+    for chunk in partial:
+        got = chunk["output_ids"]
         assert seen < len(got) < 7 and got == want[:len(got)]
-        assert event["meta_info"] == {**last["meta_info"], "completion_tokens": len(got), "finish_reason": None}
+        assert chunk["meta_info"] == {**last["meta_info"], "completion_tokens": len(got), "finish_reason": None}
         seen = len(got)
 
 
@@ -212,3 +214,144 @@ def test_a_full_worker_answers_429_and_the_router_passes_it_on(model):
         assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 3
         after = httpx.post(f"{router}/v1/completions", json=body, timeout=30)
         assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 3
+
+
+# ---------------------------------------------------------------------------- fuzzed from the schema
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats() | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                 max_size=3),
+                     max_leaves=6)
+
+
+def from_schema(schema: dict, components: dict, depth: int = 0) -> st.SearchStrategy:
+    """Values of an OpenAPI (JSON Schema) type, near and beyond its bounds, or any JSON at all."""
+    if "$ref" in schema:
+        return from_schema(components[schema["$ref"].rsplit("/", 1)[-1]], components, depth)
+    if "anyOf" in schema:
+        return st.one_of([from_schema(s, components, depth) for s in schema["anyOf"]])
+    if "const" in schema or "enum" in schema:
+        choices = [schema["const"]] if "const" in schema else schema["enum"]
+        return st.sampled_from(choices) | _json
+    kind = schema.get("type")
+    lo, hi = schema.get("minimum", schema.get("exclusiveMinimum")), schema.get("maximum")
+    if kind == "integer":
+        near = [int(b) + d for b in (lo, hi) if b is not None for d in (-1, 0, 1)]
+        typed = st.integers(-3, 20) | st.integers(-(2 ** 70), 2 ** 70) | st.sampled_from(near or [0])
+    elif kind == "number":
+        near = [float(b) + d for b in (lo, hi) if b is not None for d in (-0.5, 0.0, 1e-9)]
+        typed = st.floats() | st.sampled_from(near or [0.0])
+    elif kind == "string":
+        typed = st.text(max_size=24)
+    elif kind == "boolean":
+        typed = st.booleans()
+    elif kind == "null":
+        typed = st.none()
+    elif kind == "array" and depth < 3:
+        typed = st.lists(from_schema(schema.get("items", {}), components, depth + 1),
+                         max_size=min(schema.get("maxItems", 6) + 1, 6))
+    elif kind == "object" and depth < 3 and "properties" in schema:
+        fields = {k: from_schema(v, components, depth + 1) for k, v in schema["properties"].items()}
+        required = {k: fields.pop(k) for k in schema.get("required", ()) if k in fields}
+        typed = st.fixed_dictionaries(required, optional=fields)
+    else:
+        typed = _json
+    return st.one_of(typed, typed, _json) if depth else typed
+
+
+# A valid body per endpoint (short outputs), to which fuzzed fields are added: these reach the engine.
+VALID = {"/v1/completions": {"prompt": [11, 12, 13], "max_tokens": 4},
+         "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+         "/generate": {"input_ids": [11, 12, 13], "sampling_params": {"max_new_tokens": 4}}}
+# /generate's sampling_params is a free object in the schema; these are the keys SGLang's takes.
+_SGLANG_SAMPLING = st.fixed_dictionaries({}, optional={
+    k: st.integers(-3, 10) | st.floats(-1, 3) | _json
+    for k in ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_token_ids", "ignore_eos",
+              "skip_special_tokens", "seed", "n", "min_p")})
+
+
+def worker_bodies(app) -> dict[str, st.SearchStrategy]:
+    """path -> bodies for each POST endpoint of the worker's OpenAPI schema that takes JSON: the
+    schema's own type (fields near and past their bounds), any JSON, bytes, or a valid body with
+    some of the schema's fields fuzzed."""
+    doc = app.openapi()
+    components = doc["components"]["schemas"]
+    out = {}
+    for path, ops in doc["paths"].items():
+        body = ops.get("post", {}).get("requestBody")
+        if body is None:
+            continue
+        schema = body["content"]["application/json"]["schema"]
+        schema = components[schema["$ref"].rsplit("/", 1)[-1]]
+        fields = {k: from_schema(v, components, 1) for k, v in schema["properties"].items()}
+        if path == "/generate":
+            fields["sampling_params"] = _SGLANG_SAMPLING
+        some = st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=2, unique=True).flatmap(
+            lambda keys, fields=fields: st.fixed_dictionaries({k: fields[k] for k in keys}))
+        nearly_valid = some.map(lambda fuzzed, base=VALID[path]: {**base, **fuzzed})
+        out[path] = from_schema(schema, components) | _json | st.binary(max_size=48) | nearly_valid | nearly_valid
+    return out
+
+
+def test_the_schema_names_every_generating_endpoint(worker):
+    assert set(worker_bodies(worker.app)) == {"/v1/completions", "/v1/chat/completions", "/generate"}
+
+
+@pytest.fixture(scope="module")
+def fuzz_targets(worker):
+    return worker_bodies(worker.app)
+
+
+def beyond_64_bits(body) -> bool:
+    """A prompt token id msgpack cannot carry (the known bug below)."""
+    if not isinstance(body, dict):
+        return False
+    ids = body.get("input_ids", body.get("prompt"))
+    flat = [y for x in ids for y in (x if isinstance(x, list) else [x])] if isinstance(ids, list) else []
+    return any(isinstance(x, int) and not isinstance(x, bool) and not -2 ** 63 <= x < 2 ** 64 for x in flat)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the worker answers 500 (OverflowError encoding the engine message) "
+                                       "for a prompt token id outside [-2**63, 2**64); the engine's range check "
+                                       "never sees it")
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": [2 ** 64], "max_tokens": 2}),
+    ("/v1/completions", {"prompt": [[-2 ** 63 - 1]], "max_tokens": 2}),
+    ("/generate", {"input_ids": [2 ** 70], "sampling_params": {"max_new_tokens": 2}}),
+])
+def test_huge_prompt_token_ids_get_a_400(worker, path, body):
+    assert beyond_64_bits(body)
+    resp = httpx.post(f"{worker.url}{path}", json=body)
+    assert resp.status_code == 400, resp.text  # as for the id 2**63, which the engine refuses
+    openai_error(resp)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_bodies_get_answers_or_4xx_never_5xx(worker, fuzz_targets, data):
+    path = data.draw(st.sampled_from(sorted(fuzz_targets)), label="path")
+    body = data.draw(fuzz_targets[path], label="body")
+    assume(not beyond_64_bits(body))  # test_huge_prompt_token_ids_get_a_400
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with httpx.Client(timeout=60, headers={"Content-Type": "application/json"}) as client:
+        with client.stream("POST", f"{worker.url}{path}", content=raw) as resp:
+            event(f"{path}: {resp.status_code}")
+            if resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream"):
+                assert sse_events(resp)[-1] == "[DONE]"
+                return
+            resp.read()
+    assert resp.status_code == 200 or 400 <= resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        openai_error(resp)
+
+
+def test_the_worker_serves_after_the_fuzzing(worker, engine):
+    """Run after the fuzzing (file order): nothing it sent broke the engine or the frontend."""
+    ids = [17, 4, 260, 8, 91]
+    want, _ = reference(engine, ids, max_tokens=3, temperature=0.0, ignore_eos=True)
+    resp = httpx.post(f"{worker.url}/generate", json={"input_ids": ids, "sampling_params": {
+        "max_new_tokens": 3, "temperature": 0, "ignore_eos": True}})
+    assert resp.status_code == 200 and resp.json()["output_ids"] == want
+    assert worker.loop is not None and httpx.get(f"{worker.url}/load").status_code == 200
+    load = httpx.get(f"{worker.url}/load").json()
+    assert load["running"] == 0 and load["waiting"] == 0
