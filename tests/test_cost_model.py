@@ -1,8 +1,10 @@
-"""CostModel: magnitudes of the defaults and the versioned JSON round trip."""
+"""CostModel: the committed H100 measurement and the built-in defaults against it, the versioned
+JSON round trip, tensor parallelism and the array forms."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +13,40 @@ from hypothesis import strategies as st
 
 from preble.core.cost_model import CostModel
 
+H100_FILE = Path(__file__).resolve().parents[1] / "results" / "cost_models" / "h100_llama3-8b.json"
 
-def test_defaults_have_the_right_order_for_an_8b_model_on_an_h100():
-    cm = CostModel()
-    assert 0.02 < cm.prefill_time(768) < 0.05  # 16 ms at 100% of peak; ~60% is reached
-    assert cm.prefill_time(0, 5000) == 0.0
-    assert cm.prefill_time(100, 4000) > cm.prefill_time(100, 0)  # attention over the cached part
-    assert 0.006 <= cm.decode_step_time(1, 0) < 0.007  # the weight-read floor
-    assert cm.decode_step_time(32, 64_000) > cm.decode_step_time(1, 0)
-    assert cm.decode_time(100, 0.02) == pytest.approx(2.0)
+
+def test_the_committed_h100_model_is_the_fit_of_its_own_samples():
+    """The measured file: its model is what `preble profile`'s fit makes of the samples it holds,
+    with the errors it states."""
+    from preble.bench.profile import fit
+
+    doc = json.loads(H100_FILE.read_text())
+    loaded = CostModel.load(H100_FILE)
+    refit, errors = fit(doc["samples"]["prefill"], doc["samples"]["decode"], loaded.description)
+    for name in "abcdef":
+        assert getattr(refit, name) == pytest.approx(getattr(loaded, name), rel=1e-6), name
+    for part in ("prefill", "decode"):
+        assert errors[part] == pytest.approx(doc["fit"][part], rel=1e-6)
+    assert doc["meta"]["device"].startswith("NVIDIA H100") and doc["config"]["model"] == "random:llama3-8b"
+
+
+def test_the_builtin_defaults_against_the_h100_measurement():
+    """The built-in constants come from no file: they are first-principles numbers for the same
+    model and device (the module docstring). Against the measurement: a decode step cannot beat
+    reading the weights once, so the built-in floor (that read at full bandwidth) is below every
+    measured batch-1 step and the fitted floor; and the shapes the router relies on hold."""
+    builtin, measured = CostModel(), CostModel.load(H100_FILE)
+    assert "not measured" in builtin.description
+    samples = json.loads(H100_FILE.read_text())["samples"]["decode"]
+    batch_one = [s for s in samples if s["batch"] == 1]
+    assert batch_one and all(builtin.decode_step_time(1, s["context"]) < s["seconds"] for s in batch_one)
+    assert builtin.decode_step_time(1, 0) < measured.decode_step_time(1, 0)
+    for cm in (builtin, measured):
+        assert cm.prefill_time(0, 5000) == 0.0
+        assert cm.prefill_time(100, 4000) > cm.prefill_time(100, 0)  # attention over the cached part
+        assert cm.decode_step_time(32, 64_000) > cm.decode_step_time(1, 0)
+    assert builtin.decode_time(100, 0.02) == pytest.approx(2.0)
 
 
 def test_json_round_trip_and_version_check(tmp_path):
