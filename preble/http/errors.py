@@ -49,6 +49,13 @@ def check_model(name: str | None, served: str) -> None:
                        "not_found_error", "model")
 
 
+def check_token_ids(ids: list[int], limit: int, param: str) -> None:
+    """A 400 unless every prompt token id is in [0, limit) (an id beyond 64 bits would otherwise
+    fail as a 500 where the request is encoded for the engine)."""
+    if ids and (min(ids) < 0 or max(ids) >= limit):
+        raise APIError(400, f"prompt token ids must be in [0, {limit})", param=param)
+
+
 def max_tokens_for(prompt_len: int, asked: int | None, max_model_len: int, default: int) -> int:
     """The output budget of a request, or a 400 when prompt and budget overflow the window."""
     room = max_model_len - prompt_len

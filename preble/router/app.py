@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from ..core.routing.base import RoutingPolicy
 from ..http import openai as oai
-from ..http.errors import check_model, install_error_handlers
+from ..http.errors import check_model, check_token_ids, install_error_handlers
 from ..http.limits import Admission, Guard
 from ..http.logs import wants_timing
 from .config import RouterConfig
@@ -59,8 +59,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if ids and (min(ids) < 0 or max(ids) >= len(tokenizer)):
-            raise oai.APIError(400, f"prompt token ids must be in [0, {len(tokenizer)})", param="prompt")
+        check_token_ids(ids, len(tokenizer), "prompt")
         return await forwarder.handle(ids, body, chat=False, received=received)
 
     @app.post("/v1/chat/completions")
