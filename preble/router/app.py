@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from ..core.routing.base import RoutingPolicy
 from ..http import openai as oai
 from ..http.errors import check_model, check_token_ids, install_error_handlers
+from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
 from ..http.logs import wants_timing
 from .config import RouterConfig
@@ -48,6 +49,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         await pool.stop()
 
     app = FastAPI(title="Preble router", lifespan=lifespan)
+    parse_bodies_with_msgspec(app)
     app.state.pool = pool
     app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
                        open_paths=frozenset({"/health", "/dashboard"}))  # the page holds no data

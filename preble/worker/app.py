@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from ..http import openai as oai
 from ..http.errors import check_model, check_token_ids, install_error_handlers, max_tokens_for
+from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
 from ..http.logs import REQUEST_ID_HEADER, wants_timing
 from ..models.config import ModelConfig
@@ -42,6 +43,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         task.cancel()
 
     app = FastAPI(title="Preble worker", lifespan=lifespan)
+    parse_bodies_with_msgspec(app)
     app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
     admission = Admission(cfg.max_inflight, cfg.max_inflight_tokens, cfg.retry_after_s)
     generator = Generator(client, tokenizer, admission, metrics, cfg.served_model_name, time.monotonic)
