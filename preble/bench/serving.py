@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
+import platform
+import random
 import statistics
 import tempfile
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -38,8 +42,6 @@ class Prompts:
     """Random token-id prompts from a seeded generator."""
 
     def __init__(self, seed: int, vocab_cap: int) -> None:
-        import random
-
         self.rng, self.cap = random.Random(seed), vocab_cap
 
     def __call__(self, n: int) -> list[int]:
@@ -254,11 +256,7 @@ def run(cfg: ServingBenchConfig) -> dict:
 
 
 def environment(device: str) -> dict:
-    import importlib.util
-    import platform
-    from datetime import UTC, datetime
-
-    import torch
+    import torch  # only here: measuring a server by --url needs no torch until the report
 
     name = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else (
         platform.processor() or "cpu")
