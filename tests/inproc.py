@@ -54,10 +54,12 @@ def serve_app(app, port: int | None = None) -> Iterator[str]:
 
 
 class InProcessWorker:
-    """One Preble worker: the engine loop on a thread, the HTTP frontend on another."""
+    """One Preble worker: the engine loop on a thread, the HTTP frontend on another;
+    `frontend_options` are FrontendConfig fields."""
 
     def __init__(self, model: str, worker_id: str = "w0", page_size: int = 4, max_inflight: int = 512,
-                 max_running_requests: int = SchedulerConfig.max_running_requests, num_pages: int = 512) -> None:
+                 max_running_requests: int = SchedulerConfig.max_running_requests, num_pages: int = 512,
+                 **frontend_options) -> None:
         self.model = model
         window = ModelConfig.from_dir(model).context_window(None)
         ipc = Path(tempfile.mkdtemp(prefix="preble-test-worker-"))
@@ -67,7 +69,7 @@ class InProcessWorker:
         self.proc_cfg = EngineProcConfig(engine=engine, worker_id=worker_id, in_addr=f"ipc://{ipc}/in",
                                          out_addr=f"ipc://{ipc}/out")
         self.frontend = FrontendConfig(worker_id=worker_id, model_path=model, served_model_name=Path(model).name,
-                                       max_model_len=window, max_inflight=max_inflight)
+                                       max_model_len=window, max_inflight=max_inflight, **frontend_options)
         self.loop: EngineLoop | None = None
         self._ready = threading.Event()
         self._engine_thread = threading.Thread(target=self._run_engine, name=f"engine-{worker_id}", daemon=True)

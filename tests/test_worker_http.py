@@ -185,6 +185,38 @@ def stalled(worker: InProcessWorker):
         engine.step = step
 
 
+def test_an_engine_in_a_long_step_is_alive_until_the_busy_limit(model):
+    """An engine cannot report during a step: with a request in flight, a step longer than the
+    idle health timeout leaves the worker healthy; silence past the busy limit does not."""
+    idle_s, busy_s, long_step_s = 0.3, 1.5, 0.9
+    with InProcessWorker(model, "slow", page_size=PAGE_SIZE, health_timeout_s=idle_s,
+                         busy_engine_timeout_s=busy_s) as w, ThreadPoolExecutor(1) as pool:
+        engine = w.loop.engine
+        step = engine.step
+        pause = {"s": long_step_s}
+
+        def slow_step():
+            time.sleep(pause["s"])
+            return step()
+
+        body = {"prompt": [3, 4, 5, 6], "max_tokens": 3, "ignore_eos": True, "temperature": 0}
+        engine.step = slow_step
+        try:
+            answer = pool.submit(httpx.post, f"{w.url}/v1/completions", json=body, timeout=30)
+            codes = []
+            while not answer.done():
+                codes.append(httpx.get(f"{w.url}/health").status_code)
+                time.sleep(0.05)
+            assert answer.result().status_code == 200
+            assert len(codes) > 3 * long_step_s / 0.05 * 0.5 and set(codes) == {200}  # 3 steps, never 503
+            pause["s"] = busy_s + 1.0  # a step that outlasts the busy limit: dead, as far as anyone can tell
+            stuck = pool.submit(httpx.post, f"{w.url}/v1/completions", json=body, timeout=30)
+            wait_for(lambda: httpx.get(f"{w.url}/health").status_code == 503, busy_s + 0.9, step_s=0.05)
+            stuck.result()
+        finally:
+            engine.step = step
+
+
 def test_a_full_worker_answers_429_and_the_router_passes_it_on(model):
     with InProcessWorker(model, "busy", page_size=PAGE_SIZE, max_inflight=1) as w, \
             serve_app(router_app(model, [w.url], policy="round_robin")) as router, \

@@ -103,7 +103,12 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
                                             "owned_by": "preble", "max_model_len": cfg.max_model_len}]}
 
     def engine_alive() -> bool:
-        return client.load is not None and time.monotonic() - client.last_heard < cfg.health_timeout_s
+        """Heard from lately: an engine inside a step says nothing until the step ends, so one
+        with requests in flight gets the longer limit."""
+        if client.load is None:
+            return False
+        silent = time.monotonic() - client.last_heard
+        return silent < (cfg.busy_engine_timeout_s if client.busy else cfg.health_timeout_s)
 
     @app.get("/health")
     async def health():

@@ -18,7 +18,10 @@ class FrontendConfig:
     served_model_name: str
     max_model_len: int
     default_max_tokens: int = 256  # for chat and /generate requests that give no limit
-    health_timeout_s: float = 2.0  # the engine counts as dead after this long without a word
+    health_timeout_s: float = 2.0  # an idle engine counts as dead after this long without a word
+    # ... and one with requests in flight after this long: it cannot speak during a step, and a long
+    # step (a slow device, a big prefill chunk) must not get its streams cut as a dead engine's
+    busy_engine_timeout_s: float = 60.0
     subscriber_queue: int = 10_000  # KV event batches buffered per subscriber before cutting it off
     max_inflight: int = 512  # requests (choices) admitted at once; beyond, 429
     max_inflight_tokens: int = 2_000_000  # their prompt tokens; beyond, 429

@@ -54,6 +54,11 @@ class EngineClient:
                         if not done.done():  # its asker may have given up waiting
                             done.set_result(msg.error)
 
+    @property
+    def busy(self) -> bool:
+        """Requests are in flight in the engine."""
+        return bool(self._queues)
+
     def _publish(self, batch: KVEventBatch) -> None:
         for queue in list(self._subscribers):
             try:
