@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 import tempfile
@@ -14,14 +15,19 @@ import httpx
 from ..core.routing import DEFAULT_POLICY
 from ..processes import ChildProcess, wait_until
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000  # below this lie well-known services' ports
+
 
 def free_port_block(n: int) -> int:
-    """A base port whose next n ports were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
+    """A base port whose next n ports were free a moment ago, below the kernel's ephemeral range:
+    the ports the kernel hands out meanwhile (to Ray's processes, to any client socket) cannot
+    take them before our servers bind."""
+    ephemeral_low = int(EPHEMERAL_RANGE.read_text().split()[0]) if EPHEMERAL_RANGE.is_file() else 32_768
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(LOWEST_PORT, max(LOWEST_PORT + 1, ephemeral_low - n))
+        if all(_free(base + i) for i in range(n)):
             return base
     raise RuntimeError("no free block of ports")
 
