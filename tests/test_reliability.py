@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from preble.bench.local_cluster import LocalCluster
 from preble.router.config import RouterServerConfig, WorkerPoolConfig
 
+from .sse import sse_events
+
 STARTUP_TIMEOUT_S = 120
 # `preble serve` starts its router with these defaults: a worker silent for the health timeout
 # is marked down at its next health check.
@@ -49,16 +51,6 @@ def wait_for(predicate, timeout_s: float, step_s: float = 0.05) -> float:
     return time.monotonic() - start
 
 
-def stream_events(resp: httpx.Response) -> list:
-    """The SSE payloads of a streamed answer, '[DONE]' included."""
-    out = []
-    for line in resp.iter_lines():
-        if line.startswith("data: "):
-            data = line[len("data: "):]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
-
-
 def ask(url: str, body: dict, headers=None) -> dict:
     """One request, streamed or not; what came back, summarised."""
     with httpx.Client(timeout=120, headers=headers) as client:
@@ -69,7 +61,7 @@ def ask(url: str, body: dict, headers=None) -> dict:
             if resp.status_code != 200:
                 resp.read()
                 return {"status": resp.status_code, "body": resp.json()}
-            events = stream_events(resp)
+            events = sse_events(resp)
             return {"status": 200, "events": events, "route": resp.headers.get("x-preble-route")}
 
 
@@ -308,7 +300,7 @@ def test_fuzzed_bodies_get_answers_or_4xx_never_5xx(guarded, body, chat):
     with httpx.Client(timeout=30, headers={**AUTH, "Content-Type": "application/json"}) as client:
         with client.stream("POST", url, content=raw) as resp:
             if resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream"):
-                events = stream_events(resp)
+                events = sse_events(resp)
                 assert events[-1] == "[DONE]"
                 return
             resp.read()

@@ -23,6 +23,7 @@ from preble.router.server import build_router_app
 
 from .inproc import InProcessWorker, free_port, serve_app
 from .polling import wait_for
+from .sse import sse_events
 
 PAGE_SIZE = 4
 
@@ -31,16 +32,6 @@ def cached_on_repeat(prompt_tokens: int) -> int:
     """Cached tokens of a prompt the worker has served whole before: all but its last token
     (at least one is computed), in whole pages."""
     return (prompt_tokens - 1) // PAGE_SIZE * PAGE_SIZE
-
-
-def sse_events(resp: httpx.Response) -> list:
-    """The payloads of a server-sent event stream, '[DONE]' included."""
-    out = []
-    for line in resp.iter_lines():
-        if line.startswith("data: "):
-            data = line[len("data: "):]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def openai_error(resp: httpx.Response) -> dict:
@@ -381,5 +372,6 @@ def test_the_worker_serves_after_the_fuzzing(worker, engine):
         "max_new_tokens": 3, "temperature": 0, "ignore_eos": True}})
     assert resp.status_code == 200 and resp.json()["output_ids"] == want
     assert worker.loop is not None and httpx.get(f"{worker.url}/load").status_code == 200
-    load = httpx.get(f"{worker.url}/load").json()
-    assert load["running"] == 0 and load["waiting"] == 0
+    # Nothing left running or queued; the report may be one load interval old, so wait for it.
+    wait_for(lambda: httpx.get(f"{worker.url}/load").json()["running"] == 0, 5.0, step_s=0.05)
+    assert httpx.get(f"{worker.url}/load").json()["waiting"] == 0
