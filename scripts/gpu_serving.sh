@@ -1,20 +1,44 @@
 #!/usr/bin/env bash
-# One run on a GPU machine for the serving path: the GPU tests, then `preble bench serving`
-# (Llama-3-8B shape, random weights: router + worker against the engine in-process), then the
-# same with uvloop and httptools when their wheels are in .whl-fast/ (what they buy), then the
-# engine benchmark. Results and logs under $OUT; each step has its own time limit.
+# One run on a GPU machine for the serving path. Steps (STEPS, in order; default all):
+#   serving   `preble bench serving` (Llama-3-8B shape, random weights: router + worker against
+#             the engine in-process)
+#   tests     the GPU tests
+#   asyncio   the served half again with uvloop hidden (uvicorn falls back to asyncio): what
+#             uvloop, which the GPU image has, buys
+#   httptools the served half again with httptools from .whl-fast/ (uvicorn's faster HTTP parser)
+#   engine    the engine benchmark
+# Results and logs under $OUT; each step has its own time limit.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+STEPS=${STEPS:-serving tests asyncio httptools engine}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-timeout 300 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8
-timeout 300 python3 -m preble.cli bench serving --out "$OUT/serving.json" > "$OUT/serving.log" 2>&1
-cat "$OUT/serving.md"
-if compgen -G ".whl-fast/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-fast .whl-fast/*.whl
-  PYTHONPATH=/tmp/site-fast:$PYTHONPATH timeout 200 python3 -m preble.cli bench serving --no-in-process \
-    --out "$OUT/serving_uvloop.json" > "$OUT/serving_uvloop.log" 2>&1
-  grep -A12 "^| measure" "$OUT/serving_uvloop.md"
-fi
-timeout 300 python3 -m preble.cli bench engine --out "$OUT/engine.json" > "$OUT/engine.log" 2>&1
-cat "$OUT/engine.md"
+python3 -c "import uvloop; print('uvloop', uvloop.__version__)" 2>&1 | tail -1
+
+served_only() {  # name, extra PYTHONPATH: the served half of the benchmark only
+  PYTHONPATH=$2:$PYTHONPATH timeout 150 python3 -m preble.cli bench serving --no-in-process \
+    --out "$OUT/serving_$1.json" > "$OUT/serving_$1.log" 2>&1
+  grep -A14 "^| measure" "$OUT/serving_$1.md"
+}
+
+for step in $STEPS; do
+  echo "== $step $(date +%T)"
+  case $step in
+    serving)
+      timeout 300 python3 -m preble.cli bench serving --out "$OUT/serving.json" > "$OUT/serving.log" 2>&1
+      cat "$OUT/serving.md" ;;
+    tests)
+      timeout 240 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
+    asyncio)
+      mkdir -p /tmp/no-uvloop
+      echo 'raise ImportError("uvloop hidden for this measurement")' > /tmp/no-uvloop/uvloop.py
+      served_only asyncio /tmp/no-uvloop ;;
+    httptools)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-fast .whl-fast/httptools*.whl
+      served_only httptools /tmp/site-fast ;;
+    engine)
+      timeout 300 python3 -m preble.cli bench engine --out "$OUT/engine.json" > "$OUT/engine.log" 2>&1
+      cat "$OUT/engine.md" ;;
+  esac
+done
+echo "== done $(date +%T)"
