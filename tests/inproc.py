@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from preble.bench.local_cluster import free_port_block
 from preble.core.scheduler_config import SchedulerConfig
 from preble.engine.config import EngineConfig
 from preble.models.config import ModelConfig
@@ -32,9 +32,8 @@ from .polling import wait_for
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (which client sockets may take meanwhile)."""
+    return free_port_block(1)
 
 
 @contextlib.contextmanager
@@ -61,7 +60,8 @@ class InProcessWorker:
                  max_running_requests: int = SchedulerConfig.max_running_requests, num_pages: int = 512,
                  **frontend_options) -> None:
         self.model = model
-        window = ModelConfig.from_dir(model).context_window(None)
+        model_cfg = ModelConfig.from_dir(model)
+        window = model_cfg.context_window(None)
         ipc = Path(tempfile.mkdtemp(prefix="preble-test-worker-"))
         engine = EngineConfig(model=model, device="cpu", page_size=page_size, num_pages=num_pages,
                               scheduler=replace(SchedulerConfig(), max_model_len=window,
@@ -69,7 +69,8 @@ class InProcessWorker:
         self.proc_cfg = EngineProcConfig(engine=engine, worker_id=worker_id, in_addr=f"ipc://{ipc}/in",
                                          out_addr=f"ipc://{ipc}/out")
         self.frontend = FrontendConfig(worker_id=worker_id, model_path=model, served_model_name=Path(model).name,
-                                       max_model_len=window, max_inflight=max_inflight, **frontend_options)
+                                       max_model_len=window, vocab_size=model_cfg.vocab_size,
+                                       max_inflight=max_inflight, **frontend_options)
         self.loop: EngineLoop | None = None
         self._ready = threading.Event()
         self._engine_thread = threading.Thread(target=self._run_engine, name=f"engine-{worker_id}", daemon=True)

@@ -91,8 +91,9 @@ def serving(
     preset: str = typer.Option(ServingBenchConfig.preset, help="Architecture of the random-weight folder."),
     url: str | None = typer.Option(None, help="Measure this running server instead of starting one."),
     device: str = typer.Option(ServingBenchConfig.device),
-    worker_arg: list[str] = typer.Option([], "--worker-arg", help="A `preble worker` option for the served "
-                                         "worker (and the in-process engine's memory sizes); repeat."),
+    worker_arg: list[str] = typer.Option([], "--worker-arg", help="A further `preble worker` option; repeat."),
+    kv_cache_gib: float | None = typer.Option(None, help="KV memory of the worker and the in-process engine."),
+    num_pages: int | None = typer.Option(None, help="KV pages of the worker and the in-process engine."),
     concurrency: str = typer.Option(",".join(map(str, ServingBenchConfig.concurrency)),
                                     help="Concurrent requests, comma-separated."),
     in_process: bool = typer.Option(ServingBenchConfig.in_process, help="Also measure the engine in-process."),
@@ -109,6 +110,7 @@ def serving(
         given.update(preset=preset, device=device, concurrency=tuple(int(c) for c in concurrency.split(",")))
     if worker_arg:
         given["worker_args"] = tuple(worker_arg)
+    given.update({k: v for k, v in (("kv_cache_gib", kv_cache_gib), ("num_pages", num_pages)) if v is not None})
     result = run(ServingBenchConfig(in_process=in_process, **given))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

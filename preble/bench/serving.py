@@ -29,13 +29,13 @@ import httpx
 import msgspec
 
 from ..core.percentile import percentile
-from ..http.logs import TIMING_HEADER
+from ..http.timing import HOPS as SERVER_HOPS
+from ..http.timing import TIMING_HEADER
 from .local_cluster import LocalCluster
 from .provenance import source_revision
 from .serving_config import ServingBenchConfig
 
-HOPS = ("client_sent", "router_received", "worker_received", "engine_admitted", "engine_first_token",
-        "worker_first_sent", "router_first_sent", "client_first")
+HOPS = ("client_sent", *SERVER_HOPS, "client_first")
 
 
 class Prompts:
@@ -221,14 +221,10 @@ def _in_process_batch(drive, cfg: ServingBenchConfig, n: int, sync_device) -> di
 # ------------------------------------------------------------------------------------------- run
 
 
-def _engine_options(worker_args: tuple[str, ...]) -> dict:
-    """The worker options the in-process engine must share with the served one (memory sizes)."""
-    names = {"--kv-cache-gib": ("kv_cache_gib", float), "--num-pages": ("num_pages", int)}
-    opts, args = {}, list(worker_args)
-    for flag, (name, cast) in names.items():
-        if flag in args:
-            opts[name] = cast(args[args.index(flag) + 1])
-    return opts
+def _memory(cfg: ServingBenchConfig) -> dict:
+    """The KV memory options the served worker and the in-process engine share."""
+    return {name: value for name, value in (("kv_cache_gib", cfg.kv_cache_gib), ("num_pages", cfg.num_pages))
+            if value is not None}
 
 
 def run(cfg: ServingBenchConfig) -> dict:
@@ -244,13 +240,14 @@ def run(cfg: ServingBenchConfig) -> dict:
         if cfg.url is not None:
             result["served"] = asyncio.run(measure_served(cfg.url, cfg))
         else:
+            memory = [word for name, value in _memory(cfg).items() for word in (f"--{name.replace('_', '-')}", str(value))]
             args = ("--load-format", load_format, "--max-running-requests", str(max(cfg.concurrency)),
-                    *cfg.worker_args)
+                    *memory, *cfg.worker_args)
             with LocalCluster(model, workers=1, device=cfg.device, worker_args=args,
                               startup_timeout_s=cfg.startup_timeout_s) as cluster:
                 result["served"] = asyncio.run(measure_served(cluster.url, cfg))
         if cfg.in_process and model is not None:
-            result["in_process"] = measure_in_process(model, load_format, cfg, _engine_options(cfg.worker_args))
+            result["in_process"] = measure_in_process(model, load_format, cfg, _memory(cfg))
     result["meta"] = environment(cfg.device)
     return result
 

@@ -14,6 +14,9 @@ class ServingBenchConfig:
     url: str | None = None  # measure this running server instead of starting `preble serve`
     device: str = "cuda"
     worker_args: tuple[str, ...] = ()  # further `preble worker` options
+    # KV memory of the served worker and of the in-process engine alike; None: the engine's default
+    kv_cache_gib: float | None = None
+    num_pages: int | None = None
     in_process: bool = True  # also measure the engine in this process
     prompt_tokens: int = 128
     cached_prefix: int = 8192
@@ -30,4 +33,4 @@ QUICK = dict(preset="llama3-8b", device="cpu", prompt_tokens=16, cached_prefix=2
              concurrency=(1, 4), ttft_repeats=3,
              preset_overrides={"num_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4,
                                "num_kv_heads": 2, "head_dim": 16},
-             worker_args=("--num-pages", "512"))
+             num_pages=512)

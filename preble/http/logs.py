@@ -9,18 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 REQUEST_ID_HEADER = "x-request-id"
-# A request carrying this header (any value) gets, in its usage chunk or body, a `timing` object
-# with the wall-clock time at which each hop (router, worker, engine) received it and sent its
-# first token; the router passes it on to the worker.
-TIMING_HEADER = "x-preble-timing"
-
-
-def wants_timing(headers) -> float | None:
-    """Now (wall clock), if the request asked for per-hop timing; else None."""
-    return time.time() if TIMING_HEADER in headers else None
 
 
 class JsonFormatter(logging.Formatter):

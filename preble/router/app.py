@@ -24,7 +24,7 @@ from ..http import openai as oai
 from ..http.errors import check_model, check_token_ids, install_error_handlers
 from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
-from ..http.logs import wants_timing
+from ..http.timing import wants_timing
 from .config import RouterConfig
 from .dashboard import Timeline
 from .dashboard_routes import dashboard_routes

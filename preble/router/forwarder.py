@@ -24,7 +24,8 @@ from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, Routin
 from ..http import openai as oai
 from ..http.errors import max_tokens_for
 from ..http.limits import Admission
-from ..http.logs import REQUEST_ID_HEADER, TIMING_HEADER
+from ..http.logs import REQUEST_ID_HEADER
+from ..http.timing import TIMING_HEADER
 from .config import RouterConfig
 from .dashboard import Timeline
 from .metrics import RequestStatus, RouterMetrics

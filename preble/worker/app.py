@@ -22,8 +22,8 @@ from ..http import openai as oai
 from ..http.errors import check_model, check_token_ids, install_error_handlers, max_tokens_for
 from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
-from ..http.logs import REQUEST_ID_HEADER, wants_timing
-from ..models.config import ModelConfig
+from ..http.logs import REQUEST_ID_HEADER
+from ..http.timing import wants_timing
 from .config import FrontendConfig
 from .engine_client import EngineClient
 from .generation import Generator
@@ -32,7 +32,6 @@ from .metrics import WorkerMetrics
 
 def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
-    vocab_size = ModelConfig.from_dir(cfg.model_path).vocab_size  # the engine's bound on token ids
     metrics = WorkerMetrics(cfg.worker_id)
 
     @contextlib.asynccontextmanager
@@ -71,7 +70,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
         ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
-        check_token_ids(ids, vocab_size, "prompt")
+        check_token_ids(ids, cfg.vocab_size, "prompt")
         max_tokens = max_tokens_for(len(ids), body.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
         return await generator.openai(request_id(request, "cmpl"), ids, body, max_tokens, chat=False,
                                       received=received)
@@ -92,7 +91,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
     @app.post("/generate")
     async def generate(body: oai.GenerateRequest):
         ids = encode_text(body.text) if body.text is not None else list(body.input_ids)
-        check_token_ids(ids, vocab_size, "input_ids")
+        check_token_ids(ids, cfg.vocab_size, "input_ids")
         sampling = body.sampling(cfg.default_max_tokens)
         max_tokens_for(len(ids), sampling.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
         return await generator.sglang(body.rid or oai.new_id("gen"), ids, sampling, body.stream)

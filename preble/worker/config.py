@@ -17,6 +17,7 @@ class FrontendConfig:
     model_path: str
     served_model_name: str
     max_model_len: int
+    vocab_size: int  # the model's: prompt token ids at or above it are refused with a 400
     default_max_tokens: int = 256  # for chat and /generate requests that give no limit
     health_timeout_s: float = 2.0  # an idle engine counts as dead after this long without a word
     # ... and one with requests in flight after this long: it cannot speak during a step, and a long

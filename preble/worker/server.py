@@ -39,7 +39,8 @@ def run_worker(cfg: WorkerConfig) -> None:
     client = EngineClient(proc_cfg.in_addr, proc_cfg.out_addr, FrontendConfig.subscriber_queue)
     frontend = FrontendConfig(worker_id=worker_id, model_path=cfg.engine.model,
                               served_model_name=cfg.served_model_name or Path(cfg.engine.model).name,
-                              max_model_len=max_len, default_max_tokens=cfg.default_max_tokens,
+                              max_model_len=max_len, vocab_size=model_cfg.vocab_size,
+                              default_max_tokens=cfg.default_max_tokens,
                               max_inflight=cfg.max_inflight, api_key=cfg.api_key)
     app = create_worker_app(frontend, client)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
