@@ -463,3 +463,26 @@ def routers(
     if out is not None:
         print(f"wrote {out} and {write(doc, out)}")
     print(markdown(doc))
+
+
+@bench_app.command("report")
+def report_cmd(
+    check: bool = typer.Option(False, "--check", help="Write nothing: print a diff of every generated figure "
+                               "that differs from what the committed JSON renders, and exit 1 if any does."),
+    root: Path = typer.Option(Path("."), help="The repository's root."),
+) -> None:
+    """Render every README figure and results report from the committed results JSON
+    (docs/cli/bench-report.md)."""
+    from .report import report
+    from .report.regions import RegionError
+
+    try:
+        changes = report(root, write=not check)
+    except RegionError as err:
+        raise typer.BadParameter(str(err)) from None
+    for change in changes:
+        print(change.diff() if check else f"rewrote {change.path} [{change.part}]")
+    if check and changes:
+        raise typer.Exit(1)
+    if not changes:
+        print("every generated figure matches the committed results")
