@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .fmt import bare_pct, pct, span
+from .fmt import bare_pct, pct, prose, span
 from .results import Result
 from .traced import EXEMPT, measured_code
 
@@ -40,7 +40,7 @@ def headline(run: Result) -> str:
     against a cold prompt, and decode against the bandwidth roofline."""
     long = [p for p in run.data["prefill"] if p["tokens"] >= LONG_PREFILL_TOKENS]
     t, decode = run.data["ttft"], run.data["decode"]
-    return (f"On one {run.data['meta']['device']} with `{run.data['config']['model']}` (random weights), one engine prefills {span([p['tokens'] for p in long], _kilo)} tokens at "
+    return prose(f"On one {run.data['meta']['device']} with `{run.data['config']['model']}` (random weights), one engine prefills {span([p['tokens'] for p in long], _kilo)} tokens at "
             f"{span([p['mfu'] for p in long], bare_pct)}% MFU, answers {t['new_tokens']} new tokens on "
             f"a cached prefix of {t['cached_prefix']:,} tokens in {t['ratio']:.2f}x the time of a cold "
             f"{t['new_tokens']}-token prompt, and decodes at "
@@ -140,3 +140,15 @@ def radix_table(*runs: Result) -> str:
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     notes = [f"{measured_code(r)}: {r.data['note']}." for r in runs if r.data.get("note")]
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def split(v3: Result, v4: Result, new: Result) -> str:
+    """The newest run against v4, set beside the spread between v3 and v4, two runs of decode
+    code that did not change: whether a difference is more than run-to-run noise."""
+    b1 = _decode(new, BATCH_1)["step_ms"] / _decode(v4, BATCH_1)["step_ms"] - 1
+    spreads = [(abs(_decode(v4, d["batch"])["step_ms"] / d["step_ms"] - 1), d["batch"]) for d in v3.data["decode"]]
+    spread, batch = max(spreads)
+    return prose(f"Batch {BATCH_1} is {abs(b1):.0%} {'slower' if b1 > 0 else 'faster'} than v4 and batch {BATCH_64} at "
+                 f"{pct(_decode(new, BATCH_64)['roofline_fraction'])} of roofline, against a spread of up to "
+                 f"{spread:.0%} between v3 and v4 on the same decode steps (batch {batch}: "
+                 f"{_decode(v3, batch)['step_ms']:.2f} vs {_decode(v4, batch)['step_ms']:.2f} ms).")

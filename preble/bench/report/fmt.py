@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Iterable
 
 SHORT_COMMIT = 7  # hex digits of a commit as READMEs quote it
+LINE_WIDTH = 100  # the READMEs' prose is wrapped at this width
+
+
+def prose(text: str) -> str:
+    """A generated sentence wrapped as the READMEs wrap their prose (never inside a word, a
+    hyphenated range or a code span's name), so that a diff of it reads like one of typed text."""
+    return textwrap.fill(text, LINE_WIDTH, break_long_words=False, break_on_hyphens=False)
 
 
 def span(values: Iterable[float], fmt: Callable[[float], str]) -> str:

@@ -81,7 +81,9 @@ def named_commits(data: Mapping[str, Any]) -> list[str]:
     source = provenance(data)
     if source is None:
         return []
-    merged = [*source.get("merged_from", []), *(r for r in source.get("runs", []) if isinstance(r, Mapping))]
+    runs = source.get("runs")  # a grid counts its runs, a merged comparison lists their sources
+    merged = [r for r in [*source.get("merged_from", []), *(runs if isinstance(runs, list) else [])]
+              if isinstance(r, Mapping) and "commit" in r]
     return list(dict.fromkeys([source["commit"], *(m["commit"] for m in merged)]))
 
 
