@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from . import demo, engine, router_overhead, routing
+from . import demo, engine, peer_routers, router_overhead, routing, serving, validation
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,24 @@ REGIONS: Mapping[str, Spec] = {
     "engine-split": Spec(engine.split, tuple(ENGINE + f for f in (
         "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json", "h100_llama3-8b_c65103c.json"))),
     "radix-evict": Spec(engine.radix_table, (ENGINE + "radix_evict_e10bfd7.json", ENGINE + "radix_evict.json")),
+}
+
+VALIDATION = "results/validation/"
+SERVING = "results/serving/"
+PEERS = "results/peer_routers/cpu_smollm2-135m_3workers.json"
+PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.json"
+REGIONS = {**REGIONS,
+    # results/validation/README.md
+    "validation-h100": Spec(validation.by_rate, tuple(VALIDATION + f"h100_llama3-8b_rate{r}.json" for r in (4, 12, 20))),
+    "validation-h200": Spec(validation.by_rate, tuple(VALIDATION + f"h200_llama3-8b_rate{r}.json" for r in (12, 20))),
+    "validation-cpu": Spec(validation.metrics, (VALIDATION + "cpu_smollm2-135m_2workers_rate1.json",)),
+    # results/peer_routers/README.md
+    "peer-routers": Spec(peer_routers.mean_latency, (PEERS,)),
+    "peer-routers-health5": Spec(peer_routers.mean_latency, (PEERS_HEALTH5, PEERS)),
+    "peer-routers-e2": Spec(peer_routers.e2_against, (PEERS, PEERS_HEALTH5)),
+    # results/serving/README.md: the runs side by side, oldest first
+    "serving-dev-cpu": Spec(serving.table, (SERVING + "dev_cpu_tiny_base_c72e6e6.json", SERVING + "dev_cpu_tiny.json")),
+    "serving-dev-cpu-hops": Spec(serving.hops, (SERVING + "dev_cpu_tiny.json",)),
 }
 
 # A results JSON matching the pattern has its report (the `.md` beside it, where there is one)
