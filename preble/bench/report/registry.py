@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from . import demo, engine, peer_routers, router_overhead, routing, serving, validation
+from . import comparison, cost_models, demo, engine, peer_routers, router_overhead, routing, serving, validation
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,9 @@ REGIONS: Mapping[str, Spec] = {
 
 VALIDATION = "results/validation/"
 SERVING = "results/serving/"
+COMPARISON = "results/comparison/"
+COST_MODELS = "results/cost_models/"
+H100_COMPARISON = (COMPARISON + "h100_llama3-8b.json", COMPARISON + "h100_llama3-8b_loogle.json")
 PEERS = "results/peer_routers/cpu_smollm2-135m_3workers.json"
 PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.json"
 REGIONS = {**REGIONS,
@@ -87,6 +90,15 @@ REGIONS = {**REGIONS,
     "peer-routers-e2": Spec(peer_routers.e2_against, (PEERS, PEERS_HEALTH5)),
     # results/serving/README.md: the runs side by side, oldest first
     "serving-dev-cpu": Spec(serving.table, (SERVING + "dev_cpu_tiny_base_c72e6e6.json", SERVING + "dev_cpu_tiny.json")),
+    # results/README.md
+    "cost-models": Spec(cost_models.table, tuple(COST_MODELS + f for f in (
+        "h100_llama3-8b.json", "h100_mistral-7b.json", "h200_llama3-8b.json", "cpu_smollm2-135m.json",
+        "cpu_smollm2-135m_1thread.json"))),
+    "cost-models-h200": Spec(cost_models.against, (COST_MODELS + "h100_llama3-8b.json", COST_MODELS + "h200_llama3-8b.json")),
+    # results/comparison/README.md
+    "comparison-h100-verdicts": Spec(comparison.verdicts, H100_COMPARISON),
+    "comparison-h100-knees": Spec(comparison.knees, H100_COMPARISON),
+    "comparison-h200-knees": Spec(comparison.knees, (COMPARISON + "h200_llama3-8b.json",)),
     "serving-dev-cpu-hops": Spec(serving.hops, (SERVING + "dev_cpu_tiny.json",)),
 }
 
