@@ -131,3 +131,23 @@ def test_the_engine_headline_quotes_the_json_it_is_given():
         "answers 128 new tokens on a cached prefix of 8,192 tokens in 0.88x the time of a cold 128-token "
         "prompt, and decodes at 50-80% of the bandwidth roofline (6.25 ms per token at batch 1; "
         "`results/engine/x.json`, the code of 0123456).")
+
+
+def test_the_command_exits_1_with_a_diff_on_drift_and_2_on_a_bad_region(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from preble.bench.cli import bench_app
+    from preble.bench.report import runner
+    from preble.bench.report.registry import Spec
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.json").write_text(json.dumps({"v": 2}))
+    (tmp_path / "README.md").write_text("<!-- report:x -->\nv is 1\n<!-- /report -->\n")
+    monkeypatch.setattr(runner, "REGIONS", {"x": Spec(lambda r: f"v is {r.data['v']}", ("results/x.json",))})
+    check = CliRunner().invoke(bench_app, ["report", "--check", "--root", str(tmp_path)])
+    assert check.exit_code == 1 and "+v is 2" in check.output
+    assert CliRunner().invoke(bench_app, ["report", "--root", str(tmp_path)]).exit_code == 0
+    assert CliRunner().invoke(bench_app, ["report", "--check", "--root", str(tmp_path)]).exit_code == 0
+    (tmp_path / "README.md").write_text("<!-- report:y -->\n<!-- /report -->\n")
+    bad = CliRunner().invoke(bench_app, ["report", "--check", "--root", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown report region 'y'" in bad.output

@@ -1,8 +1,9 @@
 """Which renderer writes each generated region, from which committed results files; and which
 benchmark renders the report beside each results JSON.
 
-This is the one place that names the JSON behind a README figure: to quote a newer run (say an
-engine benchmark on another GPU), point its region's `sources` at the new file here.
+This is the one place that names the JSON behind a README figure. To quote a newer run (say an
+engine benchmark on another GPU), point its region's sources here at the new file, then run
+`preble bench report`: the headline runs are the first constants below.
 """
 
 from __future__ import annotations
@@ -22,21 +23,48 @@ class Spec:
     sources: tuple[str, ...]
 
 
+# The runs the top README's engine sentence and the serving README's table quote.
+ENGINE_HEADLINE = "results/engine/h100_llama3-8b_c65103c.json"
+SERVING_RUNS = ("results/serving/dev_cpu_tiny_base_c72e6e6.json", "results/serving/dev_cpu_tiny.json")  # oldest first
+
 ENGINE = "results/engine/"
 ROUTING = "results/routing/"
-ROUTER_DEV = "results/router_overhead_dev.json"
-ROUTER_BOX = "results/router_overhead.json"
+VALIDATION = "results/validation/"
+COMPARISON = "results/comparison/"
+COST_MODELS = "results/cost_models/"
 DEMO = "results/demo_cpu.json"
+ROUTER_DEV = "results/router_overhead_dev.json"  # the development machine, newest
+ROUTER_DEV_6698A2B = "results/router_overhead_dev_6698a2b.json"
+ROUTER_DEV_FDDA77A = "results/router_overhead_dev_fdda77a.json"
+ROUTER_BOX = "results/router_overhead.json"  # the GPU box's CPU, newest
+ROUTER_BOX_6CCBFA4 = "results/router_overhead_6ccbfa4.json"
+PEERS = "results/peer_routers/cpu_smollm2-135m_3workers.json"
+PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.json"
+MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"
+MOONCAKE_CAPACITY = ROUTING + "mooncake_capacity.json"
+ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
 # The routing grids in the order prose quotes them: 4 and 16 replicas, 32, 2, then 8 (two memories).
-GRIDS = tuple(ROUTING + f for f in ("grid_h200_4_16_all.json", "grid_h200_32_all.json", "grid_h200_2.json",
-                                    "grid_paper_ablation.json"))
+GRIDS = (ROUTING + "grid_h200_4_16_all.json", ROUTING + "grid_h200_32_all.json", ROUTING + "grid_h200_2.json",
+         ABLATION_GRID)
+GRID_FILES = tuple(ROUTING + f + ".json" for f in (
+    "grid_h200_4_16", "grid_h200_4_16_rest", "grid_h200_4_16_all", "grid_h200_32", "grid_h200_32_rest",
+    "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent"))
+ENGINE_V2, ENGINE_V3, ENGINE_V4 = (ENGINE + f for f in (
+    "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json"))
+H100_COMPARISON = (COMPARISON + "h100_llama3-8b.json", COMPARISON + "h100_llama3-8b_loogle.json")
 
 REGIONS: Mapping[str, Spec] = {
     # README.md
     "demo-duration": Spec(demo.duration, (DEMO,)),
-    "engine-headline": Spec(engine.headline, (ENGINE + "h100_llama3-8b_c65103c.json",)),
+    "engine-headline": Spec(engine.headline, (ENGINE_HEADLINE,)),
     "router-headline": Spec(router_overhead.headline, (ROUTER_DEV,)),
-    "routing-headline": Spec(routing.headline, (*GRIDS, ROUTING + "mooncake_capacity.json")),
+    "routing-headline": Spec(routing.headline, (*GRIDS, MOONCAKE_CAPACITY)),
+    # results/README.md
+    "cost-models": Spec(cost_models.table, tuple(COST_MODELS + f for f in (
+        "h100_llama3-8b.json", "h100_mistral-7b.json", "h200_llama3-8b.json", "cpu_smollm2-135m.json",
+        "cpu_smollm2-135m_1thread.json"))),
+    "cost-models-h200": Spec(cost_models.against, (COST_MODELS + "h100_llama3-8b.json",
+                                                   COST_MODELS + "h200_llama3-8b.json")),
     # results/demo_cpu.md
     "demo-table": Spec(demo.table, (DEMO,)),
     # results/router_overhead.md
@@ -44,42 +72,28 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-dev": Spec(router_overhead.table, (ROUTER_DEV,)),
     "router-overhead-box": Spec(router_overhead.table, (ROUTER_BOX,)),
     "router-overhead-targets": Spec(router_overhead.targets, (ROUTER_DEV, ROUTER_BOX)),
-    "router-overhead-runs": Spec(router_overhead.runs, (
-        ROUTER_DEV, "results/router_overhead_dev_6698a2b.json", "results/router_overhead_dev_fdda77a.json",
-        ROUTER_BOX, "results/router_overhead_6ccbfa4.json")),
-    "router-overhead-statistics": Spec(router_overhead.statistics_cost, (
-        "results/router_overhead_dev_fdda77a.json", "results/router_overhead_dev_6698a2b.json")),
-    "router-overhead-arrays": Spec(router_overhead.gain, ("results/router_overhead_6ccbfa4.json", ROUTER_BOX)),
+    "router-overhead-statistics": Spec(router_overhead.statistics_cost, (ROUTER_DEV_FDDA77A, ROUTER_DEV_6698A2B)),
+    "router-overhead-arrays": Spec(router_overhead.gain, (ROUTER_BOX_6CCBFA4, ROUTER_BOX)),
+    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
+                                                        ROUTER_BOX, ROUTER_BOX_6CCBFA4)),
+    # results/engine/NOTES.md
+    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_HEADLINE)),
+    "engine-targets": Spec(engine.targets_table, (ENGINE_HEADLINE, ENGINE_V4, ENGINE_V3)),
+    "engine-split": Spec(engine.split, (ENGINE_V3, ENGINE_V4, ENGINE_HEADLINE)),
+    "radix-evict": Spec(engine.radix_table, (ENGINE + "radix_evict_e10bfd7.json", ENGINE + "radix_evict.json")),
     # results/routing/README.md
-    "routing-breakdown": Spec(routing.breakdown, (ROUTING + "mooncake_breakdown.json",)),
-    "routing-breakdown-e2": Spec(routing.breakdown_e2, (ROUTING + "mooncake_breakdown.json",)),
-    "routing-files": Spec(routing.files, tuple(ROUTING + f + ".json" for f in (
-        "grid_h200_4_16", "grid_h200_4_16_rest", "grid_h200_4_16_all", "grid_h200_32", "grid_h200_32_rest",
-        "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent"))),
+    "routing-files": Spec(routing.files, GRID_FILES),
+    "routing-breakdown": Spec(routing.breakdown, (MOONCAKE_BREAKDOWN,)),
+    "routing-breakdown-e2": Spec(routing.breakdown_e2, (MOONCAKE_BREAKDOWN,)),
     "routing-grids": Spec(routing.grids, GRIDS),
     "routing-peers": Spec(routing.peers, GRIDS),
-    "routing-ablation": Spec(routing.ablation, (ROUTING + "grid_paper_ablation.json",)),
-    "routing-capacity": Spec(routing.capacity, (ROUTING + "mooncake_capacity.json",)),
-    "routing-shared": Spec(routing.shared_prefixes, (ROUTING + "mooncake_capacity.json", GRIDS[0])),
-    # results/engine/NOTES.md
-    "engine-runs": Spec(engine.runs_table, tuple(ENGINE + f for f in (
-        "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json",
-        "h100_llama3-8b_c65103c.json"))),
-    "engine-targets": Spec(engine.targets_table, tuple(ENGINE + f for f in (
-        "h100_llama3-8b_c65103c.json", "h100_llama3-8b.json", "h100_llama3-8b_4ea0de0.json"))),
-    "engine-split": Spec(engine.split, tuple(ENGINE + f for f in (
-        "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json", "h100_llama3-8b_c65103c.json"))),
-    "radix-evict": Spec(engine.radix_table, (ENGINE + "radix_evict_e10bfd7.json", ENGINE + "radix_evict.json")),
-}
-
-VALIDATION = "results/validation/"
-SERVING = "results/serving/"
-COMPARISON = "results/comparison/"
-COST_MODELS = "results/cost_models/"
-H100_COMPARISON = (COMPARISON + "h100_llama3-8b.json", COMPARISON + "h100_llama3-8b_loogle.json")
-PEERS = "results/peer_routers/cpu_smollm2-135m_3workers.json"
-PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.json"
-REGIONS = {**REGIONS,
+    "routing-ablation": Spec(routing.ablation, (ABLATION_GRID,)),
+    "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),
+    "routing-shared": Spec(routing.shared_prefixes, (MOONCAKE_CAPACITY, GRIDS[0])),
+    # results/comparison/README.md
+    "comparison-h100-verdicts": Spec(comparison.verdicts, H100_COMPARISON),
+    "comparison-h100-knees": Spec(comparison.knees, H100_COMPARISON),
+    "comparison-h200-knees": Spec(comparison.knees, (COMPARISON + "h200_llama3-8b.json",)),
     # results/validation/README.md
     "validation-h100": Spec(validation.by_rate, tuple(VALIDATION + f"h100_llama3-8b_rate{r}.json" for r in (4, 12, 20))),
     "validation-h200": Spec(validation.by_rate, tuple(VALIDATION + f"h200_llama3-8b_rate{r}.json" for r in (12, 20))),
@@ -88,18 +102,9 @@ REGIONS = {**REGIONS,
     "peer-routers": Spec(peer_routers.mean_latency, (PEERS,)),
     "peer-routers-health5": Spec(peer_routers.mean_latency, (PEERS_HEALTH5, PEERS)),
     "peer-routers-e2": Spec(peer_routers.e2_against, (PEERS, PEERS_HEALTH5)),
-    # results/serving/README.md: the runs side by side, oldest first
-    "serving-dev-cpu": Spec(serving.table, (SERVING + "dev_cpu_tiny_base_c72e6e6.json", SERVING + "dev_cpu_tiny.json")),
-    # results/README.md
-    "cost-models": Spec(cost_models.table, tuple(COST_MODELS + f for f in (
-        "h100_llama3-8b.json", "h100_mistral-7b.json", "h200_llama3-8b.json", "cpu_smollm2-135m.json",
-        "cpu_smollm2-135m_1thread.json"))),
-    "cost-models-h200": Spec(cost_models.against, (COST_MODELS + "h100_llama3-8b.json", COST_MODELS + "h200_llama3-8b.json")),
-    # results/comparison/README.md
-    "comparison-h100-verdicts": Spec(comparison.verdicts, H100_COMPARISON),
-    "comparison-h100-knees": Spec(comparison.knees, H100_COMPARISON),
-    "comparison-h200-knees": Spec(comparison.knees, (COMPARISON + "h200_llama3-8b.json",)),
-    "serving-dev-cpu-hops": Spec(serving.hops, (SERVING + "dev_cpu_tiny.json",)),
+    # results/serving/README.md
+    "serving-dev-cpu": Spec(serving.table, SERVING_RUNS),
+    "serving-dev-cpu-hops": Spec(serving.hops, (SERVING_RUNS[-1],)),
 }
 
 # A results JSON matching the pattern has its report (the `.md` beside it, where there is one)

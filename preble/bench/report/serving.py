@@ -11,7 +11,7 @@ from .results import Result
 LATENCIES = (("TTFT cold, {prompt_tokens} tokens", "ttft_cold_ms"),
              ("TTFT, {prompt_tokens} new tokens on a cached {cached_prefix}-token prefix", "ttft_cached_ms"),
              ("time per output token, batch 1", "decode_batch1_tpot_ms"))
-STREAMS = (16, 64)  # concurrencies the table quotes
+SINGLE = 1  # one stream at a time: the time-per-token row covers it
 
 
 def _throughput(side: dict[str, Any], concurrency: int, stream: bool | None) -> float:
@@ -20,19 +20,26 @@ def _throughput(side: dict[str, Any], concurrency: int, stream: bool | None) -> 
                 if r["concurrency"] == concurrency and r.get("stream") in (stream, None))
 
 
+def _concurrencies(runs: tuple[Result, ...]) -> list[int]:
+    """The concurrencies every run measured, beyond one stream."""
+    common = set.intersection(*({r["concurrency"] for r in run.data["served"]["concurrency"]} for run in runs))
+    return sorted(common - {SINGLE})
+
+
 def table(*runs: Result) -> str:
     """Median TTFT cold and on a cached prefix, time per token, and throughput at several
-    concurrencies: each run's served path, then the engine in-process of the last run that has it."""
-    local = next(r for r in reversed(runs) if r.data.get("in_process")).data["in_process"]
+    concurrencies: each run's served path, then the engine in-process of the last run that
+    measured it (a run against a server given by URL does not)."""
+    local = [r.data["in_process"] for r in runs if r.data.get("in_process")][-1:]
     cfg = runs[-1].data["config"]
-    lines = ["| measure (median) | " + " | ".join(f"`{r.name}`" for r in runs) + " | in-process engine |",
-             "|---|" + "---|" * (len(runs) + 1)]
+    lines = ["| measure (median) | " + " | ".join([*(f"`{r.name}`" for r in runs), *(["in-process engine"] * len(local))])
+             + " |", "|---|" + "---|" * (len(runs) + len(local))]
     for name, key in LATENCIES:
-        cells = [f"{r.data['served'][key]:.2f} ms" for r in runs] + [f"{local[key]:.2f} ms"]
+        cells = [f"{side[key]:.2f} ms" for side in [*(r.data["served"] for r in runs), *local]]
         lines.append(f"| {name.format(**cfg)} | " + " | ".join(cells) + " |")
-    for n in STREAMS:
+    for n in _concurrencies(runs):
         cells = [f"{_throughput(r.data['served'], n, True):,.0f} / {_throughput(r.data['served'], n, False):,.0f}"
-                 for r in runs] + [f"{_throughput(local, n, None):,.0f}"]
+                 for r in runs] + [f"{_throughput(side, n, None):,.0f}" for side in local]
         lines.append(f"| {n} streams, tokens/s (streamed / not) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
