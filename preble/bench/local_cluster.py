@@ -7,7 +7,7 @@ import random
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -43,12 +43,14 @@ def _free(port: int) -> bool:
 
 class LocalCluster:
     """Router + `workers` workers on loopback; `stop()` (or leaving the `with`) ends them all, as
-    does this process's death. The log goes to a temporary file, removed at `stop()`."""
+    does this process's death. The log goes to a temporary file, removed at `stop()`. `env`:
+    `preble serve`'s environment (default: this process's), e.g. PREBLE_WORKER_API_KEY for a
+    caller that talks to the workers too."""
 
     def __init__(self, model: str, workers: int = 2, policy: str = DEFAULT_POLICY,
                  worker_args: Sequence[str] = (), device: str = "cpu",
                  startup_timeout_s: float = 300.0, serve_args: Sequence[str] = (),
-                 stop_grace_s: float = 60.0, poll_s: float = 0.3) -> None:
+                 stop_grace_s: float = 60.0, poll_s: float = 0.3, env: Mapping[str, str] | None = None) -> None:
         self.workers, self.stop_grace_s = workers, stop_grace_s
         self.port = free_port_block(workers + 1)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +60,7 @@ class LocalCluster:
             "preble serve",
             [sys.executable, "-m", "preble.cli", "serve", "--model", model, "--workers", str(workers),
              "--policy", policy, "--port", str(self.port), "--device", device, *serve_args, *worker_args],
-            log_path=Path(log_path))
+            env=env, log_path=Path(log_path))
         self.proc = self.child.proc
         try:
             wait_until(self._all_healthy, [self.child], startup_timeout_s, poll_s, "cluster")
