@@ -18,6 +18,7 @@ from ..router.config import RouterServerConfig
 from .compare_config import CompareConfig
 from .grid import GridConfig
 from .serving_config import ServingBenchConfig
+from .soak_config import SoakConfig
 from .workloads.report import PREBLE_WORKLOADS
 from .workloads.trace import BLOCK
 
@@ -117,6 +118,31 @@ def serving(
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+
+
+@bench_app.command("soak")
+def soak(
+    duration: float = typer.Option(SoakConfig.duration_s, help="Seconds of load and chaos."),
+    workers: int = typer.Option(SoakConfig.workers),
+    policy: str = typer.Option(SoakConfig.policy),
+    model: Path | None = typer.Option(None, help="HF folder; default: a tiny random llama."),
+    rate: float = typer.Option(SoakConfig.rate, help="Requests/s offered (Poisson)."),
+    clients: int = typer.Option(SoakConfig.clients, help="Requests in flight at most."),
+    seed: int = typer.Option(SoakConfig.seed),
+    out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it (.md)."),
+) -> None:
+    """A local cluster under mixed load while workers are killed and stopped; exits 1 unless every
+    request got an outcome, no undocumented 5xx came, the router's memory stayed bounded and its
+    picture of every cache was exact after each event (docs/cli/bench-soak.md)."""
+    from .soak import markdown, run, write
+
+    doc = run(SoakConfig(duration_s=duration, workers=workers, policy=policy, model=str(model) if model else None,
+                         rate=rate, clients=clients, seed=seed))
+    if out is not None:
+        print(f"wrote {out} and {write(doc, out)}")
+    print(markdown(doc))
+    if not doc["passed"]:
+        raise typer.Exit(1)
 
 
 def parse_param(value: str) -> tuple[str, object]:
