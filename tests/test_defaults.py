@@ -73,6 +73,21 @@ def test_simulator_benchmarks_default_to_their_config(command):
     assert {"workloads", "replicas", "duration", "max_requests", "cost_model"} <= set(compared)
 
 
+def test_the_soak_defaults_to_its_config():
+    """Every option of `bench soak` is a SoakConfig field (--duration: duration_s) and defaults to it."""
+    from preble.bench.soak_config import SoakConfig
+
+    bench = typer.main.get_command(app).commands["bench"]
+    names = {f.name: f.default for f in fields(SoakConfig)}
+    compared = {}
+    for param in bench.commands["soak"].params:
+        name = {"duration": "duration_s"}.get(param.name, param.name)
+        if name != "out":
+            compared[param.name] = (param.default, names.get(name, MISSING))
+    assert {k: v for k, v in compared.items() if v[0] != v[1]} == {}
+    assert {"duration", "workers", "policy", "model", "rate", "clients", "seed"} == set(compared)
+
+
 def test_the_command_line_imports_neither_torch_nor_the_web_stack():
     heavy = ("torch", "transformers", "fastapi", "uvicorn", "httpx")
     code = f"import sys, preble.cli; print([m for m in {heavy!r} if m in sys.modules])"
