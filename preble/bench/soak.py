@@ -154,7 +154,7 @@ def chaos_checks(events: list[ChaosEvent]) -> list[Check]:
     inconsistent = [e for e in events if not e.kv or not all(k.ok for k in e.kv)]
     return [
         Check("chaos_happened", all(kinds[a] for a in ("kill", "stop")),
-              f"{kinds['kill']} kills and {kinds['stop']} stops"),
+              f"kills: {kinds['kill']}, stops: {kinds['stop']}"),
         Check("workers_recovered", bool(events) and not unrecovered,
               f"{len(events) - len(unrecovered)} of {len(events)} events recovered"
               + "".join(f"; {e.worker} {e.action} at {e.at_s} s did not" for e in unrecovered)),
