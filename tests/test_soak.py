@@ -183,7 +183,8 @@ def test_a_failed_kv_check_or_a_lost_request_fails_the_report(tmp_path):
               ChaosEvent(25.0, "worker-1", "stop", 3, None, 27.0, 28.0, [KVCheck("worker-1", True, 4, 4, 0.1)])]
     load = LoadRun(sent=2, results=[result(0, Outcome.COMPLETED), result(1, Outcome.LOST)])
     rss = [(float(t), 100.0) for t in range(41)]
-    doc = document(cfg, Observed(load, events, rss, [(0.0, 1.0, 1.0, 1.0)], 0.5, 41.0), startup_s=20.0)
+    doc = document(cfg, Observed(load, events, rss, [(0.0, 1.0, 1.0, 1.0)], 0.5, 41.0), startup_s=20.0,
+                   revision={"commit": "0" * 40, "dirty": False})
     failed = {c["name"] for c in doc["checks"] if not c["ok"]}
     assert failed == {"accounted", "no_lost", "kv_consistent"} and not doc["passed"]
     md = write(doc, tmp_path / "soak.json").read_text()

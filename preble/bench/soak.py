@@ -73,6 +73,7 @@ def model_folder(cfg: SoakConfig) -> Iterator[str]:
 
 def run(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Start the cluster, soak it, stop it; the report as a JSON-ready dict."""
+    revision = source_revision()  # now: the code that runs is the code of this moment
     key = secrets.token_urlsafe(24)  # the workers' key, so that the KV check can read their caches
     env = {**os.environ, "PREBLE_WORKER_API_KEY": key}
     with model_folder(cfg) as model:
@@ -82,7 +83,7 @@ def run(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             startup_s = time.monotonic() - started
             log(f"cluster up in {startup_s:.1f} s at {cluster.url}; soaking for {cfg.duration_s:.0f} s")
             observed = asyncio.run(soak(cfg, cluster.url, cluster.proc.pid, key))
-    return document(cfg, observed, startup_s)
+    return document(cfg, observed, startup_s, revision)
 
 
 async def soak(cfg: SoakConfig, router: str, serve_pid: int, key: str) -> Observed:
@@ -205,14 +206,15 @@ def host_memory_gib() -> float | None:
     return None
 
 
-def document(cfg: SoakConfig, seen: Observed, startup_s: float) -> dict[str, Any]:
-    """The results file: what was sent and what came of it, the chaos, the samples and the checks."""
+def document(cfg: SoakConfig, seen: Observed, startup_s: float, revision: dict[str, Any]) -> dict[str, Any]:
+    """The results file: what was sent and what came of it, the chaos, the samples and the checks;
+    `revision`: the source's commit and state when the run started."""
     results = sorted(seen.load.results or [], key=lambda r: r.index)
     t = tally(seen.load.sent, results, DOCUMENTED_5XX)
     checks = [*request_checks(t), rss_check(seen.rss_mb, cfg), *chaos_checks(seen.events)]
     windows = rss_windows(seen.rss_mb, cfg.rss_warmup_s)
     return {
-        "benchmark": "soak", **source_revision(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "benchmark": "soak", **revision, "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": {**host_machine(), "memory_gib": host_memory_gib()},
         "config": asdict(cfg), "documented_5xx": [asdict(d) for d in DOCUMENTED_5XX],
         "startup_s": round(startup_s, 1), "wall_s": seen.wall_s,
