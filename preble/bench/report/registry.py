@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from . import comparison, cost_models, demo, engine, peer_routers, router_overhead, routing, serving, validation
+from . import comparison, cost_models, demo, engine, peer_routers, router_overhead, routing, serving, soak, validation
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Spec:
 # The runs the top README's engine sentence and the serving README's table quote.
 ENGINE_HEADLINE = "results/engine/h100_llama3-8b_c65103c.json"
 SERVING_RUNS = ("results/serving/dev_cpu_tiny_base_c72e6e6.json", "results/serving/dev_cpu_tiny.json")  # oldest first
+SOAK = "results/soak/dev_cpu_600s.json"  # the 10-minute chaos soak the soak README quotes
 
 ENGINE = "results/engine/"
 ROUTING = "results/routing/"
@@ -105,6 +106,8 @@ REGIONS: Mapping[str, Spec] = {
     # results/serving/README.md
     "serving-dev-cpu": Spec(serving.table, SERVING_RUNS),
     "serving-dev-cpu-hops": Spec(serving.hops, (SERVING_RUNS[-1],)),
+    # results/soak/README.md
+    "soak-summary": Spec(soak.summary, (SOAK,)),
 }
 
 # A results JSON matching the pattern has its report (the `.md` beside it, where there is one)
@@ -116,4 +119,5 @@ REPORTS: tuple[tuple[str, str], ...] = (
     ("results/comparison/*.json", "compare_report"),
     ("results/routing/*.json", "grid"),
     ("results/peer_routers/*.json", "peer_routers"),
+    ("results/soak/*.json", "soak"),
 )
