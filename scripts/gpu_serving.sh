@@ -15,10 +15,14 @@ STEPS=${STEPS:-serving tests asyncio httptools engine}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import uvloop; print('uvloop', uvloop.__version__)" 2>&1 | tail -1
 
+report() {  # a step's report, or the end of its log when it wrote none
+  if [ -f "$1" ]; then cat "$1"; else echo "no $1; end of $2:"; tail -40 "$2"; fi
+}
+
 served_only() {  # name, extra PYTHONPATH: the served half of the benchmark only
   PYTHONPATH=$2:$PYTHONPATH timeout 150 python3 -m preble.cli bench serving --no-in-process \
     --out "$OUT/serving_$1.json" > "$OUT/serving_$1.log" 2>&1
-  grep -A14 "^| measure" "$OUT/serving_$1.md"
+  report "$OUT/serving_$1.md" "$OUT/serving_$1.log"
 }
 
 for step in $STEPS; do
@@ -26,7 +30,7 @@ for step in $STEPS; do
   case $step in
     serving)
       timeout 300 python3 -m preble.cli bench serving --out "$OUT/serving.json" > "$OUT/serving.log" 2>&1
-      cat "$OUT/serving.md" ;;
+      report "$OUT/serving.md" "$OUT/serving.log" ;;
     tests)
       timeout 240 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
     asyncio)
@@ -38,7 +42,7 @@ for step in $STEPS; do
       served_only httptools /tmp/site-fast ;;
     engine)
       timeout 300 python3 -m preble.cli bench engine --out "$OUT/engine.json" > "$OUT/engine.log" 2>&1
-      cat "$OUT/engine.md" ;;
+      report "$OUT/engine.md" "$OUT/engine.log" ;;
   esac
 done
 echo "== done $(date +%T)"

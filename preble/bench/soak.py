@@ -209,7 +209,7 @@ def host_memory_gib() -> float | None:
 def document(cfg: SoakConfig, seen: Observed, startup_s: float, revision: dict[str, Any]) -> dict[str, Any]:
     """The results file: what was sent and what came of it, the chaos, the samples and the checks;
     `revision`: the source's commit and state when the run started."""
-    results = sorted(seen.load.results or [], key=lambda r: r.index)
+    results = sorted(seen.load.results, key=lambda r: r.index)
     t = tally(seen.load.sent, results, DOCUMENTED_5XX)
     checks = [*request_checks(t), rss_check(seen.rss_mb, cfg), *chaos_checks(seen.events)]
     windows = rss_windows(seen.rss_mb, cfg.rss_warmup_s)

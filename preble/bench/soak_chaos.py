@@ -149,7 +149,6 @@ async def kv_check(client: httpx.AsyncClient, router: str, worker_id: str, key: 
                    poll_s: float) -> KVCheck:
     """Compare, with the cluster idle, until the counts agree or `settle_s` has passed."""
     start = time.monotonic()
-    view, pages = None, None
     while True:
         view = await router_view(client, router, worker_id)
         pages = await worker_pages(client, view.url, key)
@@ -185,9 +184,9 @@ class Recovery:
 
 async def wait_recovered(client: httpx.AsyncClient, cluster: Cluster, worker_id: str, old_pid: int | None,
                          resumed: asyncio.Event, cfg: SoakConfig) -> Recovery:
-    """Watch the router from the moment of the event until, the worker resumed (or, after a kill,
-    a new process of it started), the router has seen it down and shows it healthy and followed
-    again: a router that never noticed would still be showing its view of the old process."""
+    """Watch the router from the moment of the event until the worker has resumed (after a kill:
+    a new process of it has started) and the router, having seen it down, shows it healthy and
+    followed again: a router that never noticed would still be showing its view of the old process."""
     rec, deadline = Recovery(), time.monotonic() + cfg.recover_timeout_s
     while time.monotonic() < deadline:
         view = await router_view(client, cluster.router, worker_id)

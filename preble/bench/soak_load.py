@@ -15,7 +15,7 @@ import random
 import string
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -33,6 +33,9 @@ from .soak_outcomes import (
 from .workloads.base import poisson_arrivals
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# Requests planned for a run: twice the mean number of Poisson arrivals, plus a few for short
+# runs, which a run's arrivals stay far below.
+PLAN_FACTOR, PLAN_EXTRA = 2, 10
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def plan_request(index: int, rng: random.Random, blocks: list[str], cfg: SoakCon
 
 def plan_requests(cfg: SoakConfig) -> tuple[list[RequestPlan], list[float]]:
     """Every request the run may send and its arrival time; the run sends those due before its end."""
-    n = int(cfg.rate * cfg.duration_s * 2) + 10  # Poisson arrivals in the run stay far below twice the mean
+    n = int(cfg.rate * cfg.duration_s * PLAN_FACTOR) + PLAN_EXTRA
     rng, blocks = random.Random(cfg.seed + 1), shared_blocks(cfg)
     return [plan_request(i, rng, blocks, cfg) for i in range(n)], poisson_arrivals(n, cfg.rate, cfg.seed)
 
@@ -175,14 +178,13 @@ class LoadRun:
     """What the load generator did: requests sent (counted as they leave) and their results."""
 
     sent: int = 0
-    results: list[RequestResult] | None = None
+    results: list[RequestResult] = field(default_factory=list)
     late_s: float = 0.0  # the most a request left after its arrival time (clients busy or gate closed)
 
 
 async def drive(url: str, cfg: SoakConfig, traffic: Traffic, start: float, run: LoadRun) -> None:
     """Send every planned request due before the end of the run, then wait for all of them."""
     plans, arrivals = plan_requests(cfg)
-    run.results = []
     limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
         tasks = []
