@@ -29,7 +29,7 @@ from preble.bench.provenance import source_revision
 from preble.bench.report.registry import GRIDS
 from preble.bench.sim_runner import Runner
 from preble.core.cost_model import CostModel
-from preble.core.routing import DEFAULT_POLICY
+from preble.core.routing import DEFAULT_POLICY, POLICIES
 from preble.sim.cluster import simulate
 
 GROUP_TOKENS = 1024  # a prefix group: requests whose first this many tokens are equal
@@ -42,7 +42,8 @@ def misses(grid_files: list[str], limit: int) -> list[dict]:
     found = {}
     for path in grid_files:
         doc = json.loads(Path(path).read_text())
-        for (workload, replicas, memory, rate), pols in averaged(doc["rows"]).items():
+        for (workload, replicas, memory, rate), runs in averaged(doc["rows"]).items():
+            pols = {p: v for p, v in runs.items() if p in POLICIES}  # ablation variants aside
             if DEFAULT_POLICY not in pols:
                 continue
             ratios = {m: pols[DEFAULT_POLICY][m] / min(v[m] for v in pols.values()) for m in ("mean", "p99")}
