@@ -5,7 +5,8 @@ The points are those of the committed grids where the default is more than 3% be
 policy in mean or p99 latency, the largest ratios first. Each is run twice with the grid's own
 configuration: at the grid's size with its warm-up cut (the grid's figure, at this commit), and
 with twice the requests, keeping the second half only (past the cold start, when every prefix is
-first computed). For each run: mean and p99 latency, mean TTFT and decode time, the workers that
+first computed; the workload is generated at that size too, so its requests are not the grid's).
+For each run: mean and p99 latency, mean TTFT and decode time, the workers that
 served at least 1% of the requests, the busiest worker's share, and prefix groups (requests
 grouped by their first `GROUP_TOKENS` tokens) by how many workers served each.
 
@@ -29,6 +30,7 @@ from preble.bench.provenance import source_revision
 from preble.bench.report.registry import GRIDS
 from preble.bench.sim_runner import Runner
 from preble.core.cost_model import CostModel
+from preble.core.percentile import percentile
 from preble.core.routing import DEFAULT_POLICY, POLICIES
 from preble.sim.cluster import simulate
 
@@ -72,8 +74,8 @@ def placement(records, group_of: dict[str, tuple]) -> dict:
     holders = defaultdict(set)
     for r in records:
         holders[group_of[r.request_id]].add(r.worker)
-    lat = sorted(r.latency for r in records)
-    return {"requests": len(records), "mean_latency": statistics.mean(lat), "p99_latency": lat[int(0.99 * len(lat))],
+    lat = [r.latency for r in records]
+    return {"requests": len(records), "mean_latency": statistics.mean(lat), "p99_latency": percentile(lat, 99),
             "mean_ttft": statistics.mean(r.ttft for r in records),
             "mean_decode": statistics.mean(r.latency - r.ttft for r in records),
             "workers_used": sum(n >= SERVING_SHARE * len(records) for n in per_worker.values()),
@@ -84,18 +86,22 @@ def placement(records, group_of: dict[str, tuple]) -> dict:
 
 def run_point(point: dict, preps: dict) -> dict:
     cfg = grid_config(point["grid"])
-    name = point["workload"]
-    if name not in preps:
-        preps[name] = _prepare_task(replace(cfg, base=replace(cfg.base, max_requests=2 * cfg.base.max_requests)),
-                                    name, tokenizer_path(cfg.base))
-    runner = Runner(cfg.compare_config(point["memory"], 0), preps[name], CostModel.load(cfg.base.cost_model))
+    name, cost = point["workload"], CostModel.load(cfg.base.cost_model)
+    longer = replace(cfg, base=replace(cfg.base, max_requests=2 * cfg.base.max_requests))
+    for size_cfg in (cfg, longer):
+        key = (name, size_cfg.base.max_requests)
+        if key not in preps:
+            preps[key] = _prepare_task(size_cfg, name, tokenizer_path(cfg.base))
+    runner = Runner(cfg.compare_config(point["memory"], 0), preps[(name, cfg.base.max_requests)], cost)
     n = runner.size(point["rate"])
     out = {}
     for policy in dict.fromkeys((DEFAULT_POLICY, point["best"])):
         sim_cfg = runner.cfg.sim_config(point["replicas"], Variant(policy, policy))
         runs = {}
-        for label, size, keep_from in (("grid", n, int(n * cfg.base.warmup_fraction)), ("second_half", 2 * n, n)):
-            reqs = preps[name].requests(size, point["rate"], 0)
+        for label, size, keep_from, prep in (
+                ("grid", n, int(n * cfg.base.warmup_fraction), preps[(name, cfg.base.max_requests)]),
+                ("second_half", 2 * n, n, preps[(name, longer.base.max_requests)])):
+            reqs = prep.requests(size, point["rate"], 0)
             group_of = {r.request_id: tuple(r.prompt_token_ids[:GROUP_TOKENS]) for r in reqs}
             runs[label] = placement(simulate(reqs, sim_cfg, runner.cost)[keep_from:], group_of)
         out[policy] = runs
