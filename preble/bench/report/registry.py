@@ -44,6 +44,7 @@ PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.j
 MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"
 MOONCAKE_CAPACITY = ROUTING + "mooncake_capacity.json"
 ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
+WORST_POINTS = ROUTING + "worst_points.json"
 # The routing grids in the order prose quotes them: 4 and 16 replicas, 32, 2, then 8 (two memories).
 GRIDS = (ROUTING + "grid_h200_4_16_all.json", ROUTING + "grid_h200_32_all.json", ROUTING + "grid_h200_2.json",
          ABLATION_GRID)
@@ -89,6 +90,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-grids": Spec(routing.grids, GRIDS),
     "routing-peers": Spec(routing.peers, GRIDS),
     "routing-ablation": Spec(routing.ablation, (ABLATION_GRID,)),
+    "routing-worst": Spec(routing.worst_points, (WORST_POINTS,)),
     "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),
     "routing-shared": Spec(routing.shared_prefixes, (MOONCAKE_CAPACITY, GRIDS[0])),
     # results/comparison/README.md

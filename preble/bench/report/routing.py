@@ -140,6 +140,25 @@ def breakdown(doc: Result) -> str:
     return "\n".join(lines)
 
 
+def worst_points(doc: Result) -> str:
+    """The default's worst grid points re-run (`scripts/routing_worst_points.py`): the grid's
+    ratio, then the default and the best policy there, at the grid's size and past the cold start,
+    with the workers each used."""
+    lines = ["| point | best there | grid: default / best | this commit, grid's size: mean / p99 s | "
+             "past the cold start: mean / p99 s | workers used | prefix groups on 1 worker |",
+             "|---|---|---:|---|---|---|---|"]
+    for p in doc.data["points"]:
+        runs = [p["runs"][k] for k in (DEFAULT_POLICY, p["best"])]
+        grid, later = (" vs ".join(f"{r[label]['mean_latency']:.3f} / {r[label]['p99_latency']:.3f}" for r in runs)
+                       for label in ("grid", "second_half"))
+        used = " vs ".join(str(r["second_half"]["workers_used"]) for r in runs)
+        alone = " vs ".join(f"{r['second_half']['workers_per_group'].get('1', 0)} of {r['second_half']['prefix_groups']}"
+                            for r in runs)
+        lines.append(f"| {_at((p['workload'], p['replicas'], p['memory'], p['rate']))} | {p['best']} | "
+                     f"{p['ratio']:.2f}x ({p['metric']}) | {grid} | {later} | {used} | {alone} |")
+    return "\n".join(lines)
+
+
 E2, E2_NO_PD = "e2", "e2 without P/D balancing"  # the breakdown's variants of E2
 PD_BRANCH, EXPLORE_BRANCH = "pd", "explore"
 
