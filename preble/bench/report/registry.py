@@ -45,12 +45,14 @@ MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"
 MOONCAKE_CAPACITY = ROUTING + "mooncake_capacity.json"
 ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
 WORST_POINTS = ROUTING + "worst_points.json"
+SEEDS_GRID = ROUTING + "grid_h200_2_seeds.json"  # the 2-replica grid's loads with 3 seeds
 # The routing grids in the order prose quotes them: 4 and 16 replicas, 32, 2, then 8 (two memories).
 GRIDS = (ROUTING + "grid_h200_4_16_all.json", ROUTING + "grid_h200_32_all.json", ROUTING + "grid_h200_2.json",
          ABLATION_GRID)
 GRID_FILES = tuple(ROUTING + f + ".json" for f in (
     "grid_h200_4_16", "grid_h200_4_16_rest", "grid_h200_4_16_all", "grid_h200_32", "grid_h200_32_rest",
-    "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent"))
+    "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent",
+    "grid_h200_2_seeds"))
 ENGINE_V2, ENGINE_V3, ENGINE_V4 = (ENGINE + f for f in (
     "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json"))
 H100_COMPARISON = (COMPARISON + "h100_llama3-8b.json", COMPARISON + "h100_llama3-8b_loogle.json")
@@ -91,6 +93,8 @@ REGIONS: Mapping[str, Spec] = {
     "routing-peers": Spec(routing.peers, GRIDS),
     "routing-ablation": Spec(routing.ablation, (ABLATION_GRID,)),
     "routing-worst": Spec(routing.worst_points, (WORST_POINTS,)),
+    "routing-seeds": Spec(routing.grids, (ROUTING + "grid_h200_2.json", SEEDS_GRID)),
+    "routing-seed-spread": Spec(routing.seed_spread, (SEEDS_GRID,)),
     "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),
     "routing-shared": Spec(routing.shared_prefixes, (MOONCAKE_CAPACITY, GRIDS[0])),
     # results/comparison/README.md

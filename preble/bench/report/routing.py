@@ -42,7 +42,10 @@ def label(grid: Result) -> str:
     replicas = sorted({r["replicas"] for r in rows})
     memories = sorted({r["memory"] for r in rows})
     memory = f", {len(memories)} memory sizes" if len(memories) > 1 else ""
-    return f"{words([str(n) for n in replicas])} replicas, {len({r['workload'] for r in rows})} workloads{memory}"
+    seeds = len(grid.data["config"]["seeds"])
+    seeded = f", {seeds} seeds" if seeds > 1 else ""
+    return (f"{words([str(n) for n in replicas])} replicas, {len({r['workload'] for r in rows})} workloads"
+            f"{memory}{seeded}")
 
 
 def replicas(grid: Result) -> str:
@@ -95,6 +98,24 @@ def grids(*grids: Result) -> str:
         lines.append(f"| {label(grid)} ({v['points']}) | **{v['geomean_mean']:.3f} / {v['geomean_p99']:.3f}** | "
                      f"{wm['ratio']:.2f} ({_at(wm['at'])}) | {wp['ratio']:.2f} ({_at(wp['at'])}) | "
                      f"{v['within_3pct']} | {_worse_cell(grid)} | {g['mean']:.3f} / {g['p99']:.3f} |")
+    return "\n".join(lines)
+
+
+def seed_spread(grid: Result) -> str:
+    """How far a grid's seeds (each a different draw of arrivals) move each policy's figures: the
+    median and largest spread (highest minus lowest seed) over its points, as a share of the mean
+    over seeds."""
+    avg = averaged(_rows(grid))
+    seeds = len(grid.data["config"]["seeds"])
+    lines = [f"| policy | mean latency: median / largest spread over {seeds} seeds | p99: median / largest spread |",
+             "|---|---|---|"]
+    for policy in grid.data["config"]["policies"]:
+        cells = []
+        for metric in METRICS:
+            shares = sorted(v[policy][f"{metric}_spread"] / v[policy][metric]
+                            for v in avg.values() if policy in v and v[policy][metric] > 0)
+            cells.append(f"{shares[len(shares) // 2]:.0%} / {shares[-1]:.0%}")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
