@@ -19,13 +19,13 @@ import httpx
 import pytest
 
 from preble.bench.local_cluster import free_port_block
+from preble.bench.provenance import REPO_ROOT
 from preble.core.routing import E2Config
 
 from .polling import wait_for
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = os.environ.get("PREBLE_VLLM_PYTHON", str(REPO_ROOT / ".venvs" / "vllm" / "bin" / "python"))
 BLOCK_SIZE = 32
 PAGE_SIZE = E2Config.page_size  # the router's: each vLLM block is two of its pages
