@@ -23,6 +23,7 @@ openai = pytest.importorskip("openai")
 # Ray advertises loopback only with the first; its head enables token authentication, which its
 # clients then have to be told about.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+RAY_PORTS = 256  # the head's port and the worker ports given to Ray
 
 
 def worker_processes(model: str) -> list[psutil.Process]:
@@ -92,11 +93,15 @@ def test_serve_on_an_existing_ray_cluster(tiny_models, monkeypatch):
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
     model = tiny_models("llama")
-    port = free_port_block(1)
+    # Ray's own worker ports (10002-19999 by default) would overlap the free block: give it this
+    # block's ports after the head's.
+    port = free_port_block(RAY_PORTS)
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     start = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+             "--min-worker-port", str(port + 1), "--max-worker-port", str(port + RAY_PORTS - 1),
              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"]
-    subprocess.run(start, check=True, capture_output=True, timeout=120)
+    started = subprocess.run(start, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, f"ray start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}"
     try:
         with LocalCluster(model, workers=2, serve_args=["--ray-address", f"127.0.0.1:{port}"],
                           startup_timeout_s=180) as cluster:
