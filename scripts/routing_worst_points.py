@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from preble.bench.compare_config import CompareConfig, Variant
-from preble.bench.grid import GridConfig, _prepare_task, averaged
+from preble.bench.grid import WITHIN_BEST, GridConfig, _prepare_task, averaged
 from preble.bench.prepare import tokenizer_path
 from preble.bench.provenance import source_revision
 from preble.bench.report.registry import GRIDS
@@ -36,11 +36,10 @@ from preble.sim.cluster import simulate
 
 GROUP_TOKENS = 1024  # a prefix group: requests whose first this many tokens are equal
 SERVING_SHARE = 0.01  # a worker counts as used when it served at least this share of the requests
-MISS_RATIO = 1.03  # "within 3% of the best", as the grid's leaderboard counts it
 
 
 def misses(grid_files: list[str], limit: int) -> list[dict]:
-    """The points where the default is behind the best by more than MISS_RATIO, worst first."""
+    """The points where the default is behind the best by more than WITHIN_BEST, worst first."""
     found = {}
     for path in grid_files:
         doc = json.loads(Path(path).read_text())
@@ -50,7 +49,7 @@ def misses(grid_files: list[str], limit: int) -> list[dict]:
                 continue
             ratios = {m: pols[DEFAULT_POLICY][m] / min(v[m] for v in pols.values()) for m in ("mean", "p99")}
             metric = max(ratios, key=ratios.get)
-            if ratios[metric] <= MISS_RATIO:
+            if ratios[metric] <= WITHIN_BEST:
                 continue
             best = min(pols, key=lambda p: pols[p][metric])
             key = (workload, replicas, memory, round(rate, 6))

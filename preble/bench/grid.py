@@ -309,6 +309,9 @@ def averaged(rows: Sequence[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
     return out
 
 
+WITHIN_BEST = 1.03  # a policy within 3% of the best at a point counts as matching it
+
+
 def leaderboard(doc: dict[str, Any], reference: Sequence[str] | None = None) -> dict[str, Any]:
     """Each policy's latency over the best policy's at every point (mean and p99, seed means):
     geometric means, worst cases, points within 3% of the best and points worse than round_robin.
@@ -332,7 +335,7 @@ def leaderboard(doc: dict[str, Any], reference: Sequence[str] | None = None) -> 
                 ratios[metric].append(ratio)
                 if ratio > worst[metric][0]:
                     worst[metric] = (ratio, point)
-                ok = ok and ratio <= 1.03
+                ok = ok and ratio <= WITHIN_BEST
             within += ok
             rr = pols.get("round_robin")
             worse_rr += rr is not None and (pols[p]["mean"] > rr["mean"] or pols[p]["p99"] > rr["p99"])
