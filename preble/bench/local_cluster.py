@@ -17,6 +17,7 @@ from ..processes import ChildProcess, wait_until
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST_PORT = 10_000  # below this lie well-known services' ports
+EXIT_LOG_CHARS = 30_000  # of the serve log shown when a with-block fails: room for a traceback or two
 
 
 def free_port_block(n: int) -> int:
@@ -43,7 +44,9 @@ def _free(port: int) -> bool:
 
 class LocalCluster:
     """Router + `workers` workers on loopback; `stop()` (or leaving the `with`) ends them all, as
-    does this process's death. The log goes to a temporary file, removed at `stop()`. `env`:
+    does this process's death. The log goes to a temporary file, removed at `stop()`; leaving the
+    `with` on an exception first copies its end to stderr, so the servers' side of a failure is
+    not lost with it. `env`:
     `preble serve`'s environment (default: this process's), e.g. PREBLE_WORKER_API_KEY for a
     caller that talks to the workers too."""
 
@@ -83,5 +86,7 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            print(f"--- end of the `preble serve` log ({self.child.log_path}):\n{self.log_tail(EXIT_LOG_CHARS)}", file=sys.stderr)
         self.stop()
