@@ -24,7 +24,7 @@ class Spec:
 
 
 # The runs the top README's engine sentence and the serving README's table quote.
-ENGINE_HEADLINE = "results/engine/h100_llama3-8b_c65103c.json"
+ENGINE_HEADLINE = "results/engine/h200_llama3-8b_a9c0070.json"
 SERVING_RUNS = ("results/serving/dev_cpu_tiny_base_c72e6e6.json", "results/serving/dev_cpu_tiny.json")  # oldest first
 SOAK = "results/soak/dev_cpu_600s.json"  # the 10-minute chaos soak the soak README quotes
 
@@ -53,8 +53,8 @@ GRID_FILES = tuple(ROUTING + f + ".json" for f in (
     "grid_h200_4_16", "grid_h200_4_16_rest", "grid_h200_4_16_all", "grid_h200_32", "grid_h200_32_rest",
     "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent",
     "grid_h200_2_seeds"))
-ENGINE_V2, ENGINE_V3, ENGINE_V4 = (ENGINE + f for f in (
-    "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json"))
+ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100 = (ENGINE + f for f in (
+    "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json", "h100_llama3-8b_c65103c.json"))
 H100_COMPARISON = (COMPARISON + "h100_llama3-8b.json", COMPARISON + "h100_llama3-8b_loogle.json")
 
 REGIONS: Mapping[str, Spec] = {
@@ -81,9 +81,9 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
                                                         ROUTER_BOX, ROUTER_BOX_6CCBFA4)),
     # results/engine/NOTES.md
-    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_HEADLINE)),
-    "engine-targets": Spec(engine.targets_table, (ENGINE_HEADLINE, ENGINE_V4, ENGINE_V3)),
-    "engine-split": Spec(engine.split, (ENGINE_V3, ENGINE_V4, ENGINE_HEADLINE)),
+    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100, ENGINE_HEADLINE)),
+    "engine-targets": Spec(engine.targets_table, (ENGINE_HEADLINE, ENGINE_H100, ENGINE_V4)),
+    "engine-split": Spec(engine.split, (ENGINE_V3, ENGINE_V4, ENGINE_H100)),
     "radix-evict": Spec(engine.radix_table, (ENGINE + "radix_evict_e10bfd7.json", ENGINE + "radix_evict.json")),
     # results/routing/README.md
     "routing-files": Spec(routing.files, GRID_FILES),
