@@ -19,12 +19,12 @@ import argparse
 import json
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from preble.bench.compare_config import CompareConfig, Variant
-from preble.bench.grid import WITHIN_BEST, GridConfig, _prepare_task, averaged
+from preble.bench.compare_config import Variant
+from preble.bench.grid import WITHIN_BEST, averaged, config_of, prepare_workload
 from preble.bench.prepare import tokenizer_path
 from preble.bench.provenance import source_revision
 from preble.bench.report.registry import GRIDS
@@ -59,14 +59,6 @@ def misses(grid_files: list[str], limit: int) -> list[dict]:
     return sorted(found.values(), key=lambda p: -p["ratio"])[:limit]
 
 
-def grid_config(path: str) -> GridConfig:
-    """The grid's own run configuration (its base CompareConfig, tuples restored)."""
-    base = json.loads(Path(path).read_text())["config"]["base"]
-    kwargs = {f.name: tuple(base[f.name]) if isinstance(base[f.name], list) else base[f.name]
-              for f in fields(CompareConfig) if f.name in base}
-    return GridConfig(base=replace(CompareConfig(**kwargs), tokenizer=None))
-
-
 def placement(records, group_of: dict[str, tuple]) -> dict:
     """Where the requests went: workers used, the busiest one's share, prefix groups by replicas."""
     per_worker = Counter(r.worker for r in records)
@@ -84,13 +76,13 @@ def placement(records, group_of: dict[str, tuple]) -> dict:
 
 
 def run_point(point: dict, preps: dict) -> dict:
-    cfg = grid_config(point["grid"])
+    cfg = config_of(json.loads(Path(point["grid"]).read_text()))
     name, cost = point["workload"], CostModel.load(cfg.base.cost_model)
     longer = replace(cfg, base=replace(cfg.base, max_requests=2 * cfg.base.max_requests))
     for size_cfg in (cfg, longer):
         key = (name, size_cfg.base.max_requests)
         if key not in preps:
-            preps[key] = _prepare_task(size_cfg, name, tokenizer_path(cfg.base))
+            preps[key] = prepare_workload(size_cfg, name, tokenizer_path(cfg.base))
     runner = Runner(cfg.compare_config(point["memory"], 0), preps[(name, cfg.base.max_requests)], cost)
     n = runner.size(point["rate"])
     out = {}

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from preble.bench.compare_config import CompareConfig
-from preble.bench.grid import GridConfig, GridMismatch, gain_over_best_other, leaderboard, markdown, merge, run
+from preble.bench.grid import (
+    GridConfig,
+    GridMismatch,
+    config_of,
+    gain_over_best_other,
+    leaderboard,
+    markdown,
+    merge,
+    run,
+)
 
 
 def _row(policy, mean, p99, rate=1.0, workload="w", seed=0):
@@ -56,6 +66,7 @@ def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
     assert set(caps) == {"round_robin", "latency"} and all(c["capacity"] >= 0 and c["slo_s"] > 0 for c in caps.values())
     text = markdown(doc)
     assert "## Leaderboard" in text and "Capacity at the TTFT SLO" in text and "### zipf, 2 replicas, h200" in text
+    assert config_of(doc).base == replace(small.base, tokenizer=None)  # a run can be repeated from its file
 
 
 def test_the_capacity_search_needs_a_ladder_not_the_grids_points(small):

@@ -20,7 +20,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,22 @@ class GridConfig:
         return [Variant(p, p) for p in self.policies] + list(self.ablations)
 
 
+def config_of(doc: dict[str, Any]) -> GridConfig:
+    """The configuration a grid file's runs used, as far as re-running one of them needs: its
+    base CompareConfig (lists back to tuples; the tokenizer found again on this machine)."""
+    base = doc["config"]["base"]
+    kwargs = {f.name: tuple(base[f.name]) if isinstance(base[f.name], list) else base[f.name]
+              for f in fields(CompareConfig) if f.name in base}
+    return GridConfig(base=replace(CompareConfig(**kwargs), tokenizer=None))
+
+
 def _workload_args(name: str) -> tuple[str, dict]:
     return ("shared_prefix", ZIPF_PARAMS) if name == "zipf" else (name, {})
 
 
-def _prepare_task(cfg: GridConfig, name: str, tokenizer: str) -> Prepared:
+def prepare_workload(cfg: GridConfig, name: str, tokenizer: str) -> Prepared:
+    """A grid workload's requests, prepared once and sized by `cfg.base.max_requests` (a trace
+    keeps its own arrival times)."""
     kind, params = _workload_args(name)
     prep = prepare(kind, cfg.base.max_requests, load_tokenizer(tokenizer), 0,
                    cfg.base.max_model_len - 1024, params=params, trace_arrivals=name in cfg.traces)
@@ -136,7 +147,7 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
     tokenizer = tokenizer_path(cfg.base)
     names = list(cfg.workloads)
     with spawn_pool(cfg.jobs) as pool:
-        prepared = dict(zip(names, pool.map(_prepare_task, [cfg] * len(names), names, [tokenizer] * len(names))))
+        prepared = dict(zip(names, pool.map(prepare_workload, [cfg] * len(names), names, [tokenizer] * len(names))))
     log(f"prepared {', '.join(names)}")
     cells = [(w, r, m) for w in names for r in cfg.replicas for m in cfg.memories]
     known = {cell: list(rs) for cell, rs in cfg.known_rates}
