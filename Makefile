@@ -30,7 +30,7 @@ demo: install
 	preble demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-all: install
 	$(PY) -m pytest -q --runslow

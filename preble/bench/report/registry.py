@@ -45,6 +45,7 @@ MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"
 MOONCAKE_CAPACITY = ROUTING + "mooncake_capacity.json"
 ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
 WORST_POINTS = ROUTING + "worst_points.json"
+REPLICA_TRIAL = ROUTING + "replica_trial.json"
 SEEDS_GRID = ROUTING + "grid_h200_2_seeds.json"  # the 2-replica grid's loads with 3 seeds
 # The routing grids in the order prose quotes them: 4 and 16 replicas, 32, 2, then 8 (two memories).
 GRIDS = (ROUTING + "grid_h200_4_16_all.json", ROUTING + "grid_h200_32_all.json", ROUTING + "grid_h200_2.json",
@@ -93,6 +94,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-peers": Spec(routing.peers, GRIDS),
     "routing-ablation": Spec(routing.ablation, (ABLATION_GRID,)),
     "routing-worst": Spec(routing.worst_points, (WORST_POINTS,)),
+    "routing-replica-trial": Spec(routing.replica_trial, (REPLICA_TRIAL,)),
     "routing-seeds": Spec(routing.grids, (ROUTING + "grid_h200_2.json", SEEDS_GRID)),
     "routing-seed-spread": Spec(routing.seed_spread, (SEEDS_GRID,)),
     "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),

@@ -307,3 +307,26 @@ def headline(*grids_and_capacity: Result) -> str:
             f"other policy ({words(list(dict.fromkeys(best)))}) and "
             f"{words([_x(caps[n][DEFAULT_POLICY] / caps[n]['e2']) for n in sizes])} e2 (`results/routing/README.md`, "
             f"commits {words(commits)}).")
+
+
+def replica_trial(doc: Result) -> str:
+    """The copy-credit trial (`scripts/routing_replica_trial.py`): the default and the trial
+    against the peers' grid figures (leaderboard), then the trial over the default per cell,
+    the range over the cell's loads."""
+    trial = doc.data["meta"]["trial"]
+    lines = ["| policy (points) | mean / p99 over the best | worst mean (where) | worst p99 (where) | within 3% | "
+             "worse than round_robin |", "|---|---|---|---|---:|---:|"]
+    for policy, v in doc.data["leaderboard"].items():
+        wm, wp = v["worst_mean"], v["worst_p99"]
+        lines.append(f"| {policy} ({v['points']}) | {v['geomean_mean']:.3f} / {v['geomean_p99']:.3f} | "
+                     f"{wm['ratio']:.2f} ({_at(wm['at'])}) | {wp['ratio']:.2f} ({_at(wp['at'])}) | "
+                     f"{v['within_3pct']} | {v['worse_than_round_robin']} |")
+    lines += ["", f"| workload | replicas | {trial} over {DEFAULT_POLICY}: mean, lowest-highest over the loads | p99 |",
+              "|---|---:|---|---|"]
+    avg = averaged(doc.data["rows"])
+    cells = dict.fromkeys((point[0], point[1]) for point in avg)
+    for workload, replicas in cells:
+        at = [pols for point, pols in avg.items() if point[:2] == (workload, replicas)]
+        spans = [span([pols[trial][m] / pols[DEFAULT_POLICY][m] for pols in at], lambda x: f"{x:.2f}") for m in METRICS]
+        lines.append(f"| {workload} | {replicas} | {spans[0]} | {spans[1]} |")
+    return "\n".join(lines)
