@@ -1,5 +1,6 @@
-"""A trial of the default policy with a credit for the copies it makes, at every load of the 4-,
-16- and 32-replica grids, against the default as it is and the peers' committed grid figures.
+"""A trial of the default policy with a credit for the copies it makes, at every load of the
+committed grids (2, 4, 16 and 32 replicas; 8 in both memory regimes), against the default as it is
+and the peers' grid figures.
 
 The default prices each request alone, so it copies a prefix to another worker only when the
 holder's queue outgrows the copy's prefill; it never counts what the copy would save the prefix's
@@ -7,8 +8,10 @@ later requests (loogle at 16 and 32 replicas: each document stays on one worker;
 README). The trial credits a worker that lacks the prefix with that saving: the prefix's requests
 in the tree's window, shared among its holders and the copy, times how much cheaper the next such
 request would be there than at the cheapest holder (both priced by the policy's own estimate, as
-if the worker held the prefix). Only workers with nothing routed to them earn it (spare capacity:
-a copy on a busy worker delays what it runs). The copy's own cost stays the policy's price.
+if the worker held the prefix). Less what the copy's prefill costs the worker's own traffic: the
+requests that reach it during the C seconds of that prefill (its rate in the same window) wait
+C/2 each on average. Only workers with nothing routed to them earn it (a copy on a busy worker
+also slows what it runs).
 
 Each point is run at the grid's size with its warm-up cut, for the default and the trial, and
 compared with the best of the other policies in the committed grid at that point.
@@ -40,9 +43,9 @@ from preble.core.routing.latency import Estimate, LatencyConfig, LatencyPolicy, 
 from preble.sim.cluster import simulate
 
 TRIAL = "latency + copy credit"
-GRIDS = {4: "results/routing/grid_h200_4_16_all.json", 16: "results/routing/grid_h200_4_16_all.json",
-         32: "results/routing/grid_h200_32_all.json"}
-MEMORY = "h200"
+GRIDS = ("results/routing/grid_h200_2.json", "results/routing/grid_h200_4_16_all.json",
+         "results/routing/grid_h200_32_all.json", "results/routing/grid_paper_ablation.json")
+MIN_SPAN_S = 1.0  # the shortest span a window's counts are turned into rates over
 
 
 class CopyCredit(LatencyPolicy):
@@ -50,19 +53,25 @@ class CopyCredit(LatencyPolicy):
 
     name = TRIAL
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started: float | None = None  # the first decision: the window's span until it is full
+
     def estimates(self, match, prompt: int, output: int, now: float) -> Estimate:
         est = super().estimates(match, prompt, output, now)
+        self.started = now if self.started is None else self.started
         holders = est.held >= match.cached_tokens
         node = _deepest_held(match)
         if node is None or holders.all():
             return est
-        loads = self._loads
-        bucket = self.tree.bucket()
+        loads, bucket = self._loads, self.tree.bucket()
+        span = max(MIN_SPAN_S, min(now - self.started, self.config.tree_window_s))
         requests = sum(self.tree.stats(node, w, bucket)[0] for w in loads.ids)
+        rate = np.array([self.tree.load(w, bucket)[0] for w in loads.ids]) / span
         as_holder = estimate(self.cost, loads.view(now), prompt, np.full(len(loads), match.cached_tokens, np.int64),
                              output, self.config, loads.prefill_scale, loads.decode_scale)
         saving = np.maximum(0.0, est.total[holders].min() - as_holder.total)
-        credit = requests / (holders.sum() + 1) * saving
+        credit = np.maximum(0.0, requests / (holders.sum() + 1) * saving - rate * est.prefill ** 2 / 2)
         credit[holders | (loads.view(now).batch > 0)] = 0.0
         return replace(est, work=est.work - credit)
 
@@ -76,14 +85,13 @@ def _deepest_held(match):
 POLICY_SPECS[TRIAL] = PolicySpec(lambda clock, cost, cfg, seed: CopyCredit(clock, cost, cfg), LatencyConfig, TRIAL)
 
 
-def run_cell(workload: str, replicas: int) -> list[dict]:
+def run_cell(grid: str, workload: str, replicas: int, memory: str) -> list[dict]:
     """Every load of one grid cell, for the default and the trial."""
-    doc = json.loads(Path(GRIDS[replicas]).read_text())
+    doc = json.loads(Path(grid).read_text())
     cfg = config_of(doc)
-    rates = next(r["rates"] for r in doc["rates"]
-                 if (r["workload"], r["replicas"], r["memory"]) == (workload, replicas, MEMORY))
+    rates = next(r["rates"] for r in doc["rates"] if (r["workload"], r["replicas"], r["memory"]) == (workload, replicas, memory))
     prep = prepare_workload(cfg, workload, tokenizer_path(cfg.base))
-    runner = Runner(cfg.compare_config(MEMORY, 0), prep, CostModel.load(cfg.base.cost_model))
+    runner = Runner(cfg.compare_config(memory, 0), prep, CostModel.load(cfg.base.cost_model))
     rows = []
     for rate in rates:
         n = runner.size(rate)
@@ -91,39 +99,41 @@ def run_cell(workload: str, replicas: int) -> list[dict]:
         for policy in (DEFAULT_POLICY, TRIAL):
             recs = simulate(reqs, runner.cfg.sim_config(replicas, Variant(policy, policy)), runner.cost)
             lat = [r.latency for r in recs[int(n * cfg.base.warmup_fraction):]]
-            rows.append({"workload": workload, "replicas": replicas, "memory": MEMORY, "rate": rate, "seed": 0,
+            rows.append({"workload": workload, "replicas": replicas, "memory": memory, "rate": rate, "seed": 0,
                          "policy": policy, "mean_latency": statistics.mean(lat), "p99_latency": percentile(lat, 99)})
-    print(workload, replicas, [(r["policy"], round(r["mean_latency"], 3)) for r in rows], flush=True)
+    print(workload, replicas, memory, [(r["policy"], round(r["mean_latency"], 3)) for r in rows], flush=True)
     return rows
 
 
-def peers(cells: list[tuple[str, int]]) -> list[dict]:
-    """The committed grids' rows of every other policy at the trial's cells."""
-    out = []
-    for path in dict.fromkeys(GRIDS.values()):
-        for r in json.loads(Path(path).read_text())["rows"]:
-            if (r["workload"], r["replicas"]) in cells and r["memory"] == MEMORY and r["policy"] != DEFAULT_POLICY:
-                out.append(r)
-    return out
+def cells(workloads: set[str]) -> list[tuple[str, str, int, str]]:
+    """(grid, workload, replicas, memory) of every cell of the grids on these workloads."""
+    return [(g, r["workload"], r["replicas"], r["memory"]) for g in GRIDS
+            for r in json.loads(Path(g).read_text())["rates"] if r["workload"] in workloads]
+
+
+def peers(grid: str) -> list[dict]:
+    """The grid's seed-0 rows of its listed policies other than the default."""
+    doc = json.loads(Path(grid).read_text())
+    listed = set(doc["config"]["policies"]) - {DEFAULT_POLICY}
+    return [r for r in doc["rows"] if r["policy"] in listed and r["seed"] == 0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", default="toolbench,agent,programming,videoqa,loogle,mooncake,zipf")
-    ap.add_argument("--replicas", default="4,16,32")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     revision = source_revision()
-    cells = [(w, int(x)) for w in args.workloads.split(",") for x in args.replicas.split(",")]
+    todo = cells(set(args.workloads.split(",")))
     with ProcessPoolExecutor(args.jobs) as pool:
-        rows = [row for cell in pool.map(run_cell, *zip(*cells)) for row in cell]
-    others = peers(cells)
+        rows = [row for cell in pool.map(run_cell, *zip(*todo)) for row in cell]
+    others = [r for g in GRIDS for r in peers(g)]
     reference = sorted({r["policy"] for r in others})
     boards = {p: leaderboard({"rows": others + [r for r in rows if r["policy"] == p]}, reference + [p])[p]
               for p in (DEFAULT_POLICY, TRIAL)}
     doc = {"meta": {**revision, "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": "cpu",
-                    "grids": sorted(set(GRIDS.values())), "trial": TRIAL},
+                    "grids": list(GRIDS), "trial": TRIAL},
            "rows": rows, "leaderboard": boards, "peers": reference}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -321,12 +321,11 @@ def replica_trial(doc: Result) -> str:
         lines.append(f"| {policy} ({v['points']}) | {v['geomean_mean']:.3f} / {v['geomean_p99']:.3f} | "
                      f"{wm['ratio']:.2f} ({_at(wm['at'])}) | {wp['ratio']:.2f} ({_at(wp['at'])}) | "
                      f"{v['within_3pct']} | {v['worse_than_round_robin']} |")
-    lines += ["", f"| workload | replicas | {trial} over {DEFAULT_POLICY}: mean, lowest-highest over the loads | p99 |",
-              "|---|---:|---|---|"]
+    lines += ["", f"| workload | replicas | memory | {trial} over {DEFAULT_POLICY}: mean, lowest-highest over "
+              "the loads | p99 |", "|---|---:|---|---|---|"]
     avg = averaged(doc.data["rows"])
-    cells = dict.fromkeys((point[0], point[1]) for point in avg)
-    for workload, replicas in cells:
-        at = [pols for point, pols in avg.items() if point[:2] == (workload, replicas)]
+    for cell in sorted(dict.fromkeys(point[:3] for point in avg), key=lambda c: (c[0], c[2], c[1])):
+        at = [pols for point, pols in avg.items() if point[:3] == cell]
         spans = [span([pols[trial][m] / pols[DEFAULT_POLICY][m] for pols in at], lambda x: f"{x:.2f}") for m in METRICS]
-        lines.append(f"| {workload} | {replicas} | {spans[0]} | {spans[1]} |")
+        lines.append(f"| {' | '.join(map(str, cell))} | {spans[0]} | {spans[1]} |")
     return "\n".join(lines)
