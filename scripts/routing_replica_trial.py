@@ -68,11 +68,12 @@ class CopyCredit(LatencyPolicy):
         span = max(MIN_SPAN_S, min(now - self.started, self.config.tree_window_s))
         requests = sum(self.tree.stats(node, w, bucket)[0] for w in loads.ids)
         rate = np.array([self.tree.load(w, bucket)[0] for w in loads.ids]) / span
-        as_holder = estimate(self.cost, loads.view(now), prompt, np.full(len(loads), match.cached_tokens, np.int64),
+        view = loads.view(now)
+        as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64),
                              output, self.config, loads.prefill_scale, loads.decode_scale)
         saving = np.maximum(0.0, est.total[holders].min() - as_holder.total)
         credit = np.maximum(0.0, requests / (holders.sum() + 1) * saving - rate * est.prefill ** 2 / 2)
-        credit[holders | (loads.view(now).batch > 0)] = 0.0
+        credit[holders | (view.batch > 0)] = 0.0
         return replace(est, work=est.work - credit)
 
 
