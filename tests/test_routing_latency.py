@@ -76,6 +76,22 @@ def test_a_hot_prefix_spills_to_a_second_worker_once_its_queue_outweighs_the_rec
     assert 0.3 < chosen.count("w1") / len(chosen) < 0.7
 
 
+def test_idle_workers_take_copies_of_a_hot_prefix_before_its_queue_alone_would_send_them():
+    def first_copy(copy_credit: bool) -> int:
+        policy, clock = make(workers=("w0", "w1", "w2", "w3"), copy_credit=copy_credit)
+        prefix = list(range(1000, 1400))
+        policy.on_kv_event("w0", PagesStored(ROOT_HASH, chain_hashes(prefix, PS), prefix))
+        chosen = []
+        for i in range(12):  # one every 50 ms, each still decoding when the next comes
+            clock.t += 0.05
+            chosen.append(policy.route(RouteRequest(f"h{i}", prefix + [i] * 12, 1)).worker_id)
+        assert chosen[0] == "w0"
+        return next(i for i, w in enumerate(chosen) if w != "w0")
+
+    # The credit counts what the copy saves the requests that follow (two seen so far), not this one alone.
+    assert first_copy(True) < first_copy(False)
+
+
 def test_a_report_of_no_prefill_work_drains_the_predicted_queue():
     policy, clock = make(workers=("w0",))
     policy.route(RouteRequest("r0", list(range(400)), 1))
@@ -128,6 +144,7 @@ class Oracle:
         self.queue: dict[str, list[tuple[float, float]]] = {w: [] for w in workers}  # (time, prefill s)
         self.open: dict[str, tuple[str, int]] = {}  # request id -> (worker, context)
         self.outputs: list[int] = []
+        self.first: float | None = None  # the first decision's time
 
     def held(self, w: str, q: list[int], now: float) -> int:
         limit = len(q) - len(q) % PS
@@ -153,10 +170,43 @@ class Oracle:
 
     def costs(self, q: list[int], max_tokens: int, now: float) -> tuple[dict[str, float], dict[str, float], int]:
         """Each worker's total cost and the prefill seconds it would queue; the expected output."""
+        self.first = now if self.first is None else self.first
         out = max_tokens if not self.outputs else min(max_tokens, round(sum(self.outputs) / len(self.outputs)))
-        est = {w: estimate(COST, self.view(w, now), len(q), self.held(w, q, now), out, LatencyConfig())
-               for w in self.workers}
-        return {w: e.total for w, e in est.items()}, {w: e.prefill for w, e in est.items()}, out
+        cfg = LatencyConfig()
+        est = {w: estimate(COST, self.view(w, now), len(q), self.held(w, q, now), out, cfg) for w in self.workers}
+        totals = {w: e.total for w, e in est.items()}
+        cached = max(e.held for e in est.values())
+        holders = [w for w in self.workers if est[w].held >= cached]
+        node_end = self.deepest_node_end(q, cached)
+        if cached and node_end:
+            best_holder = min(totals[w] for w in holders)
+            requests = sum(1 for w in self.workers for _, p in self.routed[w] if self.shared(p, q) >= node_end)
+            span = max(cfg.min_rate_span_s, now - self.first)  # the test stays inside the tree's window
+            for w in self.workers:
+                if w in holders or self.view(w, now).batch:
+                    continue
+                as_holder = estimate(COST, self.view(w, now), len(q), cached, out, cfg).total
+                rate = len(self.routed[w]) / span
+                saving = max(0.0, best_holder - as_holder)
+                totals[w] -= max(0.0, requests / (len(holders) + 1) * saving - rate * est[w].prefill ** 2 / 2)
+        return totals, {w: e.prefill for w, e in est.items()}, out
+
+    @staticmethod
+    def shared(p: list[int], q: list[int]) -> int:
+        """Whole pages of p that q starts with (p's own tail page excluded: the tree holds pages)."""
+        n = 0
+        while n < min(len(p) - len(p) % PS, len(q)) and p[n] == q[n]:
+            n += 1
+        return n - n % PS
+
+    def deepest_node_end(self, q: list[int], cached: int) -> int:
+        """Where the deepest radix-tree node inside q's cached prefix ends: nodes end where routed
+        prompts end or part from each other."""
+        prompts = [p for w in self.workers for _, p in self.routed[w]]
+        on_q = [p for p in prompts if self.shared(p, q) > 0]
+        ends = {e for p in on_q if self.shared(p, q) >= (e := len(p) - len(p) % PS)}
+        ends |= {e for a in on_q for b in prompts if a is not b and self.shared(a, q) >= (e := self.shared(a, b + [-1]))}
+        return max((e for e in ends if 0 < e <= cached), default=0)
 
     def commit(self, rid: str, w: str, q: list[int], prefill_s: float, out: int, now: float) -> None:
         self.routed[w].append((now, q))

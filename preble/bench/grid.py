@@ -380,6 +380,7 @@ ABLATIONS = (
     Variant("latency - interference", DEFAULT_POLICY, overrides={"interference": False}),
     Variant("latency - work", DEFAULT_POLICY, overrides={"work_weight": 0.0}),
     Variant("latency - cache", DEFAULT_POLICY, overrides={"cache_aware": False}),
+    Variant("latency - copy credit", DEFAULT_POLICY, overrides={"copy_credit": False}),
 )
 
 

@@ -44,7 +44,7 @@ class PolicySpec:
 POLICY_SPECS: dict[str, PolicySpec] = {
     "latency": PolicySpec(lambda clock, cost, cfg, seed: LatencyPolicy(clock, cost, cfg), LatencyConfig,
                           "least predicted added latency: queue, prefill of what the worker lacks, decode, "
-                          "interference (default)"),
+                          "interference, less a credit for copies of hot prefixes (default)"),
     "e2": PolicySpec(lambda clock, cost, cfg, seed: E2Policy(clock, cost, cfg), E2Config,
                      "Preble's E2: exploit/explore with windowed load, eviction cost, rebalancing"),
     "round_robin": PolicySpec(lambda clock, cost, cfg, seed: RoundRobin(clock), None, "each worker in turn"),

@@ -27,6 +27,16 @@ with decodes costs more per prefill (interference), so prefill-heavy requests dr
 with fewer decodes without a separate P/D rule. Nothing is windowed: the queue is the router's
 own account, updated at each decision and bounded by the workers' load reports.
 
+Priced alone, a request copies a prefix only once the holder's queue outgrows the copy's
+prefill, though the copy also serves the prefix's later requests: with many workers and a few
+long, popular documents, each stays on one worker while others idle. So an idle worker (nothing
+routed to it) that lacks the prefix earns a copy credit: the prefix's requests in the tree's
+window, shared among its holders and the copy, times how much cheaper the next one would be there
+than at the cheapest holder (both priced by this same estimate), less the copy prefill's cost to
+the worker's own traffic (its arrivals during the C seconds of prefill wait C/2 each). The window
+is the tree's (`tree_window_s`); until it has run that long, rates use the time since the first
+decision.
+
 Seconds are the cost model's, scaled per worker to what its load reports show its passes really
 take (`Calibration`): a profile of another GPU, or none, still prices each worker right. Each term
 can be switched off for ablation; the cache view (KV events, or routed prompts for engines that
@@ -37,13 +47,13 @@ decision costs about as much with 64 workers as with 4.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
 
 from ..cost_model import CostModel
-from ..global_tree import TreeMatch
+from ..global_tree import Node, TreeMatch
 from ..kv_events import KVEvent, PagesStored
 from ..messages import LoadReport
 from ..pages import DEFAULT_PAGE_SIZE
@@ -79,6 +89,8 @@ class LatencyConfig:
     cache_aware: bool = True  # off: every worker prices the whole prompt (no reuse) for ablations
     calibration: CalibrationConfig = CalibrationConfig()  # each worker's speed against the cost model
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
+    copy_credit: bool = True  # credit idle workers for what a copy of the prefix saves its later requests
+    min_rate_span_s: float = 1.0  # the shortest span the tree window's request counts are turned into rates over
 
     def cache_view(self) -> CacheViewConfig:
         return CacheViewConfig(self.page_size, self.tree_window_s, self.output_window_buckets, self.pending_ttl_s,
@@ -96,10 +108,11 @@ class Estimate:
     decode: np.ndarray
     interference: np.ndarray
     work: np.ndarray
+    copy_credit: np.ndarray | float = 0.0  # subtracted: what a copy on the worker saves later requests
 
     @property
     def total(self) -> np.ndarray:
-        return self.wait + self.prefill + self.decode + self.interference + self.work
+        return self.wait + self.prefill + self.decode + self.interference + self.work - self.copy_credit
 
 
 def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, output: int, config: LatencyConfig,
@@ -117,6 +130,17 @@ def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, out
     return Estimate(held, view.queue_s if config.wait else 0.0, compute + passes * batch_step,
                     output * with_it if config.decode else 0.0, interference if config.interference else 0.0,
                     config.work_weight * compute)
+
+
+def copy_credit(total: np.ndarray, as_holder: np.ndarray, holders: np.ndarray, eligible: np.ndarray,
+                requests: float, rate: np.ndarray, prefill: np.ndarray) -> np.ndarray:
+    """Seconds credited to each eligible worker for making a copy of the prefix (module
+    docstring): `requests` through it in the window, shared among the holders and the copy, times
+    what the next would save there (`as_holder`: its total as if it held the prefix) against the
+    cheapest holder's `total`; less its own arrivals' (`rate`) wait for the copy's `prefill`."""
+    saving = np.maximum(0.0, total[holders].min() - as_holder)
+    credit = np.maximum(0.0, requests / (holders.sum() + 1) * saving - rate * prefill ** 2 / 2)
+    return np.where(eligible, credit, 0.0)
 
 
 @dataclass(slots=True)
@@ -141,6 +165,7 @@ class LatencyPolicy:
         self._window = WindowSpec(cfg.output_window_s, cfg.output_window_buckets)
         self._outputs = WindowSums(cfg.output_window_buckets, 2)  # (finished requests, output tokens)
         self._decisions = 0
+        self._first_estimate: float | None = None  # the tree window's span until it has run that long
 
     # ------------------------------------------------------------------ membership and feeds
 
@@ -198,14 +223,38 @@ class LatencyPolicy:
 
     def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> Estimate:
         """Every worker's predicted cost of the request, by term (in `LoadTable.ids` order)."""
-        loads = self._loads
+        loads, cfg = self._loads, self.config
+        if self._first_estimate is None:
+            self._first_estimate = now
         held = np.zeros(len(loads), np.int64)
-        if self.config.cache_aware:
+        if cfg.cache_aware:
             for w, tokens in match.held.items():
                 if w in loads:
                     held[loads.index[w]] = tokens
-        return estimate(self.cost, loads.view(now), prompt, held, output, self.config, loads.prefill_scale,
-                        loads.decode_scale)
+        view = loads.view(now)
+        est = estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale)
+        if not (cfg.copy_credit and cfg.cache_aware):
+            return est
+        credit = self._copy_credit(est, match, prompt, output, view, now)
+        return est if credit is None else replace(est, copy_credit=credit)
+
+    def _copy_credit(self, est: Estimate, match: TreeMatch, prompt: int, output: int, view: LoadView,
+                     now: float) -> np.ndarray | None:
+        """Each worker's copy credit (module docstring), None where no worker earns one."""
+        node = _deepest_cached(match)
+        holders = est.held >= match.cached_tokens
+        eligible = ~holders & (view.batch == 0)
+        if node is None or not eligible.any():
+            return None
+        loads, cfg, bucket = self._loads, self.config, self.tree.bucket()
+        span = max(cfg.min_rate_span_s, min(now - self._first_estimate, cfg.tree_window_s))
+        requests = sum(self.tree.stats(node, w, bucket)[0] for w in loads.ids)
+        rate = np.zeros(len(loads))
+        for i in np.flatnonzero(eligible):
+            rate[i] = self.tree.load(loads.ids[i], bucket)[0] / span
+        as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64), output,
+                             cfg, loads.prefill_scale, loads.decode_scale)
+        return copy_credit(est.total, as_holder.total, holders, eligible, requests, rate, est.prefill)
 
     def _pick(self, totals: np.ndarray) -> int:
         """The cheapest worker; among equals the least recently chosen, then the first added."""
@@ -237,6 +286,12 @@ class LatencyPolicy:
         if done.ok:
             self._outputs.add(self._window.bucket(self.clock()), (1.0, float(done.output_tokens)))
             self.view.correct(p.worker, p.holding, done.cached_tokens)
+
+
+def _deepest_cached(match: TreeMatch) -> Node | None:
+    """The deepest tree node inside the query's longest cached prefix (None: nothing cached)."""
+    inside = [n for n in match.path if n.end <= match.cached_tokens]
+    return inside[-1] if match.cached_tokens and inside else None
 
 
 def _branch(match: TreeMatch, held: int) -> LatencyBranch:
