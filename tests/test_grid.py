@@ -20,6 +20,7 @@ from preble.bench.grid import (
     merge,
     run,
 )
+from preble.bench.grid_rerun import rerun
 
 
 def _row(policy, mean, p99, rate=1.0, workload="w", seed=0):
@@ -67,6 +68,27 @@ def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
     text = markdown(doc)
     assert "## Leaderboard" in text and "Capacity at the TTFT SLO" in text and "### zipf, 2 replicas, h200" in text
     assert config_of(doc).base == replace(small.base, tokenizer=None)  # a run can be repeated from its file
+
+
+def test_a_rerun_measures_the_default_again_and_carries_the_peers_only_if_a_check_reproduces_them(small):
+    cfg = replace(small, policies=("round_robin", "cache_aware", "latency"), capacity_steps=1)
+    doc = json.loads(json.dumps(run(cfg, log=lambda _: None)))
+    again = json.loads(json.dumps(rerun(doc, jobs=2, log=lambda _: None, tokenizer=small.base.tokenizer)))
+    # Nothing changed since: the default's runs come out as before, the peers' are carried.
+    assert sorted(doc["rows"], key=_order) == sorted(again["rows"], key=_order)
+    assert sorted(doc["capacity"], key=_order) == sorted(again["capacity"], key=_order)
+    assert again["meta"]["rerun"]["policies"] == ["latency"] and again["meta"]["rerun"]["checked_runs"] == 2
+    assert again["meta"]["runs"] == len(doc["rates"][0]["rates"])
+    # A carried row the check cannot reproduce: nothing is carried.
+    top = max(doc["rates"][0]["rates"])
+    tampered = next(r for r in doc["rows"] if r["policy"] == "cache_aware" and r["rate"] == top)
+    tampered["p99_latency"] *= 1.01
+    with pytest.raises(GridMismatch, match="check runs differ"):
+        rerun(doc, jobs=2, log=lambda _: None, tokenizer=small.base.tokenizer)
+
+
+def _order(row: dict) -> tuple:
+    return row["policy"], row.get("rate", 0.0)
 
 
 def test_the_capacity_search_needs_a_ladder_not_the_grids_points(small):

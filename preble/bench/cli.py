@@ -341,6 +341,9 @@ def grid(
                                      "common that agree."),
     loads_from: Path | None = typer.Option(None, help="Take the loads of the points this grid JSON has "
                                            "(its climbed ladders) instead of climbing them again."),
+    rerun: Path | None = typer.Option(None, help="Run the default policy and its ablations again at every point "
+                                      "and capacity cell of this grid JSON; the other policies' rows are carried "
+                                      "over once a peer's re-runs reproduce them (--jobs applies)."),
     out: Path = typer.Option(Path("grid.json"), help="JSON here; the Markdown report next to it."),
 ) -> None:
     """Every routing policy at every point of workloads x replicas x loads x memory x seeds in the
@@ -363,6 +366,13 @@ def grid(
             write_grid(merge_grids([json.loads(p.read_text()) for p in merge]))
         except GridMismatch as err:
             raise typer.BadParameter(str(err), param_hint="--merge") from None
+        return
+    if rerun is not None:
+        from .grid_rerun import rerun as rerun_grid
+        try:
+            write_grid(rerun_grid(json.loads(rerun.read_text()), jobs, log=lambda m: console.print(m)))
+        except GridMismatch as err:
+            raise typer.BadParameter(str(err), param_hint="--rerun") from None
         return
     cfg = replace(_GRID, workloads=_names(workloads), replicas=tuple(map(int, _names(replicas))),
                   memories=_names(memories), policies=_names(policies) or PEERS + (DEFAULT_POLICY,),
