@@ -415,6 +415,7 @@ def _provenance(doc: dict[str, Any]) -> str:
             + (f"; {meta['runs']} of {meta['runs_planned']} runs made before the deadline, whole points kept"
                if meta.get("runs", 0) < meta.get("runs_planned", 0) else "")
             + (f"; merged from {len(meta['merged_from'])} runs of the grid" if meta.get("merged_from") else "")
+            + _carried(doc)
             + ". Ratios: a policy's latency over the best policy's at each point "
             "(seed means), among the policies listed first (ablations are compared to them, not the other way).")
 
@@ -437,6 +438,18 @@ def _leaderboard_section(doc: dict[str, Any], default: str, ablations: set[str])
 def _other_commits(meta: dict[str, Any]) -> str:
     others = list(dict.fromkeys(m["commit"] for m in meta.get("merged_from", []) if m["commit"] != meta["commit"]))
     return f" and {', '.join(others)} (the runs they share gave the same results)" if others else ""
+
+
+def _carried(doc: dict[str, Any]) -> str:
+    """What a re-run (`grid_rerun`) measured at this commit and where the other rows come from."""
+    rerun = doc["meta"].get("rerun")
+    if not rerun:
+        return ""
+    source = rerun["carried_from"]
+    commits = dict.fromkeys([source["commit"], *(m["commit"] for m in source.get("merged_from") or [])])
+    return (f"; {', '.join(rerun['policies'])} run at this commit, the other {len(doc['rows']) - doc['meta']['runs']} rows "
+            f"carried over from the grid at {', '.join(commits)} ({rerun['checked_runs']} re-runs of "
+            f"{rerun['check_policy']} reproduced its figures exactly)")
 
 
 def _where(at: list | None) -> str:

@@ -53,6 +53,7 @@ def rerun(doc: dict[str, Any], jobs: int, log: Callable[[str], None] = print, ch
                   capacity_steps=config["capacity_steps"], jobs=jobs)
     if check not in cfg.policies:
         raise GridMismatch(f"the grid did not run {check!r}, the policy whose re-runs check its carried rows")
+    revision = _meta(cfg)  # the tree as the runs start
     names = list(doc["workloads"])
     with spawn_pool(jobs) as pool:
         prepared = dict(zip(names, pool.map(prepare_workload, [cfg] * len(names), names,
@@ -72,14 +73,14 @@ def rerun(doc: dict[str, Any], jobs: int, log: Callable[[str], None] = print, ch
     _check_rows(doc, rows[:len(checks)])
     capacity, checked_capacity = _rerun_capacity(doc, cfg, prepared, default, check)
     labels = _default_labels(config)
-    meta = {**_meta(cfg), "runs": len(tasks), "runs_planned": len(tasks),
+    carried = [r for r in doc["rows"] if r["policy"] not in labels]
+    meta = {**revision, "runs": len(tasks), "runs_planned": len(tasks),
             "rerun": {"policies": [v.label for v in default], "checked_runs": len(checks) + checked_capacity,
                       "check_policy": check,
-                      "carried_from": {k: doc["meta"].get(k) for k in ("commit", "dirty", "diff_sha256", "date",
-                                                                        "host_cpus", "merged_from")}}}
+                      "carried_from": {k: doc["meta"][k] for k in ("commit", "dirty", "diff_sha256", "date",
+                                                                    "host_cpus", "merged_from") if k in doc["meta"]}}}
     return {"meta": meta, "config": {**config, "ablations": [asdict(v) for v in cfg.ablations], "jobs": jobs},
-            "workloads": doc["workloads"], "rates": doc["rates"],
-            "rows": [r for r in doc["rows"] if r["policy"] not in labels] + rows[len(checks):],
+            "workloads": doc["workloads"], "rates": doc["rates"], "rows": carried + rows[len(checks):],
             "capacity": [c for c in doc.get("capacity", []) if c["policy"] not in labels] + capacity}
 
 

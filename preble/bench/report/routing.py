@@ -210,9 +210,15 @@ def breakdown_e2(doc: Result) -> str:
     return "\n".join(lines)
 
 
-def _runs(meta: dict[str, Any]) -> str:
-    """Runs made of those planned; a capacity search alone plans none (it bisects)."""
-    return f"{meta['runs']:,} / {meta['runs_planned']:,}" if meta["runs_planned"] else "-"
+def _runs(doc: dict[str, Any]) -> str:
+    """Runs made of those planned; a capacity search alone plans none (it bisects); a re-run
+    (`grid_rerun`) says how many rows it carried over."""
+    meta = doc["meta"]
+    if not meta["runs_planned"]:
+        return "-"
+    if meta.get("rerun"):
+        return f"{meta['runs']:,} re-run + {len(doc['rows']) - meta['runs']:,} carried"
+    return f"{meta['runs']:,} / {meta['runs_planned']:,}"
 
 
 def files(*grids: Result) -> str:
@@ -223,7 +229,7 @@ def files(*grids: Result) -> str:
         dirty = f" (dirty, diff {meta['diff_sha256']})" if meta.get("dirty") else ""
         points = len(averaged(_rows(g))) if _rows(g) else "-"
         lines.append(f"| `{g.name}` | {words([short(c) for c in named_commits(g.data)])}{dirty} | {meta['date']} | "
-                     f"{_runs(meta)} | {points} |")
+                     f"{_runs(g.data)} | {points} |")
     return "\n".join(lines)
 
 

@@ -77,12 +77,16 @@ def provenance(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def named_commits(data: Mapping[str, Any]) -> list[str]:
-    """Every commit a results file names: its own, and those of the runs it was merged from."""
+    """Every commit a results file names: its own, those of the runs it was merged from, and
+    those of the file a grid re-run carried rows over from."""
     source = provenance(data)
     if source is None:
         return []
+    carried = (source.get("rerun") or {}).get("carried_from")
     runs = source.get("runs")  # a grid counts its runs, a merged comparison lists their sources
-    merged = [r for r in [*source.get("merged_from", []), *(runs if isinstance(runs, list) else [])]
+    parts = [source, *([carried] if carried else [])]
+    merged = [r for r in [*parts[1:], *(m for part in parts for m in part.get("merged_from") or []),
+                          *(runs if isinstance(runs, list) else [])]
               if isinstance(r, Mapping) and "commit" in r]
     return list(dict.fromkeys([source["commit"], *(m["commit"] for m in merged)]))
 
