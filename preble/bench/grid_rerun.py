@@ -21,6 +21,7 @@ from .grid import (
     GridMismatch,
     _capacity_task,
     _key,
+    _ladder_task,
     _meta,
     _point_task,
     _same_run,
@@ -101,9 +102,14 @@ def _rerun_capacity(doc: dict[str, Any], cfg, prepared: dict, default: list[Vari
         return [], 0
     ladders = {(r["workload"], r["replicas"], r["memory"]): r["rates"] for r in doc["rates"]}
     cells = list(dict.fromkeys((c["workload"], c["replicas"], c["memory"]) for c in entries))
-    jobs = [(cfg, *cell, v, ladders[cell][0] / 4, ladders[cell][-1] * 2)
-            for cell in cells for v in (Variant(check, check), *default)]
     with spawn_pool(cfg.jobs, prepared) as pool:
+        # A search's bracket is its cell's ladder, which the grid keeps only for its points: climb
+        # the others again (round_robin's, deterministic; the check below fails if one differs).
+        climb = [c for c in cells if c not in ladders]
+        if climb:
+            ladders.update(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb]))))
+        jobs = [(cfg, *cell, v, ladders[cell][0] / 4, ladders[cell][-1] * 2)
+                for cell in cells for v in (Variant(check, check), *default)]
         found = [{"workload": j[1], "replicas": j[2], "memory": j[3], **d}
                  for j, d in zip(jobs, pool.map(_capacity_task, *zip(*jobs)))]
     old = {(c["workload"], c["replicas"], c["memory"], c["policy"]): c for c in entries}
