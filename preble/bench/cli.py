@@ -17,6 +17,7 @@ from ..core.routing import DEFAULT_POLICY
 from ..router.config import RouterServerConfig
 from .compare_config import CompareConfig
 from .grid import GridConfig
+from .router_overhead import IN_FLIGHT
 from .serving_config import ServingBenchConfig
 from .soak_config import SoakConfig
 from .workloads.report import PREBLE_WORKLOADS
@@ -38,6 +39,8 @@ def router(
     requests: int = typer.Option(60_000, help="Timed routing decisions per policy."),
     policies: str = typer.Option(f"{DEFAULT_POLICY},e2,cache_aware", help="Comma-separated policy names."),
     rate: float = typer.Option(320.0, help="Simulated arrivals per second (the clock is simulated)."),
+    in_flight: int = typer.Option(IN_FLIGHT, help="Requests routed and not yet done (few: most workers idle, "
+                                  "where the default prices copies of hot prefixes)."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     out: Path | None = typer.Option(None, help="Also write the full results (device, commit, date) here."),
@@ -47,10 +50,10 @@ def router(
 
     names = tuple(p.strip() for p in policies.split(",") if p.strip())
     results = run(workers=workers, prefixes=prefixes, requests=requests, policies=names,
-                  seed=seed, rate=rate)
+                  seed=seed, rate=rate, in_flight=in_flight)
     if out is not None:
         doc = document(results, workers=workers, prefixes=prefixes, requests=requests,
-                       policies=list(names), rate=rate, seed=seed)
+                       policies=list(names), rate=rate, seed=seed, in_flight=in_flight)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
     if as_json:

@@ -53,7 +53,7 @@ ZIPF_S = 1.1  # popularity exponent of prefixes
 REPLICATED_FRACTION = 0.01  # the most popular prefixes start on 3 workers, the rest on 1
 QUESTIONS_KEPT = 4  # question leaves a worker keeps per prefix before removing the oldest
 NEW_PREFIX_FRACTION = 0.2  # requests with a document (and every 50th a system prompt) no worker holds yet
-IN_FLIGHT = 256  # requests between a route and its on_done
+IN_FLIGHT = 256  # requests between a route and its on_done (default; fewer leave workers idle)
 WARMUP = 500  # decisions not timed
 VOCAB = 128_000
 
@@ -150,7 +150,7 @@ def _current_rss_mb() -> float:
 
 
 def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, rate: float,
-                seed: int) -> dict:
+                seed: int, in_flight: int = IN_FLIGHT) -> dict:
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     except (AttributeError, OSError):
@@ -181,7 +181,7 @@ def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, ra
             policy.on_done(RequestDone(f"warm{p}", d.worker_id, SYSTEM_TOKENS + DOC_TOKENS, 0, 1, 0.1, 0.2))
     gc.collect()
     build_rss = _rss_mb()
-    loop = _Loop(policy, wl, sims, wids, prefixes, capacity, order, rate, seed, now)
+    loop = _Loop(policy, wl, sims, wids, prefixes, capacity, order, rate, seed, now, in_flight)
     # First with Python's collector as it comes, then as a router should run it (see module doc).
     default_gc = loop.timed(requests // 2)
     old = tune_gc()
@@ -201,12 +201,13 @@ def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, ra
 
 def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
         policies: tuple[str, ...] = (DEFAULT_POLICY, "e2", "cache_aware"), seed: int = 0, rate: float = 320.0,
-        isolate: bool = True) -> dict[str, dict]:
+        isolate: bool = True, in_flight: int = IN_FLIGHT) -> dict[str, dict]:
     """Per policy: p50_ms and p99_ms of route(), decisions_per_s (route plus the event, load and
     done calls that come with each decision), rss_mb (peak, whole process: the interpreter and
     its imports included, see rss_before_build_mb), and details. `isolate` runs each policy in
-    its own process (needed for a per-policy rss_mb)."""
-    args = [(name, workers, prefixes, requests, rate, seed) for name in policies]
+    its own process (needed for a per-policy rss_mb). `in_flight`: requests routed and not yet
+    done; with few, most workers are idle, which is when the default prices copies."""
+    args = [(name, workers, prefixes, requests, rate, seed, in_flight) for name in policies]
     if not isolate:
         return {a[0]: _run_policy(*a) for a in args}
     ctx = multiprocessing.get_context("spawn")
@@ -237,8 +238,10 @@ class _Loop:
     """The timed part: requests, the events they cause, load reports and completions."""
 
     def __init__(self, policy, wl: _Workload, sims: dict, wids: list[str], prefixes: int,
-                 capacity: int, order: list[int], rate: float, seed: int, now: list[float]) -> None:
+                 capacity: int, order: list[int], rate: float, seed: int, now: list[float],
+                 in_flight: int) -> None:
         self.policy, self.wl, self.sims, self.wids = policy, wl, sims, wids
+        self.in_flight = in_flight
         self.order, self.rate, self.now = order, rate, now
         self.rng = random.Random(seed + 1)
         self.cum = list(accumulate(1.0 / (r + 1) ** ZIPF_S for r in range(prefixes)))
@@ -279,7 +282,7 @@ class _Loop:
                                 hit_ratio=rng.uniform(0.3, 0.75), tpot=rng.uniform(0.02, 0.04),
                                 num_preemptions=0)
             done = None
-            if len(self.inflight) >= IN_FLIGHT:
+            if len(self.inflight) >= self.in_flight:
                 r, rw, matched = self.inflight.popleft()
                 done = RequestDone(r.request_id, rw, len(r.token_ids), matched, OUTPUT_TOKENS,
                                    rng.uniform(0.05, 0.5), rng.uniform(2.0, 4.0))

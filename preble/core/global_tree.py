@@ -447,6 +447,15 @@ class GlobalTree:
             return _ZEROS
         return sums.totals(self.bucket() if bucket is None else bucket)
 
+    def requests_through(self, node: Node, bucket: int) -> float:
+        """Requests through `node` in the window ending with `bucket`, on all workers together."""
+        return sum(sums.totals(bucket)[0] for sums in node.stats.values()) if node.stats else 0.0
+
+    def requests_on(self, worker_ids: Iterable[str], bucket: int) -> list[float]:
+        """Each worker's requests in the window ending with `bucket` (the root's counts)."""
+        root = self.root.stats or {}
+        return [root[w].totals(bucket)[0] if w in root else 0.0 for w in worker_ids]
+
     def load(self, worker_id: str, bucket: int | None = None) -> list[float]:
         """The worker's windowed (requests, prefill seconds, output tokens): the root's stats."""
         return self.stats(self.root, worker_id, bucket)

@@ -248,13 +248,14 @@ class LatencyPolicy:
             return None
         loads, cfg, bucket = self._loads, self.config, self.tree.bucket()
         span = max(cfg.min_rate_span_s, min(now - self._first_estimate, cfg.tree_window_s))
-        requests = sum(self.tree.stats(node, w, bucket)[0] for w in loads.ids)
+        takers = np.flatnonzero(eligible)
         rate = np.zeros(len(loads))
-        for i in np.flatnonzero(eligible):
-            rate[i] = self.tree.load(loads.ids[i], bucket)[0] / span
+        rate[takers] = self.tree.requests_on([loads.ids[i] for i in takers], bucket)
+        rate /= span
         as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64), output,
                              cfg, loads.prefill_scale, loads.decode_scale)
-        return copy_credit(est.total, as_holder.total, holders, eligible, requests, rate, est.prefill)
+        return copy_credit(est.total, as_holder.total, holders, eligible, self.tree.requests_through(node, bucket),
+                           rate, est.prefill)
 
     def _pick(self, totals: np.ndarray) -> int:
         """The cheapest worker; among equals the least recently chosen, then the first added."""
