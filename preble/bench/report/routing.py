@@ -319,16 +319,18 @@ def headline(*grids_and_capacity: Result) -> str:
 
 
 def replica_trial(doc: Result) -> str:
-    """The copy-credit trial (`scripts/routing_replica_trial.py`): the default and the trial
-    against the peers' grid figures (leaderboard), then the trial over the default per cell,
-    the range over the cell's loads."""
+    """The copy-credit trial (`scripts/routing_replica_trial.py` as of a2adb5a): the default as it
+    was then and the trial against the peers' grid figures (leaderboard), then the trial over the
+    default per cell, the range over the cell's loads."""
     trial = doc.data["meta"]["trial"]
+    before = f"{DEFAULT_POLICY} at {short(doc.data['meta']['commit'])}"
     lines = ["| policy (points) | mean / p99 over the best | worst mean (where) | worst p99 (where) | within 3% | "
              "worse than round_robin |", "|---|---|---|---|---:|---:|"]
     for policy, v in doc.data["leaderboard"].items():
-        lines.append(f"| {policy} ({v['points']}) | {v['geomean_mean']:.3f} / {v['geomean_p99']:.3f} | "
+        lines.append(f"| {before if policy == DEFAULT_POLICY else policy} ({v['points']}) | "
+                     f"{v['geomean_mean']:.3f} / {v['geomean_p99']:.3f} | "
                      f"{_worst_cells(v)} | {v['within_3pct']} | {v['worse_than_round_robin']} |")
-    lines += ["", f"| workload | replicas | memory | {trial} over {DEFAULT_POLICY}: mean, lowest-highest over "
+    lines += ["", f"| workload | replicas | memory | {trial} over {before}: mean, lowest-highest over "
               "the loads | p99 |", "|---|---:|---|---|---|"]
     avg = averaged(doc.data["rows"])
     for cell in sorted(dict.fromkeys(point[:3] for point in avg), key=lambda c: (c[0], c[2], c[1])):
