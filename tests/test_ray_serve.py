@@ -19,6 +19,8 @@ from .polling import wait_for
 
 pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
+# A Ray head and its actors take most of a minute to start on two cores: `make test-all` runs these.
+pytestmark = pytest.mark.slow
 
 # Ray advertises loopback only with the first; its head enables token authentication, which its
 # clients then have to be told about.
