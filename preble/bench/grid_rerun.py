@@ -18,6 +18,7 @@ from ..core.routing import DEFAULT_POLICY
 from .compare_config import Variant
 from .grid import (
     ABLATIONS,
+    GridConfig,
     GridMismatch,
     _capacity_task,
     _key,
@@ -45,13 +46,7 @@ def rerun(doc: dict[str, Any], jobs: int, log: Callable[[str], None] = print, ch
     now, where it had any), the rest carried over once `check`'s re-runs reproduce them.
     `tokenizer`: the folder that tokenised its text workloads (default: the demo model's)."""
     config = doc["config"]
-    cfg = config_of(doc)
-    cfg = replace(cfg, base=replace(cfg.base, tokenizer=tokenizer), workloads=tuple(config["workloads"]), replicas=tuple(config["replicas"]),
-                  memories=tuple(config["memories"]), policies=tuple(config["policies"]),
-                  ablations=ABLATIONS if config.get("ablations") else (), seeds=tuple(config["seeds"]),
-                  capacity_workloads=tuple(config["capacity_workloads"]),
-                  capacity_replicas=tuple(config["capacity_replicas"]), slo_factor=config["slo_factor"],
-                  capacity_steps=config["capacity_steps"], jobs=jobs)
+    cfg = _grid_config(doc, jobs, tokenizer)
     if check not in cfg.policies:
         raise GridMismatch(f"the grid did not run {check!r}, the policy whose re-runs check its carried rows")
     revision = _meta(cfg)  # the tree as the runs start
@@ -83,6 +78,16 @@ def rerun(doc: dict[str, Any], jobs: int, log: Callable[[str], None] = print, ch
     return {"meta": meta, "config": {**config, "ablations": [asdict(v) for v in cfg.ablations], "jobs": jobs},
             "workloads": doc["workloads"], "rates": doc["rates"], "rows": carried + rows[len(checks):],
             "capacity": [c for c in doc.get("capacity", []) if c["policy"] not in labels] + capacity}
+
+
+def _grid_config(doc: dict[str, Any], jobs: int, tokenizer: str | None) -> GridConfig:
+    """The grid's configuration, with today's ablations where it had any."""
+    config, base = doc["config"], config_of(doc).base
+    listed = {k: tuple(config[k]) for k in ("workloads", "replicas", "memories", "policies", "seeds",
+                                            "capacity_workloads", "capacity_replicas")}
+    return GridConfig(**listed, base=replace(base, tokenizer=tokenizer),
+                      ablations=ABLATIONS if config.get("ablations") else (), slo_factor=config["slo_factor"],
+                      capacity_steps=config["capacity_steps"], traces=tuple(config["traces"]), jobs=jobs)
 
 
 def _check_rows(doc: dict[str, Any], checked: list[dict[str, Any]]) -> None:
