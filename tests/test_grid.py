@@ -72,7 +72,7 @@ def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
 
 def test_a_rerun_measures_the_default_again_and_carries_the_peers_only_if_a_check_reproduces_them(small):
     # Capacity at 3 replicas, where the grid has no points: the file keeps no ladder for its bracket.
-    cfg = replace(small, policies=("round_robin", "cache_aware", "latency"), capacity_replicas=(3,), capacity_steps=1)
+    cfg = replace(small, policies=("cache_aware", "latency"), capacity_replicas=(3,), capacity_steps=1)
     doc = json.loads(json.dumps(run(cfg, log=lambda _: None)))
     assert [r["replicas"] for r in doc["rates"]] == [2] and {c["replicas"] for c in doc["capacity"]} == {3}
     again = json.loads(json.dumps(rerun(doc, jobs=2, log=lambda _: None, tokenizer=small.base.tokenizer)))
