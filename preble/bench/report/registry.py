@@ -35,6 +35,8 @@ COMPARISON = "results/comparison/"
 COST_MODELS = "results/cost_models/"
 DEMO = "results/demo_cpu.json"
 ROUTER_DEV = "results/router_overhead_dev.json"  # the development machine, newest
+ROUTER_DEV_049E7FF = "results/router_overhead_dev_049e7ff.json"
+ROUTER_DEV_IDLE = "results/router_overhead_dev_idle.json"  # the default with few requests in flight (idle workers)
 ROUTER_DEV_6698A2B = "results/router_overhead_dev_6698a2b.json"
 ROUTER_DEV_FDDA77A = "results/router_overhead_dev_fdda77a.json"
 ROUTER_BOX = "results/router_overhead.json"  # the GPU box's CPU, newest
@@ -79,7 +81,9 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-targets": Spec(router_overhead.targets, (ROUTER_DEV, ROUTER_BOX)),
     "router-overhead-statistics": Spec(router_overhead.statistics_cost, (ROUTER_DEV_FDDA77A, ROUTER_DEV_6698A2B)),
     "router-overhead-arrays": Spec(router_overhead.gain, (ROUTER_BOX_6CCBFA4, ROUTER_BOX)),
-    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
+    "router-overhead-idle": Spec(router_overhead.table, (ROUTER_DEV_IDLE,)),
+    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_049E7FF,
+                                                        ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
                                                         ROUTER_BOX, ROUTER_BOX_6CCBFA4)),
     # results/engine/NOTES.md
     "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100, ENGINE_HEADLINE)),

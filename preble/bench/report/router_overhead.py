@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.routing import DEFAULT_POLICY
+from ..router_overhead import IN_FLIGHT
 from .fmt import prose, ratio, short, words
 from .results import Result
 from .traced import provenance
@@ -55,14 +56,15 @@ def table(run: Result) -> str:
 
 def runs(*files: Result) -> str:
     """Every committed run, a row per policy: where and at which commit it ran."""
-    lines = ["| file | machine | commit | policy | p50 / p99 route | decisions/s | policy memory | slowest decision "
-             "(`max_route_ms`) | size before the build (`rss_before_build_mb`) |",
-             "|---|---|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| file | machine | commit | requests in flight | policy | p50 / p99 route | decisions/s | policy memory | "
+             "slowest decision (`max_route_ms`) | size before the build (`rss_before_build_mb`) |",
+             "|---|---|---|---:|---|---|---:|---:|---:|---:|"]
     for run in files:
         d, source = run.data["device"], provenance(run.data)
         machine = f"{d['cpu']}, {d['cpus']} cores, Python {d['python']}"
+        in_flight = run.data["parameters"].get("in_flight", IN_FLIGHT)  # files before the option: the default
         for policy, r in run.data["results"].items():
-            lines.append(f"| `{run.name}` | {machine} | {short(source['commit'])} | {policy} | "
+            lines.append(f"| `{run.name}` | {machine} | {short(source['commit'])} | {in_flight} | {policy} | "
                          f"{_ms(r['p50_ms'])} / {_ms(r['p99_ms'])} ms | {r['decisions_per_s']:,.0f} | "
                          f"{r['policy_mb']:.0f} MB | {r['max_route_ms']:.0f} ms | {r['rss_before_build_mb']:.0f} MB |")
     return "\n".join(lines)

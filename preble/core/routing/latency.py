@@ -247,15 +247,19 @@ class LatencyPolicy:
         if node is None or not eligible.any():
             return None
         loads, cfg, bucket = self._loads, self.config, self.tree.bucket()
+        requests = self.tree.requests_through(node, bucket)
+        if requests <= 0:
+            return None
+        as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64), output,
+                             cfg, loads.prefill_scale, loads.decode_scale).total
+        gaining = eligible & (as_holder < est.total[holders].min())  # the others' credit is 0 whatever their rate
+        if not gaining.any():
+            return None
+        takers = np.flatnonzero(gaining)
         span = max(cfg.min_rate_span_s, min(now - self._first_estimate, cfg.tree_window_s))
-        takers = np.flatnonzero(eligible)
         rate = np.zeros(len(loads))
         rate[takers] = self.tree.requests_on([loads.ids[i] for i in takers], bucket)
-        rate /= span
-        as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64), output,
-                             cfg, loads.prefill_scale, loads.decode_scale)
-        return copy_credit(est.total, as_holder.total, holders, eligible, self.tree.requests_through(node, bucket),
-                           rate, est.prefill)
+        return copy_credit(est.total, as_holder, holders, gaining, requests, rate / span, est.prefill)
 
     def _pick(self, totals: np.ndarray) -> int:
         """The cheapest worker; among equals the least recently chosen, then the first added."""
