@@ -36,6 +36,7 @@ COST_MODELS = "results/cost_models/"
 DEMO = "results/demo_cpu.json"
 ROUTER_DEV = "results/router_overhead_dev.json"  # the development machine, newest
 ROUTER_DEV_049E7FF = "results/router_overhead_dev_049e7ff.json"
+ROUTER_DEV_15C9F6B = "results/router_overhead_dev_15c9f6b.json"  # the default before its copy credit, same hour
 ROUTER_DEV_IDLE = "results/router_overhead_dev_idle.json"  # the default with few requests in flight (idle workers)
 ROUTER_DEV_6698A2B = "results/router_overhead_dev_6698a2b.json"
 ROUTER_DEV_FDDA77A = "results/router_overhead_dev_fdda77a.json"
@@ -81,8 +82,10 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-targets": Spec(router_overhead.targets, (ROUTER_DEV, ROUTER_BOX)),
     "router-overhead-statistics": Spec(router_overhead.statistics_cost, (ROUTER_DEV_FDDA77A, ROUTER_DEV_6698A2B)),
     "router-overhead-arrays": Spec(router_overhead.gain, (ROUTER_BOX_6CCBFA4, ROUTER_BOX)),
-    "router-overhead-idle": Spec(router_overhead.table, (ROUTER_DEV_IDLE,)),
-    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_049E7FF,
+    "router-overhead-copy-credit": Spec(router_overhead.copy_credit_cost, (ROUTER_DEV_15C9F6B, ROUTER_DEV,
+                                                                           ROUTER_DEV_IDLE)),
+    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_15C9F6B,
+                                                        ROUTER_DEV_049E7FF,
                                                         ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
                                                         ROUTER_BOX, ROUTER_BOX_6CCBFA4)),
     # results/engine/NOTES.md

@@ -108,3 +108,21 @@ def statistics_cost(before: Result, after: Result, control: str = "e2") -> str:
             f"({control}, whose code did not change between the two, went from {cb['decisions_per_s']:,.0f} to "
             f"{ca['decisions_per_s']:,.0f}/s), so the time cost is within that; the "
             f"{a['policy_mb'] - b['policy_mb']:.0f} MB are the statistics.")
+
+
+def copy_credit_cost(before: Result, after: Result, idle: Result, control: str = "cache_aware") -> str:
+    """The default's decision time with its copy credit (`after`) against without it (`before`),
+    measured the same hour beside a policy whose code did not change (`control`), and with few
+    requests in flight (`idle`: most workers idle, where the credit is priced)."""
+    b, a, i = _policy(before, DEFAULT_POLICY), _policy(after, DEFAULT_POLICY), _policy(idle, DEFAULT_POLICY)
+    cb, ca = _policy(before, control), _policy(after, control)
+
+    def figures(r: dict[str, Any]) -> str:
+        return f"{_ms(r['p50_ms'])} / {_ms(r['p99_ms'])} ms and {r['decisions_per_s']:,.0f} decisions/s"
+
+    return prose(f"The default gave {figures(a)} with the copy credit ({short(after.data['commit'])}, `{after.name}`) "
+                 f"and {figures(b)} without it ({short(before.data['commit'])}, `{before.name}`), the two measured "
+                 f"within the hour ({control}, whose code did not change, gave {figures(cb)} and {figures(ca)}). With "
+                 f"{idle.data['parameters']['in_flight']} requests in flight (`{idle.name}`), most of the "
+                 f"{idle.data['parameters']['workers']} workers have nothing routed to them, where the credit is "
+                 f"priced: {figures(i)}.")
