@@ -147,16 +147,7 @@ class Oracle:
         self.first: float | None = None  # the first decision's time
 
     def held(self, w: str, q: list[int], now: float) -> int:
-        limit = len(q) - len(q) % PS
-        best = 0
-        for t, p in self.routed[w]:
-            if t + self.ttl <= now:
-                continue
-            n = 0
-            while n < min(limit, len(p) - len(p) % PS) and p[n] == q[n]:
-                n += 1
-            best = max(best, n - n % PS)
-        return best
+        return max((self.shared(p, q) for t, p in self.routed[w] if t + self.ttl > now), default=0)
 
     def busy_until(self, w: str) -> float:
         end = -math.inf

@@ -191,12 +191,15 @@ def _capacity_cells(cfg: GridConfig) -> list[tuple[str, int, str]]:
             for r in cfg.capacity_replicas for m in cfg.memories]
 
 
-def _capacities(cfg: GridConfig, pool, ladders: dict) -> list[dict[str, Any]]:
+def _capacities(cfg: GridConfig, pool, ladders: dict, cells: Sequence[tuple[str, int, str]] | None = None,
+                variants: Sequence[Variant] | None = None) -> list[dict[str, Any]]:
+    """Each variant's capacity at each cell (default: the grid's cells and variants), searched
+    between a quarter of the cell's lowest ladder rate and twice its highest."""
     jobs = []
-    for w, r, m in _capacity_cells(cfg):
+    for w, r, m in _capacity_cells(cfg) if cells is None else cells:
         ladder = ladders[w, r, m]
         lo, hi = ladder[0] / 4, ladder[-1] * 2
-        jobs += [(cfg, w, r, m, v, lo, hi) for v in cfg.variants()]
+        jobs += [(cfg, w, r, m, v, lo, hi) for v in (cfg.variants() if variants is None else variants)]
     done = list(pool.map(_capacity_task, *zip(*jobs))) if jobs else []
     return [{"workload": j[1], "replicas": j[2], "memory": j[3], **d} for j, d in zip(jobs, done)]
 
@@ -447,9 +450,14 @@ def _carried(doc: dict[str, Any]) -> str:
         return ""
     source = rerun["carried_from"]
     commits = dict.fromkeys([source["commit"], *(m["commit"] for m in source.get("merged_from") or [])])
-    return (f"; {', '.join(rerun['policies'])} run at this commit, the other {len(doc['rows']) - doc['meta']['runs']} rows "
+    return (f"; {', '.join(rerun['policies'])} run at this commit, the other {carried_rows(doc)} rows "
             f"carried over from the grid at {', '.join(commits)} ({rerun['checked_runs']} re-runs of "
             f"{rerun['check_policy']} reproduced its figures exactly)")
+
+
+def carried_rows(doc: dict[str, Any]) -> int:
+    """Rows a re-run (`grid_rerun`) carried over from the grid it re-ran (its own runs are the rest)."""
+    return len(doc["rows"]) - doc["meta"]["runs"]
 
 
 def _where(at: list | None) -> str:

@@ -20,7 +20,7 @@ from .grid import (
     ABLATIONS,
     GridConfig,
     GridMismatch,
-    _capacity_task,
+    _capacities,
     _key,
     _ladder_task,
     _meta,
@@ -113,10 +113,7 @@ def _rerun_capacity(doc: dict[str, Any], cfg, prepared: dict, default: list[Vari
         climb = [c for c in cells if c not in ladders]
         if climb:
             ladders.update(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb]))))
-        jobs = [(cfg, *cell, v, ladders[cell][0] / 4, ladders[cell][-1] * 2)
-                for cell in cells for v in (Variant(check, check), *default)]
-        found = [{"workload": j[1], "replicas": j[2], "memory": j[3], **d}
-                 for j, d in zip(jobs, pool.map(_capacity_task, *zip(*jobs)))]
+        found = _capacities(cfg, pool, ladders, cells, [Variant(check, check), *default])
     old = {(c["workload"], c["replicas"], c["memory"], c["policy"]): c for c in entries}
     checked = [c for c in found if c["policy"] == check]
     differ = [c for c in checked if not _same_run(c, old[c["workload"], c["replicas"], c["memory"], check])]

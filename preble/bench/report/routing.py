@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...core.routing import DEFAULT_POLICY
-from ..grid import averaged, gain_over_best_other, leaderboard
+from ..grid import averaged, carried_rows, gain_over_best_other, leaderboard
 from ..workloads.report import PREBLE_WORKLOADS
 from .fmt import bare_pct, prose, short, span, words
 from .results import Result
@@ -217,7 +217,7 @@ def _runs(doc: dict[str, Any]) -> str:
     if not meta["runs_planned"]:
         return "-"
     if meta.get("rerun"):
-        return f"{meta['runs']:,} re-run + {len(doc['rows']) - meta['runs']:,} carried"
+        return f"{meta['runs']:,} re-run + {carried_rows(doc):,} carried"
     return f"{meta['runs']:,} / {meta['runs_planned']:,}"
 
 

@@ -83,12 +83,11 @@ def named_commits(data: Mapping[str, Any]) -> list[str]:
     if source is None:
         return []
     carried = (source.get("rerun") or {}).get("carried_from")
+    sources = [source, *([carried] if carried else [])]
     runs = source.get("runs")  # a grid counts its runs, a merged comparison lists their sources
-    parts = [source, *([carried] if carried else [])]
-    merged = [r for r in [*parts[1:], *(m for part in parts for m in part.get("merged_from") or []),
-                          *(runs if isinstance(runs, list) else [])]
-              if isinstance(r, Mapping) and "commit" in r]
-    return list(dict.fromkeys([source["commit"], *(m["commit"] for m in merged)]))
+    named = [*sources, *(m for s in sources for m in s.get("merged_from") or []),
+             *(runs if isinstance(runs, list) else [])]
+    return list(dict.fromkeys(r["commit"] for r in named if isinstance(r, Mapping) and "commit" in r))
 
 
 def breaks_rule(data: Mapping[str, Any]) -> str | None:

@@ -252,14 +252,15 @@ class LatencyPolicy:
             return None
         as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64), output,
                              cfg, loads.prefill_scale, loads.decode_scale).total
-        gaining = eligible & (as_holder < est.total[holders].min())  # the others' credit is 0 whatever their rate
+        total = est.total
+        gaining = eligible & (as_holder < total[holders].min())  # the others' credit is 0 whatever their rate
         if not gaining.any():
             return None
         takers = np.flatnonzero(gaining)
         span = max(cfg.min_rate_span_s, min(now - self._first_estimate, cfg.tree_window_s))
         rate = np.zeros(len(loads))
         rate[takers] = self.tree.requests_on([loads.ids[i] for i in takers], bucket)
-        return copy_credit(est.total, as_holder, holders, gaining, requests, rate / span, est.prefill)
+        return copy_credit(total, as_holder, holders, gaining, requests, rate / span, est.prefill)
 
     def _pick(self, totals: np.ndarray) -> int:
         """The cheapest worker; among equals the least recently chosen, then the first added."""
@@ -295,8 +296,9 @@ class LatencyPolicy:
 
 def _deepest_cached(match: TreeMatch) -> Node | None:
     """The deepest tree node inside the query's longest cached prefix (None: nothing cached)."""
-    inside = [n for n in match.path if n.end <= match.cached_tokens]
-    return inside[-1] if match.cached_tokens and inside else None
+    if not match.cached_tokens:
+        return None
+    return next((n for n in reversed(match.path) if n.end <= match.cached_tokens), None)  # the path is root first
 
 
 def _branch(match: TreeMatch, held: int) -> LatencyBranch:
