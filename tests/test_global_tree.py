@@ -13,6 +13,7 @@ from preble.core.global_tree import EventGap, GlobalTree, PageSizeMismatch
 from preble.core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_hashes
 from preble.core.pages import PageAllocator
 from preble.core.radix_cache import RadixCache
+from preble.core.routing.held_tokens import HeldTokens
 
 from .clocks import ManualClock
 
@@ -46,6 +47,8 @@ operations = st.one_of(
 def test_replayed_events_mirror_every_worker_cache(ops, queries):
     clock = ManualClock()
     tree = GlobalTree(PAGE, clock, window_s=10.0, window_buckets=2)
+    held_of = HeldTokens(tree, cache_size=2)  # as the default policy reads the walk: an array over the workers
+    held_of.reset(["z", *WORKERS])  # "z": a worker the tree never hears of
     caches = {}
     for w in WORKERS:
         caches[w] = RadixCache(PageAllocator(12, PAGE), clock=clock,
@@ -77,6 +80,7 @@ def test_replayed_events_mirror_every_worker_cache(ops, queries):
             tree.gc(budget=1000)
         for q in queries + [arg if isinstance(arg, list) else []]:
             m = tree.match(q)
+            assert held_of(m).tolist() == [0, *(caches[w].match_len(q) for w in WORKERS)], (op, q)
             for name, c in caches.items():
                 assert m.held.get(name, 0) == c.match_len(q), (op, name, q)
                 for node in m.path:  # the part of the node's path the worker holds

@@ -9,8 +9,10 @@ the chosen worker then emits (its new pages stored, its least recently used ones
 worker's LoadReport and one earlier request's `on_done`. The clock is simulated (`rate` requests
 per second), so the run spans more than E2's window and its collector is exercised.
 
-Each policy runs in a fresh process pinned to one core, so `rss_mb` (peak resident memory of that
-process, the interpreter and its imports included) is per policy. Token ids are generated from
+Each policy runs in a process of its own, so `rss_mb` (peak resident memory of that process, the
+interpreter and its imports included) is per policy; the processes build their clusters at once,
+then take turns on one core, a slice of decisions each (`SLICES` per phase), so that a host whose
+speed drifts over the run (shared, throttled) weighs on every policy alike. Token ids are generated from
 seeds on demand, so the workload itself holds little memory; `policy_mb` is the growth of the
 process from just before the build (imports excluded) to its peak.
 
@@ -30,6 +32,7 @@ import os
 import random
 import resource
 import time
+import traceback
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict, deque
@@ -54,7 +57,8 @@ REPLICATED_FRACTION = 0.01  # the most popular prefixes start on 3 workers, the 
 QUESTIONS_KEPT = 4  # question leaves a worker keeps per prefix before removing the oldest
 NEW_PREFIX_FRACTION = 0.2  # requests with a document (and every 50th a system prompt) no worker holds yet
 IN_FLIGHT = 256  # requests between a route and its on_done (default; fewer leave workers idle)
-WARMUP = 500  # decisions not timed
+WARMUP = 500  # decisions not timed, at the start of each phase
+SLICES = 20  # each phase's timed decisions come in this many slices, the policies taking turns
 VOCAB = 128_000
 
 
@@ -149,73 +153,136 @@ def _current_rss_mb() -> float:
     return float("nan")
 
 
-def _run_policy(policy_name: str, workers: int, prefixes: int, requests: int, rate: float,
-                seed: int, in_flight: int = IN_FLIGHT) -> dict:
+class _PolicyBench:
+    """One policy, its cluster built, timed a slice at a time: first with Python's collector as it
+    comes (the `default_gc` phase), then as a router should run it (`tuned`; see module doc)."""
+
+    def __init__(self, policy_name: str, workers: int, prefixes: int, rate: float, seed: int,
+                 in_flight: int) -> None:
+        self.base_rss = _current_rss_mb()
+        now = [0.0]
+        self.policy = policy = make_policy(policy_name, clock=lambda: now[0], seed=seed)
+        wl = _Workload(prefixes, seed)
+        rng = random.Random(seed)
+        wids = [f"w{i}" for i in range(workers)]
+        for w in wids:
+            policy.add_worker(w)
+        # Initial placement: each prefix on one worker, the most popular on three.
+        order = list(range(prefixes))
+        rng.shuffle(order)  # popularity rank -> prefix
+        replicated = set(order[:max(1, int(REPLICATED_FRACTION * prefixes))])
+        capacity = int(1.25 * prefixes * (1 + 2 * REPLICATED_FRACTION) / workers) + 1
+        sims = {w: _SimWorker(w, capacity) for w in wids}
+        for p in range(prefixes):
+            homes = {p % workers} | ({(p * 7 + 1) % workers, (p * 13 + 2) % workers} if p in replicated else set())
+            for h in homes:
+                for ev in sims[wids[h]].store(wl, p, None):
+                    policy.on_kv_event(wids[h], ev)
+        if policy_name == "cache_aware":  # its tree learns only from routing: show it every prefix once
+            for p in range(prefixes):
+                d = policy.route(RouteRequest(f"warm{p}", wl.system(p) + wl.doc(p), MAX_TOKENS))
+                policy.on_done(RequestDone(f"warm{p}", d.worker_id, SYSTEM_TOKENS + DOC_TOKENS, 0, 1, 0.1, 0.2))
+        gc.collect()
+        self.build_rss = _rss_mb()
+        self.loop = _Loop(policy, wl, sims, wids, prefixes, capacity, order, rate, seed, now, in_flight)
+        self.phases = {"default_gc": _Timings(), "tuned": _Timings()}
+        self._old_gc: tuple[int, int, int] | None = None
+
+    def run_slice(self, phase: str, decisions: int, warmup: int) -> None:
+        if phase == "tuned" and self._old_gc is None:
+            self._old_gc = tune_gc()
+        self.loop.timed(decisions, warmup, self.phases[phase])
+
+    def finish(self) -> dict:
+        if self._old_gc is not None:
+            gc.set_threshold(*self._old_gc)
+            gc.unfreeze()
+        out = self.phases["tuned"].summary()
+        default_gc = self.phases["default_gc"].summary()
+        out.update(rss_mb=_rss_mb(), rss_before_build_mb=self.base_rss, rss_after_build_mb=self.build_rss,
+                   policy_mb=_rss_mb() - self.base_rss,
+                   default_gc={k: default_gc[k] for k in ("p50_ms", "p99_ms", "decisions_per_s",
+                                                          "max_route_ms", "gc_pauses")})
+        tree = getattr(self.policy, "tree", None)
+        if tree is not None and hasattr(tree, "num_nodes"):
+            out["tree_nodes"] = tree.num_nodes
+        return out
+
+
+def _pin_to_one_core() -> None:
+    """Every policy's process on the same core: the timings then share the machine's state."""
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     except (AttributeError, OSError):
         pass
-    base_rss = _current_rss_mb()
-    now = [0.0]
-    clock = lambda: now[0]  # noqa: E731
-    policy = make_policy(policy_name, clock=clock, seed=seed)
-    wl = _Workload(prefixes, seed)
-    rng = random.Random(seed)
-    wids = [f"w{i}" for i in range(workers)]
-    for w in wids:
-        policy.add_worker(w)
-    # Initial placement: each prefix on one worker, the most popular on three.
-    order = list(range(prefixes))
-    rng.shuffle(order)  # popularity rank -> prefix
-    replicated = set(order[:max(1, int(REPLICATED_FRACTION * prefixes))])
-    capacity = int(1.25 * prefixes * (1 + 2 * REPLICATED_FRACTION) / workers) + 1
-    sims = {w: _SimWorker(w, capacity) for w in wids}
-    for p in range(prefixes):
-        homes = {p % workers} | ({(p * 7 + 1) % workers, (p * 13 + 2) % workers} if p in replicated else set())
-        for h in homes:
-            for ev in sims[wids[h]].store(wl, p, None):
-                policy.on_kv_event(wids[h], ev)
-    if policy_name == "cache_aware":  # its tree learns only from routing: show it every prefix once
-        for p in range(prefixes):
-            d = policy.route(RouteRequest(f"warm{p}", wl.system(p) + wl.doc(p), MAX_TOKENS))
-            policy.on_done(RequestDone(f"warm{p}", d.worker_id, SYSTEM_TOKENS + DOC_TOKENS, 0, 1, 0.1, 0.2))
-    gc.collect()
-    build_rss = _rss_mb()
-    loop = _Loop(policy, wl, sims, wids, prefixes, capacity, order, rate, seed, now, in_flight)
-    # First with Python's collector as it comes, then as a router should run it (see module doc).
-    default_gc = loop.timed(requests // 2)
-    old = tune_gc()
+
+
+def _serve_policy(conn, args: tuple) -> None:
+    """A policy's own process: build, say so, then run the slices asked for until `finish`."""
     try:
-        out = loop.timed(requests)
-    finally:
-        gc.set_threshold(*old)
-    out.update(rss_mb=_rss_mb(), rss_before_build_mb=base_rss, rss_after_build_mb=build_rss,
-               policy_mb=_rss_mb() - base_rss,
-               default_gc={k: default_gc[k] for k in ("p50_ms", "p99_ms", "decisions_per_s",
-                                                      "max_route_ms", "gc_pauses")})
-    tree = getattr(policy, "tree", None)
-    if tree is not None and hasattr(tree, "num_nodes"):
-        out["tree_nodes"] = tree.num_nodes
-    return out
+        bench = _PolicyBench(*args)
+        conn.send(("built", None))
+        _pin_to_one_core()
+        while (msg := conn.recv())[0] == "slice":
+            bench.run_slice(*msg[1:])
+            conn.send(("done", None))
+        conn.send(("results", bench.finish()))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+class _Remote:
+    """The parent's handle on a policy's process."""
+
+    def __init__(self, ctx, args: tuple) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve_policy, args=(child, args), daemon=True)
+        self.process.start()
+
+    def _reply(self) -> object:
+        kind, value = self.conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"router benchmark process failed:\n{value}")
+        return value
+
+    def built(self) -> None:
+        self._reply()
+
+    def run_slice(self, phase: str, decisions: int, warmup: int) -> None:
+        self.conn.send(("slice", phase, decisions, warmup))
+        self._reply()
+
+    def finish(self) -> dict:
+        self.conn.send(("finish",))
+        out = self._reply()
+        self.process.join()
+        return out
 
 
 def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
         policies: tuple[str, ...] = (DEFAULT_POLICY, "e2", "cache_aware"), seed: int = 0, rate: float = 320.0,
-        isolate: bool = True, in_flight: int = IN_FLIGHT) -> dict[str, dict]:
+        isolate: bool = True, in_flight: int = IN_FLIGHT, slices: int = SLICES) -> dict[str, dict]:
     """Per policy: p50_ms and p99_ms of route(), decisions_per_s (route plus the event, load and
     done calls that come with each decision), rss_mb (peak, whole process: the interpreter and
     its imports included, see rss_before_build_mb), and details. `isolate` runs each policy in
-    its own process (needed for a per-policy rss_mb). `in_flight`: requests routed and not yet
-    done; with few, most workers are idle, which is when the default prices copies."""
-    args = [(name, workers, prefixes, requests, rate, seed, in_flight) for name in policies]
-    if not isolate:
-        return {a[0]: _run_policy(*a) for a in args}
-    ctx = multiprocessing.get_context("spawn")
-    results = {}
-    for a in args:
-        with ctx.Pool(1) as pool:
-            results[a[0]] = pool.apply(_run_policy, a)
-    return results
+    its own process (needed for a per-policy rss_mb). The timed decisions run in `slices` slices
+    per policy, the policies taking turns, so that a machine whose speed drifts during the run
+    (a shared or throttled host) slows each policy alike. `in_flight`: requests routed and not
+    yet done; with few, most workers are idle, which is when the default prices copies."""
+    args = [(name, workers, prefixes, rate, seed, in_flight) for name in policies]
+    if isolate:
+        ctx = multiprocessing.get_context("spawn")
+        benches = [_Remote(ctx, a) for a in args]  # built in parallel, timed on one core
+        for b in benches:
+            b.built()
+    else:
+        benches = [_PolicyBench(*a) for a in args]
+    for phase, decisions in (("default_gc", requests // 2), ("tuned", requests)):
+        for k in range(slices):
+            share = decisions * (k + 1) // slices - decisions * k // slices
+            for b in benches:
+                b.run_slice(phase, share, WARMUP if k == 0 else 0)
+    return {name: b.finish() for name, b in zip(policies, benches)}
 
 
 def document(results: dict[str, dict], **params) -> dict:
@@ -249,9 +316,10 @@ class _Loop:
         self.inflight: deque[tuple[RouteRequest, str, int]] = deque()
         self.count = 0
 
-    def timed(self, requests: int) -> dict:
+    def timed(self, requests: int, warmup: int, into: _Timings) -> None:
+        """`warmup` untimed decisions, then `requests` timed ones, added to `into`."""
         policy, rng, wl, wids = self.policy, self.rng, self.wl, self.wids
-        pauses: list[float] = []
+        pauses = into.pauses
         started = [0.0]
 
         def on_gc(phase: str, info: dict) -> None:
@@ -260,12 +328,10 @@ class _Loop:
             else:
                 pauses.append(time.perf_counter() - started[0])
 
-        route_ns: list[int] = []
-        total_ns: list[int] = []
-        branches: dict[str, int] = {}
+        route_ns, total_ns, branches = into.route_ns, into.total_ns, into.branches
         total_w = self.cum[-1]
-        for i in range(requests + WARMUP):
-            if i == WARMUP:
+        for i in range(requests + warmup):
+            if i == warmup:
                 gc.callbacks.append(on_gc)
             self.count += 1
             self.now[0] += 1.0 / self.rate
@@ -298,11 +364,24 @@ class _Loop:
                 policy.on_done(done)
             t3 = time.perf_counter_ns()
             self.inflight.append((req, d.worker_id, d.matched_tokens))
-            if i >= WARMUP:
+            if i >= warmup:
                 route_ns.append(t1 - t0)
                 total_ns.append((t1 - t0) + (t3 - t2))
                 branches[d.branch] = branches.get(d.branch, 0) + 1
         gc.callbacks.remove(on_gc)
+
+
+class _Timings:
+    """What one phase measured, over all its slices."""
+
+    def __init__(self) -> None:
+        self.route_ns: list[int] = []
+        self.total_ns: list[int] = []
+        self.branches: dict[str, int] = {}
+        self.pauses: list[float] = []
+
+    def summary(self) -> dict:
+        route_ns, total_ns, pauses = self.route_ns, self.total_ns, self.pauses
         return {
             "p50_ms": percentile(route_ns, 50) / 1e6,
             "p99_ms": percentile(route_ns, 99) / 1e6,
@@ -310,7 +389,7 @@ class _Loop:
             "p50_decision_ms": percentile(total_ns, 50) / 1e6,
             "p99_decision_ms": percentile(total_ns, 99) / 1e6,
             "max_route_ms": max(route_ns) / 1e6,
-            "branches": dict(sorted(branches.items())),
+            "branches": dict(sorted(self.branches.items())),
             "gc_pauses": {"count": len(pauses), "max_ms": max(pauses, default=0.0) * 1e3,
                           "total_ms": sum(pauses) * 1e3},
         }

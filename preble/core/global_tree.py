@@ -75,14 +75,24 @@ class TreeMatch:
 
     tokens: array  # the query
     cached_tokens: int  # the longest prefix of the query some worker holds
-    held: dict[str, int]  # worker -> tokens of the query it holds; workers holding none are absent
     path: list[Node]  # nodes the query covers entirely, root first (root excluded)
     partial: Node | None  # the node where the query leaves the tree part-way, if any
     partial_pages: int  # pages of `partial` the query matches
     depth: int  # tokens of the query the tree has, held or not
+    ends: list[tuple[int, int]]  # (slot mask, tokens): the slots holding exactly that much of it, shallowest first
+    slot_ids: list[str | None]  # the tree's slot -> worker, read at once (the tree owns it)
+    _held: dict[str, int] | None = None
+
+    @property
+    def held(self) -> dict[str, int]:
+        """Worker -> tokens of the query it holds; workers holding none are absent."""
+        if self._held is None:
+            ids = self.slot_ids
+            self._held = {ids[slot]: tokens for mask, tokens in self.ends for slot in mask_slots(mask)}
+        return self._held
 
 
-def _bits(mask: int) -> list[int]:
+def mask_slots(mask: int) -> list[int]:
     """The set bits of `mask`, lowest first (a string scan: faster than bit tricks for dense masks)."""
     return [i for i, c in enumerate(bin(mask)[:1:-1]) if c == "1"]
 
@@ -105,6 +115,7 @@ class GlobalTree:
         self._gc_heap: list[tuple[float, int, Node]] = []
         self._gc_seq = itertools.count()
         self.num_nodes = 1
+        self.slots_version = 0  # changes whenever a worker gains or loses its slot (`slots_of`)
 
     # ------------------------------------------------------------------ workers
 
@@ -122,7 +133,13 @@ class GlobalTree:
                 self._lru_pages.append(0)
                 self._lru_version.append(0)
             self._slots[worker_id] = slot
+            self.slots_version += 1
         return slot
+
+    def slot_of(self, worker_id: str) -> int | None:
+        """The worker's bit in `Node.held` and `TreeMatch.ends` masks (None: the tree has not seen
+        it); stable while `slots_version` is."""
+        return self._slots.get(worker_id)
 
     def remove_worker(self, worker_id: str) -> None:
         """Forget every holding of the worker (its statistics expire with the window)."""
@@ -132,6 +149,7 @@ class GlobalTree:
         self._drop_holdings(slot, events=True, routed=True)
         del self._slots[worker_id]
         self._slot_ids[slot] = None
+        self.slots_version += 1
 
     def replace_worker(self, worker_id: str, stored: Iterable[PagesStored]) -> None:
         """A full resync: the worker holds exactly what these store events say (parents first)."""
@@ -183,10 +201,11 @@ class GlobalTree:
                     return
                 node, at = child, 0
                 continue
-            run = 0
-            while (at + run < len(node.hashes) and i + run < n_pages and
-                   node.tokens[(at + run) * ps:(at + run + 1) * ps] == tokens[(i + run) * ps:(i + run + 1) * ps]):
-                run += 1
+            run = min(len(node.hashes) - at, n_pages - i)  # pages both have here: equal, as a rule
+            if node.tokens[at * ps:(at + run) * ps] != tokens[i * ps:(i + run) * ps]:
+                run = 0
+                while node.tokens[(at + run) * ps:(at + run + 1) * ps] == tokens[(i + run) * ps:(i + run + 1) * ps]:
+                    run += 1
             if run == 0:  # the new pages branch off inside this node
                 node = self._split(node, at)
                 continue
@@ -249,8 +268,7 @@ class GlobalTree:
         ps = self.page_size
         limit = len(q) - len(q) % ps
         now = self.clock()
-        slot_ids = self._slot_ids
-        held: dict[str, int] = {}
+        ends: list[tuple[int, int]] = []
         path: list[Node] = []
         node, pos = self.root, 0
         alive = -1  # slots holding every node so far (-1: all, before the first node)
@@ -266,9 +284,8 @@ class GlobalTree:
                         mask |= 1 << slot
             n = len(child.tokens)
             full = pos + n <= limit and q[pos:pos + n] == child.tokens
-            if alive != -1:
-                for slot in _bits(alive & ~mask):
-                    held[slot_ids[slot]] = pos
+            if alive != -1 and alive & ~mask:
+                ends.append((alive & ~mask, pos))
             alive = mask if alive == -1 else alive & mask
             if full:
                 path.append(child)
@@ -284,10 +301,9 @@ class GlobalTree:
             partial, partial_pages = child, lo
             pos += lo * ps
             break
-        if alive != -1:
-            for slot in _bits(alive):
-                held[slot_ids[slot]] = pos
-        return TreeMatch(q, max(held.values(), default=0), held, path, partial, partial_pages, pos)
+        if alive != -1 and alive:
+            ends.append((alive, pos))
+        return TreeMatch(q, ends[-1][1] if ends else 0, path, partial, partial_pages, pos, ends, self._slot_ids)
 
     def insert(self, match: TreeMatch, worker_id: str | None = None,
                expires_at: float | None = None) -> list[Node]:
@@ -345,7 +361,7 @@ class GlobalTree:
             for slot, exp in node.routed.items():
                 if exp > now:
                     mask |= 1 << slot
-        return [self._slot_ids[s] for s in _bits(mask)]
+        return [self._slot_ids[s] for s in mask_slots(mask)]
 
     def top(self, node: Node) -> Node | None:
         """The root's child above (or at) `node`; None if `node` was freed."""
@@ -561,10 +577,11 @@ class GlobalTree:
     def _touch(self, slot: int, node: Node) -> None:
         """Put the node in the slot's LRU, as its most recent entry."""
         lru = self._lru[slot]
-        if node not in lru:
+        if node in lru:
+            lru.move_to_end(node)
+        else:
+            lru[node] = None
             self._lru_pages[slot] += len(node.hashes)
-        lru[node] = None
-        lru.move_to_end(node)
 
     def _release(self, node: Node, slot: int) -> None:
         """The slot may no longer hold the node: update its LRU and maybe schedule the node."""
@@ -605,7 +622,7 @@ class GlobalTree:
         if upper.routed:
             for slot in upper.routed:
                 mask |= 1 << slot
-        for slot in _bits(mask):
+        for slot in mask_slots(mask):
             self._lru[slot][upper] = None  # an ancestor: counts as at least as recent (the node's
             # pages are shared between it and `upper`: the slot's page count stays)
             self._lru_version[slot] += 1

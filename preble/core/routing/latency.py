@@ -62,6 +62,7 @@ from ..window_stats import ROUTER_WINDOW, WindowSpec, WindowSums
 from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 from .cache_view import CacheView, CacheViewConfig, Holding
 from .calibration import Calibration, CalibrationConfig
+from .held_tokens import HeldTokens
 from .worker_load import LoadTable, LoadView
 
 
@@ -91,6 +92,7 @@ class LatencyConfig:
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
     copy_credit: bool = True  # credit idle workers for what a copy of the prefix saves its later requests
     min_rate_span_s: float = 1.0  # the shortest span the tree window's request counts are turned into rates over
+    mask_cache_size: int = 4096  # tree slot masks whose workers are kept resolved (`HeldTokens`)
 
     def cache_view(self) -> CacheViewConfig:
         return CacheViewConfig(self.page_size, self.tree_window_s, self.output_window_buckets, self.pending_ttl_s,
@@ -100,7 +102,7 @@ class LatencyConfig:
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """The predicted cost of one request on each worker, by term (seconds; arrays over the
-    workers, or scalars for one)."""
+    workers, rows of them where `held` has rows, or scalars for one)."""
 
     held: np.ndarray  # prompt tokens the worker holds
     wait: np.ndarray
@@ -113,6 +115,12 @@ class Estimate:
     @property
     def total(self) -> np.ndarray:
         return self.wait + self.prefill + self.decode + self.interference + self.work - self.copy_credit
+
+    def row(self, i: int) -> Estimate:
+        """Row `i` of an estimate priced for several `held` rows at once (terms that do not depend
+        on `held` are shared)."""
+        return Estimate(*(t[i] if type(t) is np.ndarray and t.ndim == 2 else t for t in (
+            self.held, self.wait, self.prefill, self.decode, self.interference, self.work, self.copy_credit)))
 
 
 def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, output: int, config: LatencyConfig,
@@ -143,6 +151,17 @@ def copy_credit(total: np.ndarray, as_holder: np.ndarray, holders: np.ndarray, e
     return np.where(eligible, credit, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class _CopyCandidates:
+    """The workers holding the cached prefix, those that may take a copy (idle, lacking it), and
+    the prefix's requests in the tree's window ending with `bucket`."""
+
+    holders: np.ndarray
+    eligible: np.ndarray
+    requests: float
+    bucket: int
+
+
 @dataclass(slots=True)
 class _Pending:
     worker: str
@@ -166,6 +185,7 @@ class LatencyPolicy:
         self._outputs = WindowSums(cfg.output_window_buckets, 2)  # (finished requests, output tokens)
         self._decisions = 0
         self._first_estimate: float | None = None  # the tree window's span until it has run that long
+        self._held = HeldTokens(self.tree, cfg.mask_cache_size)
 
     # ------------------------------------------------------------------ membership and feeds
 
@@ -173,10 +193,12 @@ class LatencyPolicy:
         if worker_id not in self._loads:
             self._loads.add_worker(worker_id)
             self.view.add_worker(worker_id)
+            self._held.reset(self._loads.ids)
 
     def remove_worker(self, worker_id: str) -> None:
         if worker_id in self._loads:
             self._loads.remove_worker(worker_id)
+            self._held.reset(self._loads.ids)
         self.view.remove_worker(worker_id)
         self.calibration.forget(worker_id)
         for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
@@ -215,57 +237,64 @@ class LatencyPolicy:
         match = self.view.match(req.token_ids)
         output = self._expected_output(req.max_tokens, now)
         est = self.estimates(match, len(req.token_ids), output, now)
-        totals = est.total
+        totals = est.total.tolist()
         i = self._pick(totals)
         worker, held = self._loads.ids[i], int(est.held[i])
         self._commit(req, i, match, float(est.prefill[i]), output, now)
-        return RouteDecision(worker, _branch(match, held), held, dict(zip(self._loads.ids, totals.tolist())))
+        return RouteDecision(worker, _branch(match, held), held, dict(zip(self._loads.ids, totals)))
 
     def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> Estimate:
         """Every worker's predicted cost of the request, by term (in `LoadTable.ids` order)."""
         loads, cfg = self._loads, self.config
         if self._first_estimate is None:
             self._first_estimate = now
-        held = np.zeros(len(loads), np.int64)
-        if cfg.cache_aware:
-            for w, tokens in match.held.items():
-                if w in loads:
-                    held[loads.index[w]] = tokens
+        held = self._held(match) if cfg.cache_aware else np.zeros(len(loads))
         view = loads.view(now)
-        est = estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale)
-        if not (cfg.copy_credit and cfg.cache_aware):
-            return est
-        credit = self._copy_credit(est, match, prompt, output, view, now)
+        copy = self._copy_candidates(match, held, view)
+        if copy is None:
+            return estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale)
+        # priced in one pass as they are (row 0) and as if each held the cached prefix (row 1)
+        both = estimate(self.cost, view, prompt, np.stack((held, np.full_like(held, match.cached_tokens))),
+                        output, cfg, loads.prefill_scale, loads.decode_scale)
+        est, totals = both.row(0), both.total
+        credit = self._copy_credit(copy, totals[0], totals[1], est.prefill, now)
         return est if credit is None else replace(est, copy_credit=credit)
 
-    def _copy_credit(self, est: Estimate, match: TreeMatch, prompt: int, output: int, view: LoadView,
+    def _copy_candidates(self, match: TreeMatch, held: np.ndarray, view: LoadView) -> _CopyCandidates | None:
+        """Who may earn a copy credit, checked before any pricing; None where no one can (nothing
+        cached, no idle worker lacking it, no requests through it in the window)."""
+        cfg = self.config
+        if not (cfg.copy_credit and cfg.cache_aware and match.cached_tokens and self._loads.idle):
+            return None
+        holders = held >= match.cached_tokens
+        eligible = ~holders & (view.batch == 0)
+        if not eligible.any():
+            return None
+        node = _deepest_cached(match)
+        bucket = self.tree.bucket()
+        requests = self.tree.requests_through(node, bucket) if node is not None else 0.0
+        return _CopyCandidates(holders, eligible, requests, bucket) if requests > 0 else None
+
+    def _copy_credit(self, copy: _CopyCandidates, total: np.ndarray, as_holder: np.ndarray, prefill: np.ndarray,
                      now: float) -> np.ndarray | None:
         """Each worker's copy credit (module docstring), None where no worker earns one."""
-        node = _deepest_cached(match)
-        holders = est.held >= match.cached_tokens
-        eligible = ~holders & (view.batch == 0)
-        if node is None or not eligible.any():
-            return None
-        loads, cfg, bucket = self._loads, self.config, self.tree.bucket()
-        requests = self.tree.requests_through(node, bucket)
-        if requests <= 0:
-            return None
-        as_holder = estimate(self.cost, view, prompt, np.full(len(loads), match.cached_tokens, np.int64), output,
-                             cfg, loads.prefill_scale, loads.decode_scale).total
-        total = est.total
-        gaining = eligible & (as_holder < total[holders].min())  # the others' credit is 0 whatever their rate
+        loads, cfg = self._loads, self.config
+        gaining = copy.eligible & (as_holder < total[copy.holders].min())  # the others' credit is 0 whatever their rate
         if not gaining.any():
             return None
         takers = np.flatnonzero(gaining)
         span = max(cfg.min_rate_span_s, min(now - self._first_estimate, cfg.tree_window_s))
         rate = np.zeros(len(loads))
-        rate[takers] = self.tree.requests_on([loads.ids[i] for i in takers], bucket)
-        return copy_credit(total, as_holder, holders, gaining, requests, rate / span, est.prefill)
+        rate[takers] = self.tree.requests_on([loads.ids[i] for i in takers], copy.bucket)
+        return copy_credit(total, as_holder, copy.holders, gaining, copy.requests, rate / span, prefill)
 
-    def _pick(self, totals: np.ndarray) -> int:
+    def _pick(self, totals: list[float]) -> int:
         """The cheapest worker; among equals the least recently chosen, then the first added."""
-        tied = np.flatnonzero(totals == totals.min())
-        return int(tied[np.argmin(self._loads.last_chosen[tied])]) if len(tied) > 1 else int(tied[0])
+        best = min(totals)
+        if totals.count(best) == 1:
+            return totals.index(best)
+        last = self._loads.last_chosen
+        return min((i for i, t in enumerate(totals) if t == best), key=last.__getitem__)
 
     def _commit(self, req: RouteRequest, i: int, match: TreeMatch, prefill_s: float, output: int,
                 now: float) -> None:

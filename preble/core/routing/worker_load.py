@@ -44,13 +44,14 @@ class LoadTable:
         self.index: dict[str, int] = {}
         self.busy_until = np.zeros(0)  # when the prefill work routed so far is predicted done
         self.routed_since_report_s = np.zeros(0)
-        self.batch = np.zeros(0, np.int64)
-        self.context = np.zeros(0, np.int64)
-        self.step_tokens = np.zeros(0, np.int64)
+        self.batch = np.zeros(0)  # counts, kept as floats: the estimates mix them with seconds without a cast
+        self.context = np.zeros(0)
+        self.step_tokens = np.zeros(0)
         self.prefill_scale = np.zeros(0)
         self.decode_scale = np.zeros(0)
         self.last_chosen = np.zeros(0, np.int64)
         self._requests: dict[str, tuple[str, int]] = {}  # request id -> (worker, its context tokens)
+        self.idle = 0  # workers with nothing routed to them (batch 0)
 
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self.index
@@ -65,9 +66,11 @@ class LoadTable:
                    step_tokens=self.default_step_tokens, prefill_scale=1.0, decode_scale=1.0, last_chosen=-1)
         for name in self._COLUMNS:
             setattr(self, name, np.append(getattr(self, name), new[name]))
+        self.idle += 1
 
     def remove_worker(self, worker_id: str) -> None:
         i = self.index.pop(worker_id)
+        self.idle -= int(self.batch[i] == 0)
         del self.ids[i]
         self.index = {w: k for k, w in enumerate(self.ids)}
         for name in self._COLUMNS:
@@ -91,6 +94,7 @@ class LoadTable:
         self.busy_until[i] = max(float(self.busy_until[i]), now) + prefill_s
         self.routed_since_report_s[i] += prefill_s
         self._requests[request_id] = (worker_id, context)
+        self.idle -= int(self.batch[i] == 0)
         self.batch[i] += 1
         self.context[i] += context
 
@@ -101,6 +105,7 @@ class LoadTable:
             i = self.index[worker_context[0]]
             self.batch[i] -= 1
             self.context[i] -= worker_context[1]
+            self.idle += int(self.batch[i] == 0)
 
     def set_scales(self, worker_id: str, prefill_scale: float, decode_scale: float) -> None:
         i = self.index[worker_id]
