@@ -11,7 +11,9 @@ per worker, windowed sums of (requests, prefill seconds, output tokens) of the r
 through it; the root's sums are each worker's load. Nodes that no worker holds and no request used
 for a window are freed a few at a time, so memory follows the cache and recent traffic only.
 
-Token ids are stored as 32-bit integers (every vocabulary fits).
+Token ids are stored as unsigned 32-bit integers: every vocabulary fits, and CPython converts a
+list to this array type several times faster than to a signed one (a prompt is converted per
+decision). A negative id raises OverflowError; the API rejects such prompts before routing.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class GlobalTree:
         self.page_size = page_size
         self.clock = clock
         self.window = WindowSpec(window_s, window_buckets)
-        self.root = Node(None, array("i"), array("q"), 0, clock())
+        self.root = Node(None, array("I"), array("q"), 0, clock())
         self._by_hash: dict[int, Node] = {}
         self._slots: dict[str, int] = {}
         self._slot_ids: list[str | None] = []
@@ -180,7 +182,7 @@ class GlobalTree:
                 f"pages, but this tree's page size is {ps}")
         if n_pages == 0:
             return
-        tokens = array("i", ev.token_ids)
+        tokens = array("I", ev.token_ids)
         hashes = ev.page_hashes
         bit = 1 << slot
         if ev.parent_hash == ROOT_HASH:
@@ -264,7 +266,7 @@ class GlobalTree:
 
     def match(self, tokens: list[int] | array) -> TreeMatch:
         """Walk the query down the tree; changes nothing."""
-        q = tokens if isinstance(tokens, array) else array("i", tokens)
+        q = tokens if isinstance(tokens, array) and tokens.typecode == "I" else array("I", tokens)
         ps = self.page_size
         limit = len(q) - len(q) % ps
         now = self.clock()

@@ -37,13 +37,13 @@ def _common(a: array, b: array) -> int:
 class ApproxTree:
     def __init__(self, max_tokens_per_worker: int) -> None:
         self.max_tokens = max_tokens_per_worker
-        self.root = _Node(None, array("i"))
+        self.root = _Node(None, array("I"))
         self.sizes: dict[str, int] = {}  # worker -> tokens of the tree it is listed on
         self._lru: dict[str, OrderedDict[_Node, None]] = {}  # per worker, least recent first
 
     def match(self, tokens: list[int]) -> tuple[int, str | None]:
         """Longest routed prefix of `tokens` and the worker it most recently went to."""
-        q = array("i", tokens)
+        q = array("I", tokens)
         node, pos = self.root, 0
         while pos < len(q):
             child = node.children.get(q[pos])
@@ -61,7 +61,7 @@ class ApproxTree:
         return pos, max(node.tenants, key=node.tenants.__getitem__)
 
     def insert(self, tokens: list[int], worker: str, now: float) -> None:
-        q = array("i", tokens)
+        q = array("I", tokens)
         lru = self._lru.setdefault(worker, OrderedDict())
         self.sizes.setdefault(worker, 0)
         path = []
