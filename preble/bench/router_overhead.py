@@ -36,7 +36,9 @@ import traceback
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from itertools import accumulate
+from typing import Any
 
 from ..core.kv_events import ROOT_HASH, PagesRemoved, PagesStored, chain_hashes
 from ..core.messages import LoadReport
@@ -158,10 +160,10 @@ class _PolicyBench:
     comes (the `default_gc` phase), then as a router should run it (`tuned`; see module doc)."""
 
     def __init__(self, policy_name: str, workers: int, prefixes: int, rate: float, seed: int,
-                 in_flight: int) -> None:
+                 in_flight: int, make: Callable[..., Any] = make_policy) -> None:
         self.base_rss = _current_rss_mb()
         now = [0.0]
-        self.policy = policy = make_policy(policy_name, clock=lambda: now[0], seed=seed)
+        self.policy = policy = make(policy_name, clock=lambda: now[0], seed=seed)
         wl = _Workload(prefixes, seed)
         rng = random.Random(seed)
         wids = [f"w{i}" for i in range(workers)]
