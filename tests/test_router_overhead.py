@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from preble.bench.router_overhead import run
 
-SMALL = dict(workers=4, prefixes=200, requests=300, policies=("latency", "cache_aware"))
+SMALL = dict(workers=4, prefixes=200, requests=300, policies=("latency", "cache_aware"), warmup=50)
 
 
 def test_slices_and_processes_time_the_same_decisions():

@@ -263,14 +263,16 @@ class _Remote:
 
 def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
         policies: tuple[str, ...] = (DEFAULT_POLICY, "e2", "cache_aware"), seed: int = 0, rate: float = 320.0,
-        isolate: bool = True, in_flight: int = IN_FLIGHT, slices: int = SLICES) -> dict[str, dict]:
+        isolate: bool = True, in_flight: int = IN_FLIGHT, slices: int = SLICES,
+        warmup: int = WARMUP) -> dict[str, dict]:
     """Per policy: p50_ms and p99_ms of route(), decisions_per_s (route plus the event, load and
     done calls that come with each decision), rss_mb (peak, whole process: the interpreter and
     its imports included, see rss_before_build_mb), and details. `isolate` runs each policy in
     its own process (needed for a per-policy rss_mb). The timed decisions run in `slices` slices
     per policy, the policies taking turns, so that a machine whose speed drifts during the run
     (a shared or throttled host) slows each policy alike. `in_flight`: requests routed and not
-    yet done; with few, most workers are idle, which is when the default prices copies."""
+    yet done; with few, most workers are idle, which is when the default prices copies. Each
+    phase starts with `warmup` untimed decisions."""
     args = [(name, workers, prefixes, rate, seed, in_flight) for name in policies]
     if isolate:
         ctx = multiprocessing.get_context("spawn")
@@ -283,7 +285,7 @@ def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
         for k in range(slices):
             share = decisions * (k + 1) // slices - decisions * k // slices
             for b in benches:
-                b.run_slice(phase, share, WARMUP if k == 0 else 0)
+                b.run_slice(phase, share, warmup if k == 0 else 0)
     return {name: b.finish() for name, b in zip(policies, benches)}
 
 

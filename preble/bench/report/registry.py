@@ -35,9 +35,13 @@ COMPARISON = "results/comparison/"
 COST_MODELS = "results/cost_models/"
 DEMO = "results/demo_cpu.json"
 ROUTER_DEV = "results/router_overhead_dev.json"  # the development machine, newest
+ROUTER_DEV_IDLE = "results/router_overhead_dev_idle.json"  # ... with few requests in flight (idle workers)
+ROUTER_AB = "results/router_overhead_ab.json"  # the default now against an earlier commit, one process (router_ab.py)
+ROUTER_AB_IDLE = "results/router_overhead_ab_idle.json"  # ... with few requests in flight
+ROUTER_DEV_6DB255C = "results/router_overhead_dev_6db255c.json"  # the default with its copy credit, first
+ROUTER_DEV_IDLE_6DB255C = "results/router_overhead_dev_idle_6db255c.json"
 ROUTER_DEV_049E7FF = "results/router_overhead_dev_049e7ff.json"
 ROUTER_DEV_15C9F6B = "results/router_overhead_dev_15c9f6b.json"  # the default before its copy credit, same hour
-ROUTER_DEV_IDLE = "results/router_overhead_dev_idle.json"  # the default with few requests in flight (idle workers)
 ROUTER_DEV_6698A2B = "results/router_overhead_dev_6698a2b.json"
 ROUTER_DEV_FDDA77A = "results/router_overhead_dev_fdda77a.json"
 ROUTER_BOX = "results/router_overhead.json"  # the GPU box's CPU, newest
@@ -82,9 +86,11 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-targets": Spec(router_overhead.targets, (ROUTER_DEV, ROUTER_BOX)),
     "router-overhead-statistics": Spec(router_overhead.statistics_cost, (ROUTER_DEV_FDDA77A, ROUTER_DEV_6698A2B)),
     "router-overhead-arrays": Spec(router_overhead.gain, (ROUTER_BOX_6CCBFA4, ROUTER_BOX)),
-    "router-overhead-copy-credit": Spec(router_overhead.copy_credit_cost, (ROUTER_DEV_15C9F6B, ROUTER_DEV,
-                                                                           ROUTER_DEV_IDLE)),
-    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_15C9F6B,
+    "router-overhead-copy-credit": Spec(router_overhead.copy_credit_cost, (ROUTER_DEV_15C9F6B, ROUTER_DEV_6DB255C,
+                                                                           ROUTER_DEV_IDLE_6DB255C)),
+    "router-overhead-ab": Spec(router_overhead.side_by_side, (ROUTER_AB, ROUTER_AB_IDLE)),
+    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_6DB255C,
+                                                        ROUTER_DEV_IDLE_6DB255C, ROUTER_DEV_15C9F6B,
                                                         ROUTER_DEV_049E7FF,
                                                         ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
                                                         ROUTER_BOX, ROUTER_BOX_6CCBFA4)),

@@ -126,3 +126,18 @@ def copy_credit_cost(before: Result, after: Result, idle: Result, control: str =
                  f"{idle.data['parameters']['in_flight']} requests in flight (`{idle.name}`), most of the "
                  f"{idle.data['parameters']['workers']} workers have nothing routed to them, where the credit is "
                  f"priced: {figures(i)}.")
+
+
+def side_by_side(*files: Result) -> str:
+    """The default against an earlier commit in one process (`scripts/router_ab.py`), per file."""
+    def one(run: Result) -> str:
+        r, p = run.data["results"], run.data["parameters"]
+        new, base = r["new"], r["base"]
+        return (f"with {p['in_flight']} requests in flight (`{run.name}`, {p['identical_decisions']:,} identical "
+                f"decisions): {base['decisions_per_s']:,.0f} -> {new['decisions_per_s']:,.0f} decisions/s "
+                f"({ratio(r['speedup'], 2)}), p50 {_ms(base['p50_ms'])} -> {_ms(new['p50_ms'])} ms, p99 "
+                f"{_ms(base['p99_ms'])} -> {_ms(new['p99_ms'])} ms")
+
+    first = files[0].data
+    return prose(f"The default at {short(first['commit'])} against {short(first['parameters']['base'])}, "
+                 f"on {first['device']['cpu']} in one process: " + "; ".join(one(f) for f in files) + ".")
