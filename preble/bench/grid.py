@@ -96,7 +96,7 @@ def _runner(cfg: GridConfig, workload: str, memory: str, seed: int) -> Runner:
     return Runner(cfg.compare_config(memory, seed), registry.get(workload), CostModel.load(cfg.base.cost_model))
 
 
-def _ladder_task(cfg: GridConfig, workload: str, replicas: int, memory: str) -> list[float]:
+def ladder_task(cfg: GridConfig, workload: str, replicas: int, memory: str) -> list[float]:
     """The rates of a point: round_robin's ladder, plus a trace's own rate and twice it."""
     runner = _runner(cfg, workload, memory, cfg.seeds[0])
     rows, _ = runner.climb(replicas, lambda _: None)
@@ -108,7 +108,7 @@ def _ladder_task(cfg: GridConfig, workload: str, replicas: int, memory: str) -> 
     return sorted(set(rates))
 
 
-def _point_task(cfg: GridConfig, workload: str, replicas: int, memory: str, seed: int, rate: float,
+def point_task(cfg: GridConfig, workload: str, replicas: int, memory: str, seed: int, rate: float,
                 variant: Variant) -> dict[str, Any]:
     row = _runner(cfg, workload, memory, seed).point(replicas, rate, variant)
     return {**row, "memory": memory, "seed": seed}
@@ -154,17 +154,17 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
     needed = list(dict.fromkeys(cells + _capacity_cells(cfg)))
     climb = [c for c in needed if c not in known]
     with spawn_pool(cfg.jobs, prepared) as pool:
-        climbed = dict(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb])))) if climb else {}
+        climbed = dict(zip(climb, pool.map(ladder_task, *zip(*[(cfg, *c) for c in climb])))) if climb else {}
     ladders = {**known, **climbed}
     rates = {c: ladders[c] for c in cells}
     log(f"ladders: {len(climb)} climbed, {len(needed) - len(climb)} given; {sum(map(len, rates.values()))} "
         "loads of the grid's points")
     points = [(cfg, w, r, m, s, rate, v) for (w, r, m), rs in rates.items() for rate in rs
               for s in cfg.seeds for v in cfg.variants()]
-    rows = map_until_deadline(cfg.jobs, prepared, _point_task, points, start, cfg.deadline_s)
+    rows = map_until_deadline(cfg.jobs, prepared, point_task, points, start, cfg.deadline_s)
     complete = len(rows) == len(points)
     log(f"{len(rows)} of {len(points)} runs done" + ("" if complete else "; deadline: capacity search skipped"))
-    doc = {"meta": {**_meta(cfg), "runs": len(rows), "runs_planned": len(points)}, "config": _config_dict(cfg),
+    doc = {"meta": {**grid_meta(cfg), "runs": len(rows), "runs_planned": len(points)}, "config": _config_dict(cfg),
            "workloads": {w: {**prepared[w].stats, "own_rate": prepared[w].own_rate} for w in names},
            "rates": [{"workload": w, "replicas": r, "memory": m, "rates": rs} for (w, r, m), rs in rates.items()],
            "rows": _whole_points(rows, len(cfg.variants())), "capacity": []}
@@ -172,7 +172,7 @@ def run(cfg: GridConfig, log: Callable[[str], None] = print,
         checkpoint(doc)
     if complete:
         with spawn_pool(cfg.jobs, prepared) as pool:
-            doc["capacity"] = _capacities(cfg, pool, ladders)
+            doc["capacity"] = search_capacities(cfg, pool, ladders)
     return doc
 
 
@@ -180,8 +180,8 @@ def _whole_points(rows: list[dict], variants: int) -> list[dict]:
     """The rows of points (and seeds) every variant ran at."""
     count = defaultdict(int)
     for r in rows:
-        count[_key(r), r["seed"]] += 1
-    return [r for r in rows if count[_key(r), r["seed"]] == variants]
+        count[point_key(r), r["seed"]] += 1
+    return [r for r in rows if count[point_key(r), r["seed"]] == variants]
 
 
 def _capacity_cells(cfg: GridConfig) -> list[tuple[str, int, str]]:
@@ -191,7 +191,7 @@ def _capacity_cells(cfg: GridConfig) -> list[tuple[str, int, str]]:
             for r in cfg.capacity_replicas for m in cfg.memories]
 
 
-def _capacities(cfg: GridConfig, pool, ladders: dict, cells: Sequence[tuple[str, int, str]] | None = None,
+def search_capacities(cfg: GridConfig, pool, ladders: dict, cells: Sequence[tuple[str, int, str]] | None = None,
                 variants: Sequence[Variant] | None = None) -> list[dict[str, Any]]:
     """Each variant's capacity at each cell (default: the grid's cells and variants), searched
     between a quarter of the cell's lowest ladder rate and twice its highest."""
@@ -213,7 +213,7 @@ def _config_dict(cfg: GridConfig) -> dict[str, Any]:
     return d
 
 
-def _meta(cfg: GridConfig) -> dict[str, Any]:
+def grid_meta(cfg: GridConfig) -> dict[str, Any]:
     return {**source_revision(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": f"simulated from {Path(cfg.base.cost_model).name}",
             "cost_model": CostModel.load(cfg.base.cost_model).to_dict(), "host_cpus": os.cpu_count()}
@@ -239,7 +239,7 @@ def _comparable(value: Any) -> Any:
     return {k: v for k, v in value.items() if k not in _UNREAD_BASE} if isinstance(value, dict) else value
 
 
-def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Equal results, floats to rounding (Python 3.12's `sum` rounds differently from 3.11's)."""
     if a.keys() != b.keys():
         return False
@@ -250,12 +250,12 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _check_agreement(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Grids of two commits merge only where they ran a point in common and every run of it gave
     the same result (the simulator is deterministic: what changed between them is not its code)."""
-    rows_a = {(_key(r), r["seed"], r["policy"]): r for r in a["rows"]}
-    shared = [(k, r) for r in b["rows"] if (k := (_key(r), r["seed"], r["policy"])) in rows_a]
+    rows_a = {(point_key(r), r["seed"], r["policy"]): r for r in a["rows"]}
+    shared = [(k, r) for r in b["rows"] if (k := (point_key(r), r["seed"], r["policy"])) in rows_a]
     if not shared:
         raise GridMismatch(f"commits differ ({a['meta']['commit']}, {b['meta']['commit']}) and no run in "
                            "common shows that they simulate alike")
-    differ = [k for k, r in shared if not _same_run(r, rows_a[k])]
+    differ = [k for k, r in shared if not same_run(r, rows_a[k])]
     if differ:
         raise GridMismatch(f"commits differ ({a['meta']['commit']}, {b['meta']['commit']}) and {len(differ)} of "
                            f"{len(shared)} runs in common give other results, e.g. {differ[0]}")
@@ -277,8 +277,8 @@ def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 raise GridMismatch(f"workload {w!r} was prepared differently (its requests' statistics differ)")
     rows, seen_points = [], set()
     for d in docs:
-        points = {(_key(r), r["seed"]) for r in d["rows"]}
-        rows += [r for r in d["rows"] if (_key(r), r["seed"]) not in seen_points]
+        points = {(point_key(r), r["seed"]) for r in d["rows"]}
+        rows += [r for r in d["rows"] if (point_key(r), r["seed"]) not in seen_points]
         seen_points |= points
     rates = {(r["workload"], r["replicas"], r["memory"]): r for d in docs for r in reversed(d["rates"])}
     variants = len(first["config"]["policies"]) + len(first["config"].get("ablations", []))
@@ -303,7 +303,7 @@ def ladders(doc: dict[str, Any]) -> tuple[tuple[tuple[str, int, str], tuple[floa
     return tuple(((r["workload"], r["replicas"], r["memory"]), tuple(r["rates"])) for r in doc["rates"])
 
 
-def _key(row: dict) -> tuple:
+def point_key(row: dict) -> tuple:
     return (row["workload"], row["replicas"], row["memory"], row["rate"])
 
 
@@ -311,7 +311,7 @@ def averaged(rows: Sequence[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
     """point -> policy -> mean over seeds of mean and p99 latency, with their spread."""
     acc: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        acc[_key(r)][r["policy"]].append(r)
+        acc[point_key(r)][r["policy"]].append(r)
     out: dict[tuple, dict[str, dict[str, float]]] = {}
     for point, pols in acc.items():
         out[point] = {}

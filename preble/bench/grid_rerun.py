@@ -20,14 +20,14 @@ from .grid import (
     ABLATIONS,
     GridConfig,
     GridMismatch,
-    _capacities,
-    _key,
-    _ladder_task,
-    _meta,
-    _point_task,
-    _same_run,
     config_of,
+    grid_meta,
+    ladder_task,
+    point_key,
+    point_task,
     prepare_workload,
+    same_run,
+    search_capacities,
 )
 from .prepare import tokenizer_path
 from .sim_pool import map_until_deadline, spawn_pool
@@ -49,7 +49,7 @@ def rerun(doc: dict[str, Any], jobs: int, log: Callable[[str], None] = print, ch
     cfg = _grid_config(doc, jobs, tokenizer)
     if check not in cfg.policies:
         raise GridMismatch(f"the grid did not run {check!r}, the policy whose re-runs check its carried rows")
-    revision = _meta(cfg)  # the tree as the runs start
+    revision = grid_meta(cfg)  # the tree as the runs start
     names = list(doc["workloads"])
     with spawn_pool(jobs) as pool:
         prepared = dict(zip(names, pool.map(prepare_workload, [cfg] * len(names), names,
@@ -58,14 +58,14 @@ def rerun(doc: dict[str, Any], jobs: int, log: Callable[[str], None] = print, ch
         if {**prepared[w].stats, "own_rate": prepared[w].own_rate} != doc["workloads"][w]:
             raise GridMismatch(f"workload {w!r} is prepared differently now (its requests' statistics differ)")
     default = [Variant(DEFAULT_POLICY, DEFAULT_POLICY), *(v for v in cfg.ablations if v.policy == DEFAULT_POLICY)]
-    points = sorted({(_key(r), r["seed"]) for r in doc["rows"]})
+    points = sorted({(point_key(r), r["seed"]) for r in doc["rows"]})
     tops = {}
     for (w, n, m, rate), _ in points:
         tops[w, n, m] = max(rate, tops.get((w, n, m), rate))
     checks = [(cfg, w, n, m, cfg.seeds[0], rate, Variant(check, check)) for (w, n, m), rate in tops.items()]
     tasks = [(cfg, w, n, m, seed, rate, v) for (w, n, m, rate), seed in points for v in default]
     log(f"{len(checks)} check runs of {check}, {len(tasks)} runs of the default")
-    rows = map_until_deadline(jobs, prepared, _point_task, checks + tasks, time.monotonic(), None)
+    rows = map_until_deadline(jobs, prepared, point_task, checks + tasks, time.monotonic(), None)
     _check_rows(doc, rows[:len(checks)])
     capacity, checked_capacity = _rerun_capacity(doc, cfg, prepared, default, check)
     labels = _default_labels(config)
@@ -91,8 +91,8 @@ def _grid_config(doc: dict[str, Any], jobs: int, tokenizer: str | None) -> GridC
 
 
 def _check_rows(doc: dict[str, Any], checked: list[dict[str, Any]]) -> None:
-    old = {(_key(r), r["seed"], r["policy"]): r for r in doc["rows"]}
-    differ = [k for r in checked if not _same_run(r, old[k := (_key(r), r["seed"], r["policy"])])]
+    old = {(point_key(r), r["seed"], r["policy"]): r for r in doc["rows"]}
+    differ = [k for r in checked if not same_run(r, old[k := (point_key(r), r["seed"], r["policy"])])]
     if differ:
         raise GridMismatch(f"{len(differ)} of {len(checked)} check runs differ from the grid's, e.g. {differ[0]}: "
                            "the simulator or the peers changed, so their rows cannot be carried over")
@@ -112,11 +112,11 @@ def _rerun_capacity(doc: dict[str, Any], cfg, prepared: dict, default: list[Vari
         # the others again (round_robin's, deterministic; the check below fails if one differs).
         climb = [c for c in cells if c not in ladders]
         if climb:
-            ladders.update(zip(climb, pool.map(_ladder_task, *zip(*[(cfg, *c) for c in climb]))))
-        found = _capacities(cfg, pool, ladders, cells, [Variant(check, check), *default])
+            ladders.update(zip(climb, pool.map(ladder_task, *zip(*[(cfg, *c) for c in climb]))))
+        found = search_capacities(cfg, pool, ladders, cells, [Variant(check, check), *default])
     old = {(c["workload"], c["replicas"], c["memory"], c["policy"]): c for c in entries}
     checked = [c for c in found if c["policy"] == check]
-    differ = [c for c in checked if not _same_run(c, old[c["workload"], c["replicas"], c["memory"], check])]
+    differ = [c for c in checked if not same_run(c, old[c["workload"], c["replicas"], c["memory"], check])]
     if differ:
         raise GridMismatch(f"{check}'s capacity at {differ[0]['workload']} x{differ[0]['replicas']} differs from "
                            "the grid's: the simulator or the peers changed")
