@@ -117,7 +117,7 @@ class GlobalTree:
         self._gc_heap: list[tuple[float, int, Node]] = []
         self._gc_seq = itertools.count()
         self.num_nodes = 1
-        self.slots_version = 0  # changes whenever a worker gains or loses its slot (`slots_of`)
+        self.slots_version = 0  # changes whenever a worker gains or loses its slot (`slot_of`)
 
     # ------------------------------------------------------------------ workers
 
