@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from preble.cli import app
 
 
+@pytest.mark.slow  # a command end to end; `make test-all` runs it
 def test_engine_benchmark_quick_run_on_cpu(tmp_path):
     out = tmp_path / "engine.json"
     result = CliRunner().invoke(app, ["bench", "engine", "--model", "random:qwen2.5-0.5b", "--device", "cpu",
@@ -22,6 +24,7 @@ def test_engine_benchmark_quick_run_on_cpu(tmp_path):
     assert out.with_suffix(".md").read_text().startswith("# Engine benchmark")
 
 
+@pytest.mark.slow  # a command end to end; `make test-all` runs it
 def test_profile_fits_a_cost_model_on_cpu(tmp_path):
     from preble.core.cost_model import CostModel
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from preble.bench.serving import HOPS
@@ -13,6 +14,7 @@ from preble.cli import app
 from preble.core.pages import DEFAULT_PAGE_SIZE
 
 
+@pytest.mark.slow  # a command end to end; `make test-all` runs it
 def test_quick_serving_benchmark_measures_both_paths(tmp_path):
     out = tmp_path / "serving.json"
     result = CliRunner().invoke(app, ["bench", "serving", "--quick", "--out", str(out)])

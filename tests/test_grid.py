@@ -70,6 +70,7 @@ def test_a_small_grid_runs_every_point_and_the_capacity_search(small, tmp_path):
     assert config_of(doc).base == replace(small.base, tokenizer=None)  # a run can be repeated from its file
 
 
+@pytest.mark.slow  # a command end to end; `make test-all` runs it
 def test_a_rerun_measures_the_default_again_and_carries_the_peers_only_if_a_check_reproduces_them(small):
     # Capacity at 3 replicas, where the grid has no points: the file keeps no ladder for its bracket.
     cfg = replace(small, policies=("cache_aware", "latency"), capacity_replicas=(3,), capacity_steps=1)

@@ -84,6 +84,7 @@ def test_models_that_do_not_split_are_refused():
     assert TensorParallel(3, 4).vocab_rows(10) == (9, 12)  # rows 10 and 11 are padding
 
 
+@pytest.mark.slow  # a command end to end; `make test-all` runs it
 def test_serve_with_tensor_parallel_workers(tiny_models):
     """`preble serve --tp 2`: each worker's engine runs two ranks; answers equal HF's greedy ones."""
     import httpx
