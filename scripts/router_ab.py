@@ -26,7 +26,7 @@ from pathlib import Path
 
 import msgspec
 
-from preble.bench.router_overhead import IN_FLIGHT, WARMUP, _PolicyBench, document
+from preble.bench.router_overhead import IN_FLIGHT, WARMUP, PolicyBench, document
 from preble.core.percentile import percentile
 from preble.core.routing import DEFAULT_POLICY, make_policy
 
@@ -140,7 +140,7 @@ def main() -> None:
             twin_box.append(Twin(name, base_pkg, clock, seed))
             return twin_box[0]
 
-        bench = _PolicyBench(args.policy, args.workers, args.prefixes, args.rate, args.seed, args.in_flight, make)
+        bench = PolicyBench(args.policy, args.workers, args.prefixes, args.rate, args.seed, args.in_flight, make)
         twin = twin_box[0]
         bench.run_slice("tuned", WARMUP, 0)
         twin.reset()

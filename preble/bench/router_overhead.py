@@ -155,9 +155,11 @@ def _current_rss_mb() -> float:
     return float("nan")
 
 
-class _PolicyBench:
+class PolicyBench:
     """One policy, its cluster built, timed a slice at a time: first with Python's collector as it
-    comes (the `default_gc` phase), then as a router should run it (`tuned`; see module doc)."""
+    comes (the `default_gc` phase), then as a router should run it (`tuned`; see module doc).
+    `make` builds the policy, as `make_policy` does (`scripts/router_ab.py` passes one that builds
+    a policy at two commits behind one interface)."""
 
     def __init__(self, policy_name: str, workers: int, prefixes: int, rate: float, seed: int,
                  in_flight: int, make: Callable[..., Any] = make_policy) -> None:
@@ -222,7 +224,7 @@ def _pin_to_one_core() -> None:
 def _serve_policy(conn, args: tuple) -> None:
     """A policy's own process: build, say so, then run the slices asked for until `finish`."""
     try:
-        bench = _PolicyBench(*args)
+        bench = PolicyBench(*args)
         conn.send(("built", None))
         _pin_to_one_core()
         while (msg := conn.recv())[0] == "slice":
@@ -280,7 +282,7 @@ def run(workers: int = 64, prefixes: int = 100_000, requests: int = 60_000,
         for b in benches:
             b.built()
     else:
-        benches = [_PolicyBench(*a) for a in args]
+        benches = [PolicyBench(*a) for a in args]
     for phase, decisions in (("default_gc", requests // 2), ("tuned", requests)):
         for k in range(slices):
             share = decisions * (k + 1) // slices - decisions * k // slices
