@@ -21,6 +21,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..core.percentile import percentile
 from ..http.timing import HOPS as SERVER_HOPS
 from ..http.timing import TIMING_HEADER
 from .local_cluster import LocalCluster
+from .process_cpu import ROLES, cpu_by_role, cpu_share
 from .provenance import source_revision
 from .serving_config import ServingBenchConfig
 
@@ -115,16 +117,18 @@ def hop_breakdown(results: list[dict]) -> dict[str, float] | None:
     return out
 
 
-async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig, n: int, stream: bool) -> dict:
+async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig, n: int, stream: bool,
+                      servers_cpu: Callable[[], dict | None]) -> dict:
     batch = [prompts(cfg.prompt_tokens) for _ in range(n)]
-    cpu = time.process_time()
+    cpu, servers_before = time.process_time(), servers_cpu()
     run = client.stream if stream else client.whole
     results = await asyncio.gather(*(run(p, cfg.output_tokens) for p in batch))
     start, end = min(r["sent"] for r in results), max(r["end"] for r in results)
     out_tokens = sum(r["usage"]["completion_tokens"] for r in results)
     row = {"concurrency": n, "stream": stream, "seconds": end - start, "output_tokens": out_tokens,
            "output_tokens_per_s": out_tokens / (end - start),
-           "client_cpu_fraction": (time.process_time() - cpu) / (end - start)}
+           "client_cpu_fraction": (time.process_time() - cpu) / (end - start),
+           "servers_cpu": cpu_share(servers_before, servers_cpu(), end - start, out_tokens)}
     if stream:
         tpot = [(r["end"] - r["first"]) / (cfg.output_tokens - 1) for r in results]
         row |= {"ttft_ms_median": median_ms([r["first"] - r["sent"] for r in results]),
@@ -133,7 +137,9 @@ async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig,
     return row
 
 
-async def measure_served(url: str, cfg: ServingBenchConfig) -> dict:
+async def measure_served(url: str, cfg: ServingBenchConfig,
+                         servers_cpu: Callable[[], dict | None] = lambda: None) -> dict:
+    """`servers_cpu`: the serving processes' CPU seconds by role, when they run on this host."""
     async with httpx.AsyncClient() as probe:
         model = (await probe.get(f"{url}/v1/models")).json()["data"][0]["id"]
     client = Client(url, model, max(cfg.concurrency))
@@ -146,7 +152,8 @@ async def measure_served(url: str, cfg: ServingBenchConfig) -> dict:
         await client.stream(prefix, 1)
         cached = [await client.stream(prefix + prompts(cfg.prompt_tokens), 1) for _ in range(cfg.ttft_repeats)]
         one = await client.stream(prompts(cfg.prompt_tokens), cfg.output_tokens)
-        rows = [await _concurrent(client, prompts, cfg, n, stream) for n in cfg.concurrency for stream in (True, False)]
+        rows = [await _concurrent(client, prompts, cfg, n, stream, servers_cpu)
+                for n in cfg.concurrency for stream in (True, False)]
     finally:
         await client.aclose()
     return {
@@ -245,7 +252,8 @@ def run(cfg: ServingBenchConfig) -> dict:
                     *memory, *cfg.worker_args)
             with LocalCluster(model, workers=1, device=cfg.device, worker_args=args,
                               startup_timeout_s=cfg.startup_timeout_s) as cluster:
-                result["served"] = asyncio.run(measure_served(cluster.url, cfg))
+                launcher = cluster.proc.pid
+                result["served"] = asyncio.run(measure_served(cluster.url, cfg, lambda: cpu_by_role(launcher)))
         if cfg.in_process and model is not None:
             result["in_process"] = measure_in_process(model, load_format, cfg, _memory(cfg))
     result["meta"] = environment(cfg.device)
@@ -288,11 +296,27 @@ def markdown(result: dict) -> str:
         events = f"{r['events_per_request']:.0f}" if r["stream"] else "-"
         lines.append(f"| {r['concurrency']} | {'yes' if r['stream'] else 'no'} | {_fmt(base, 'tok/s')} | "
                      f"{r['output_tokens_per_s']:.0f} | {share} | {tpot} | {events} | {r['client_cpu_fraction']:.0%} |")
+    lines += _cpu_table(served["concurrency"])
     for label, key in (("cold prompt", "hops_cold_ms"), ("cached prefix", "hops_cached_ms")):
         if served.get(key):
             lines += ["", f"First token's path, {label} (median ms per hop):", "",
                       "| hop | ms |", "|---|---|"] + [f"| {hop} | {ms:.2f} |" for hop, ms in served[key].items()]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_table(rows: list[dict]) -> list[str]:
+    """Each serving process role's CPU per concurrency row: a role near one core is the bottleneck."""
+    rows = [r for r in rows if r.get("servers_cpu")]
+    if not rows:
+        return []
+    head = " | ".join(f"{role} cores / us per token" for role in ROLES)
+    lines = ["", "CPU of the serving processes (all frontends together, all engines together):", "",
+             f"| concurrent requests | streamed | {head} |", "|---|---|" + "---|" * len(ROLES)]
+    for r in rows:
+        cells = " | ".join(f"{r['servers_cpu'][role]['cores']:.2f} / {r['servers_cpu'][role]['us_per_token']:.0f}"
+                           for role in ROLES)
+        lines.append(f"| {r['concurrency']} | {'yes' if r['stream'] else 'no'} | {cells} |")
+    return lines
 
 
 def _fmt(value: float | None, unit: str) -> str:
