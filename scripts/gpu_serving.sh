@@ -29,7 +29,8 @@ for step in $STEPS; do
   echo "== $step $(date +%T)"
   case $step in
     serving)
-      timeout 300 python3 -m preble.cli bench serving --out "$OUT/serving.json" > "$OUT/serving.log" 2>&1
+      timeout 300 python3 -m preble.cli bench serving --out "$OUT/serving.json" --server-log "$OUT/serve.log" \
+        > "$OUT/serving.log" 2>&1
       report "$OUT/serving.md" "$OUT/serving.log" ;;
     tests)
       timeout 240 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;

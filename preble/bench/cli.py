@@ -103,13 +103,14 @@ def serving(
     in_process: bool = typer.Option(ServingBenchConfig.in_process, help="Also measure the engine in-process."),
     quick: bool = typer.Option(False, help="Small sizes on a tiny model: a smoke run that fits a CPU."),
     out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it (.md)."),
+    server_log: Path | None = typer.Option(None, help="Keep the `preble serve` log of the served half here."),
 ) -> None:
     """`preble serve` against its own engine: TTFT, time per token, throughput at 1-256 streams."""
     from .serving import markdown, run
     from .serving_config import QUICK
 
     given = dict(QUICK) if quick else {}
-    given.update(model=str(model) if model else None, url=url)
+    given.update(model=str(model) if model else None, url=url, server_log=str(server_log) if server_log else None)
     if not quick:
         given.update(preset=preset, device=device, concurrency=tuple(int(c) for c in concurrency.split(",")))
     if worker_arg:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -46,15 +47,16 @@ class LocalCluster:
     """Router + `workers` workers on loopback; `stop()` (or leaving the `with`) ends them all, as
     does this process's death. The log goes to a temporary file, removed at `stop()`; leaving the
     `with` on an exception first copies its end to stderr, so the servers' side of a failure is
-    not lost with it. `env`:
+    not lost with it; `keep_log`: move the whole log there instead of removing it. `env`:
     `preble serve`'s environment (default: this process's), e.g. PREBLE_WORKER_API_KEY for a
     caller that talks to the workers too."""
 
     def __init__(self, model: str, workers: int = 2, policy: str = DEFAULT_POLICY,
                  worker_args: Sequence[str] = (), device: str = "cpu",
                  startup_timeout_s: float = 300.0, serve_args: Sequence[str] = (),
-                 stop_grace_s: float = 60.0, poll_s: float = 0.3, env: Mapping[str, str] | None = None) -> None:
-        self.workers, self.stop_grace_s = workers, stop_grace_s
+                 stop_grace_s: float = 60.0, poll_s: float = 0.3, env: Mapping[str, str] | None = None,
+                 keep_log: Path | None = None) -> None:
+        self.workers, self.stop_grace_s, self.keep_log = workers, stop_grace_s, keep_log
         self.port = free_port_block(workers + 1)
         self.url = f"http://127.0.0.1:{self.port}"
         fd, log_path = tempfile.mkstemp(prefix="preble-serve-", suffix=".log")
@@ -80,6 +82,9 @@ class LocalCluster:
     def stop(self) -> int:
         """`preble serve`'s exit code (SIGKILL'd if it outlives the grace period)."""
         code = self.child.stop(self.stop_grace_s)
+        if self.keep_log is not None and self.child.log_path.exists():
+            self.keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.child.log_path, self.keep_log)
         self.child.log_path.unlink(missing_ok=True)
         return code
 

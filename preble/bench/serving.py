@@ -122,10 +122,24 @@ async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig,
     batch = [prompts(cfg.prompt_tokens) for _ in range(n)]
     cpu, servers_before = time.process_time(), servers_cpu()
     run = client.stream if stream else client.whole
-    results = await asyncio.gather(*(run(p, cfg.output_tokens) for p in batch))
-    start, end = min(r["sent"] for r in results), max(r["end"] for r in results)
+    start = time.time()
+
+    async def attempt(prompt: list[int]) -> dict | str:
+        """The request's result, or how it failed (the server's failures are counted, not fatal)."""
+        try:
+            return await run(prompt, cfg.output_tokens)
+        except httpx.HTTPError as err:
+            return f"{type(err).__name__} {time.time() - start:.2f} s into the batch: {err}"
+
+    answers = await asyncio.gather(*(attempt(p) for p in batch))
+    failures = [a for a in answers if isinstance(a, str)]
+    results = [a for a in answers if isinstance(a, dict)]
+    if not results:
+        raise RuntimeError(f"every request at concurrency {n} failed: {failures[0]}")
+    end = max(r["end"] for r in results)
     out_tokens = sum(r["usage"]["completion_tokens"] for r in results)
     row = {"concurrency": n, "stream": stream, "seconds": end - start, "output_tokens": out_tokens,
+           "failed": len(failures), "failures": failures,
            "output_tokens_per_s": out_tokens / (end - start),
            "client_cpu_fraction": (time.process_time() - cpu) / (end - start),
            "servers_cpu": cpu_share(servers_before, servers_cpu(), end - start, out_tokens)}
@@ -133,7 +147,8 @@ async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig,
         tpot = [(r["end"] - r["first"]) / (cfg.output_tokens - 1) for r in results]
         row |= {"ttft_ms_median": median_ms([r["first"] - r["sent"] for r in results]),
                 "tpot_ms_median": median_ms(tpot), "tpot_ms_p90": percentile(tpot, 90) * 1e3,
-                "events_per_request": statistics.mean(r["events"] for r in results)}
+                "events_per_request": statistics.mean(r["events"] for r in results),
+                "hops_ms": hop_breakdown(results)}
     return row
 
 
@@ -251,7 +266,8 @@ def run(cfg: ServingBenchConfig) -> dict:
             args = ("--load-format", load_format, "--max-running-requests", str(max(cfg.concurrency)),
                     *memory, *cfg.worker_args)
             with LocalCluster(model, workers=1, device=cfg.device, worker_args=args,
-                              startup_timeout_s=cfg.startup_timeout_s) as cluster:
+                              startup_timeout_s=cfg.startup_timeout_s,
+                              keep_log=Path(cfg.server_log) if cfg.server_log else None) as cluster:
                 launcher = cluster.proc.pid
                 result["served"] = asyncio.run(measure_served(cluster.url, cfg, lambda: cpu_by_role(launcher)))
         if cfg.in_process and model is not None:
@@ -296,6 +312,9 @@ def markdown(result: dict) -> str:
         events = f"{r['events_per_request']:.0f}" if r["stream"] else "-"
         lines.append(f"| {r['concurrency']} | {'yes' if r['stream'] else 'no'} | {_fmt(base, 'tok/s')} | "
                      f"{r['output_tokens_per_s']:.0f} | {share} | {tpot} | {events} | {r['client_cpu_fraction']:.0%} |")
+    lines += [f"\n{r['failed']} of {r['concurrency']} requests failed at concurrency {r['concurrency']} "
+              f"({'streamed' if r['stream'] else 'not streamed'}): {'; '.join(r['failures'])}"
+              for r in served["concurrency"] if r.get("failed")]
     lines += _cpu_table(served["concurrency"])
     for label, key in (("cold prompt", "hops_cold_ms"), ("cached prefix", "hops_cached_ms")):
         if served.get(key):

@@ -26,6 +26,7 @@ class ServingBenchConfig:
     vocab_cap: int = 30000  # prompt token ids are drawn below this
     seed: int = 0
     startup_timeout_s: float = 900.0
+    server_log: str | None = None  # keep the `preble serve` log of the served half here
 
 
 # Sizes of a smoke run that a CPU finishes in a few minutes (the CLI's --quick).
