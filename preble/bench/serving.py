@@ -88,9 +88,11 @@ class Client:
 
     async def whole(self, prompt: list[int], max_tokens: int) -> dict:
         sent = time.time()
-        resp = await self.http.post(f"{self.url}/v1/completions", json=self.body(prompt, max_tokens, False))
+        resp = await self.http.post(f"{self.url}/v1/completions", json=self.body(prompt, max_tokens, False),
+                                    headers={TIMING_HEADER: "1"})
         resp.raise_for_status()
-        return {"sent": sent, "end": time.time(), "usage": resp.json()["usage"]}
+        answer = resp.json()
+        return {"sent": sent, "end": time.time(), "usage": answer["usage"], "timing": answer.get("timing")}
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -106,7 +108,7 @@ def _usage_event(stream: bytes) -> dict:
 
 def hop_breakdown(results: list[dict]) -> dict[str, float] | None:
     """Median milliseconds between consecutive hops of the first token's path."""
-    stamped = [{"client_sent": r["sent"], **r["timing"], "client_first": r["first"]} for r in results if r["timing"]]
+    stamped = [{"client_sent": r["sent"], **r["timing"], "client_first": r.get("first")} for r in results if r["timing"]]
     if not stamped:
         return None
     out = {}
@@ -142,13 +144,13 @@ async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig,
            "failed": len(failures), "failures": failures,
            "output_tokens_per_s": out_tokens / (end - start),
            "client_cpu_fraction": (time.process_time() - cpu) / (end - start),
-           "servers_cpu": cpu_share(servers_before, servers_cpu(), end - start, out_tokens)}
+           "servers_cpu": cpu_share(servers_before, servers_cpu(), end - start, out_tokens),
+           "hops_ms": hop_breakdown(results)}
     if stream:
         tpot = [(r["end"] - r["first"]) / (cfg.output_tokens - 1) for r in results]
         row |= {"ttft_ms_median": median_ms([r["first"] - r["sent"] for r in results]),
                 "tpot_ms_median": median_ms(tpot), "tpot_ms_p90": percentile(tpot, 90) * 1e3,
-                "events_per_request": statistics.mean(r["events"] for r in results),
-                "hops_ms": hop_breakdown(results)}
+                "events_per_request": statistics.mean(r["events"] for r in results)}
     return row
 
 
