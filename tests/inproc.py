@@ -22,6 +22,7 @@ import uvicorn
 from preble.bench.local_cluster import free_port_block
 from preble.core.scheduler_config import SchedulerConfig
 from preble.engine.config import EngineConfig
+from preble.http.serve import server_config
 from preble.models.config import ModelConfig
 from preble.worker.app import create_worker_app
 from preble.worker.config import FrontendConfig
@@ -38,10 +39,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_app(app, port: int | None = None) -> Iterator[str]:
-    """Serve `app` (lifespan included) on loopback from a thread; its base URL while inside."""
+    """Serve `app` (lifespan included) on loopback from a thread, with the router's and workers'
+    uvicorn settings; its base URL while inside."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, drain_timeout_s=1))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     try:

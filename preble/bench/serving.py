@@ -27,14 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import msgspec
 
 from ..core.percentile import percentile
 from ..http.timing import HOPS as SERVER_HOPS
-from ..http.timing import TIMING_HEADER
 from .local_cluster import LocalCluster
 from .process_cpu import ROLES, cpu_by_role, cpu_share
 from .provenance import source_revision
+from .serving_clients import Client, ClientPool
 from .serving_config import ServingBenchConfig
 
 HOPS = ("client_sent", *SERVER_HOPS, "client_first")
@@ -57,55 +56,6 @@ def median_ms(xs: list[float]) -> float:
 # ---------------------------------------------------------------------------------------- served
 
 
-class Client:
-    """Token-id completions against one server. Streams are read as bytes and parsed once at the
-    end, so that the client's own work per event stays small next to the server's."""
-
-    def __init__(self, url: str, model: str, limit: int) -> None:
-        self.url, self.model = url, model
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0),
-                                      limits=httpx.Limits(max_connections=limit + 8,
-                                                          max_keepalive_connections=limit + 8))
-
-    def body(self, prompt: list[int], max_tokens: int, stream: bool) -> dict:
-        return {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-                "ignore_eos": True, "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
-
-    async def stream(self, prompt: list[int], max_tokens: int) -> dict:
-        sent = time.time()
-        first, events, raw = None, 0, []
-        async with self.http.stream("POST", f"{self.url}/v1/completions", json=self.body(prompt, max_tokens, True),
-                                    headers={TIMING_HEADER: "1"}) as resp:
-            resp.raise_for_status()
-            async for data in resp.aiter_bytes():
-                first = first or time.time()
-                events += data.count(b"data: ")
-                raw.append(data)
-        end = time.time()
-        last = _usage_event(b"".join(raw))
-        return {"sent": sent, "first": first, "end": end, "events": events, "usage": last.get("usage") or {},
-                "timing": last.get("timing")}
-
-    async def whole(self, prompt: list[int], max_tokens: int) -> dict:
-        sent = time.time()
-        resp = await self.http.post(f"{self.url}/v1/completions", json=self.body(prompt, max_tokens, False),
-                                    headers={TIMING_HEADER: "1"})
-        resp.raise_for_status()
-        answer = resp.json()
-        return {"sent": sent, "end": time.time(), "usage": answer["usage"], "timing": answer.get("timing")}
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-
-def _usage_event(stream: bytes) -> dict:
-    """The stream's usage chunk (the last data event before [DONE] that has one)."""
-    for event in reversed(stream.split(b"\n\n")):
-        if event.startswith(b"data: {") and b'"usage"' in event:
-            return msgspec.json.decode(event[len(b"data: "):])
-    return {}
-
-
 def hop_breakdown(results: list[dict]) -> dict[str, float] | None:
     """Median milliseconds between consecutive hops of the first token's path."""
     stamped = [{"client_sent": r["sent"], **r["timing"], "client_first": r.get("first")} for r in results if r["timing"]]
@@ -119,21 +69,11 @@ def hop_breakdown(results: list[dict]) -> dict[str, float] | None:
     return out
 
 
-async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig, n: int, stream: bool,
-                      servers_cpu: Callable[[], dict | None]) -> dict:
+def _concurrent(pool: ClientPool, prompts: Prompts, cfg: ServingBenchConfig, n: int, stream: bool,
+                servers_cpu: Callable[[], dict | None]) -> dict:
     batch = [prompts(cfg.prompt_tokens) for _ in range(n)]
-    cpu, servers_before = time.process_time(), servers_cpu()
-    run = client.stream if stream else client.whole
-    start = time.time()
-
-    async def attempt(prompt: list[int]) -> dict | str:
-        """The request's result, or how it failed (the server's failures are counted, not fatal)."""
-        try:
-            return await run(prompt, cfg.output_tokens)
-        except httpx.HTTPError as err:
-            return f"{type(err).__name__} {time.time() - start:.2f} s into the batch: {err}"
-
-    answers = await asyncio.gather(*(attempt(p) for p in batch))
+    servers_before = servers_cpu()
+    start, answers, client_cpu = pool.run(batch, cfg.output_tokens, stream)
     failures = [a for a in answers if isinstance(a, str)]
     results = [a for a in answers if isinstance(a, dict)]
     if not results:
@@ -143,7 +83,7 @@ async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig,
     row = {"concurrency": n, "stream": stream, "seconds": end - start, "output_tokens": out_tokens,
            "failed": len(failures), "failures": failures,
            "output_tokens_per_s": out_tokens / (end - start),
-           "client_cpu_fraction": (time.process_time() - cpu) / (end - start),
+           "client_cpu_fraction": client_cpu / (end - start),
            "servers_cpu": cpu_share(servers_before, servers_cpu(), end - start, out_tokens),
            "hops_ms": hop_breakdown(results)}
     if stream:
@@ -154,13 +94,9 @@ async def _concurrent(client: Client, prompts: Prompts, cfg: ServingBenchConfig,
     return row
 
 
-async def measure_served(url: str, cfg: ServingBenchConfig,
-                         servers_cpu: Callable[[], dict | None] = lambda: None) -> dict:
-    """`servers_cpu`: the serving processes' CPU seconds by role, when they run on this host."""
-    async with httpx.AsyncClient() as probe:
-        model = (await probe.get(f"{url}/v1/models")).json()["data"][0]["id"]
-    client = Client(url, model, max(cfg.concurrency))
-    prompts = Prompts(cfg.seed, cfg.vocab_cap)
+async def _sequential(url: str, model: str, prompts: Prompts, cfg: ServingBenchConfig) -> dict:
+    """One request at a time: TTFT cold and on a cached prefix, then one long decode."""
+    client = Client(url, model, 1)
     try:
         for _ in range(3):  # warm-up: connections open, first-request paths run
             await client.stream(prompts(cfg.prompt_tokens), 4)
@@ -169,8 +105,6 @@ async def measure_served(url: str, cfg: ServingBenchConfig,
         await client.stream(prefix, 1)
         cached = [await client.stream(prefix + prompts(cfg.prompt_tokens), 1) for _ in range(cfg.ttft_repeats)]
         one = await client.stream(prompts(cfg.prompt_tokens), cfg.output_tokens)
-        rows = [await _concurrent(client, prompts, cfg, n, stream, servers_cpu)
-                for n in cfg.concurrency for stream in (True, False)]
     finally:
         await client.aclose()
     return {
@@ -181,8 +115,21 @@ async def measure_served(url: str, cfg: ServingBenchConfig,
         "hops_cold_ms": hop_breakdown(cold), "hops_cached_ms": hop_breakdown(cached),
         "decode_batch1_tpot_ms": (one["end"] - one["first"]) / (cfg.output_tokens - 1) * 1e3,
         "decode_batch1_events": one["events"],
-        "concurrency": rows,
     }
+
+
+def measure_served(url: str, cfg: ServingBenchConfig, servers_cpu: Callable[[], dict | None] = lambda: None) -> dict:
+    """`servers_cpu`: the serving processes' CPU seconds by role, when they run on this host."""
+    model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+    prompts = Prompts(cfg.seed, cfg.vocab_cap)
+    result = asyncio.run(_sequential(url, model, prompts, cfg))
+    pool = ClientPool(url, model, cfg.client_processes, max(cfg.concurrency))
+    try:
+        result["concurrency"] = [_concurrent(pool, prompts, cfg, n, stream, servers_cpu)
+                                 for n in cfg.concurrency for stream in (True, False)]
+    finally:
+        pool.close()
+    return result
 
 
 # ------------------------------------------------------------------------------------- in-process
@@ -262,7 +209,7 @@ def run(cfg: ServingBenchConfig) -> dict:
                                                   **cfg.preset_overrides))
             load_format = "dummy"
         if cfg.url is not None:
-            result["served"] = asyncio.run(measure_served(cfg.url, cfg))
+            result["served"] = measure_served(cfg.url, cfg)
         else:
             memory = [word for name, value in _memory(cfg).items() for word in (f"--{name.replace('_', '-')}", str(value))]
             args = ("--load-format", load_format, "--max-running-requests", str(max(cfg.concurrency)),
@@ -271,7 +218,7 @@ def run(cfg: ServingBenchConfig) -> dict:
                               startup_timeout_s=cfg.startup_timeout_s,
                               keep_log=Path(cfg.server_log) if cfg.server_log else None) as cluster:
                 launcher = cluster.proc.pid
-                result["served"] = asyncio.run(measure_served(cluster.url, cfg, lambda: cpu_by_role(launcher)))
+                result["served"] = measure_served(cluster.url, cfg, lambda: cpu_by_role(launcher))
         if cfg.in_process and model is not None:
             result["in_process"] = measure_in_process(model, load_format, cfg, _memory(cfg))
     result["meta"] = environment(cfg.device)

@@ -23,6 +23,7 @@ class ServingBenchConfig:
     output_tokens: int = 256
     concurrency: tuple[int, ...] = (1, 8, 64, 256)
     ttft_repeats: int = 20
+    client_processes: int = 8  # concurrent requests are sent from this many processes (bench/serving_clients.py)
     vocab_cap: int = 30000  # prompt token ids are drawn below this
     seed: int = 0
     startup_timeout_s: float = 900.0
@@ -31,7 +32,7 @@ class ServingBenchConfig:
 
 # Sizes of a smoke run that a CPU finishes in a few minutes (the CLI's --quick).
 QUICK = dict(preset="llama3-8b", device="cpu", prompt_tokens=16, cached_prefix=256, output_tokens=8,
-             concurrency=(1, 4), ttft_repeats=3,
+             concurrency=(1, 4), ttft_repeats=3, client_processes=2,
              preset_overrides={"num_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4,
                                "num_kv_heads": 2, "head_dim": 16},
              num_pages=512)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.routing import DEFAULT_PAGE_SIZE, DEFAULT_POLICY
+from ..http.limits import KEEP_ALIVE_S
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class RouterServerConfig:
     api_key: str | None = None  # required from clients
     worker_api_key: str | None = None  # presented to workers
     drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    keep_alive_s: float = KEEP_ALIVE_S  # an idle client connection stays open this long
     dashboard_full_text: bool = DashboardConfig.full_text
     log_json: bool = False  # log lines as JSON objects
     worker_kind: str = "preble"  # preble | openai (vllm, sglang: OpenAI-compatible engines)

@@ -12,6 +12,7 @@ import uvicorn
 from ..core.cost_model import CostModel
 from ..core.routing import DEFAULT_PAGE_SIZE, make_policy, reads_caches
 from ..http.logs import configure_logging
+from ..http.serve import server_config
 from ..models.config import ModelConfig
 from .app import create_router_app
 from .config import DashboardConfig, RouterConfig, RouterServerConfig, WorkerPoolConfig
@@ -63,7 +64,5 @@ def run_router(cfg: RouterServerConfig) -> None:
     configure_logging(cfg.log_json)
     app = build_router_app(cfg)
     tune_gc()
-    # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for the drain timeout,
-    # cancels what is left, and returns (exit status 0).
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
-                timeout_graceful_shutdown=cfg.drain_timeout_s)
+    # SIGTERM: in-flight requests get the drain timeout, then uvicorn returns (exit status 0).
+    uvicorn.Server(server_config(app, cfg.host, cfg.port, cfg.drain_timeout_s, cfg.keep_alive_s)).run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.config import EngineConfig
+from ..http.limits import KEEP_ALIVE_S
 
 
 @dataclass(frozen=True)
@@ -45,4 +46,5 @@ class WorkerConfig:
     max_inflight: int = FrontendConfig.max_inflight
     api_key: str | None = None  # required on every endpoint but /health
     drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    keep_alive_s: float = KEEP_ALIVE_S  # an idle client connection stays open this long
     log_json: bool = False  # log lines as JSON objects

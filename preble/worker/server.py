@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from ..http.logs import configure_logging
+from ..http.serve import server_config
 from ..models.config import ModelConfig
 from .app import create_worker_app
 from .config import FrontendConfig, WorkerConfig
@@ -43,8 +44,7 @@ def run_worker(cfg: WorkerConfig) -> None:
                               default_max_tokens=cfg.default_max_tokens,
                               max_inflight=cfg.max_inflight, api_key=cfg.api_key)
     app = create_worker_app(frontend, client)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                           timeout_graceful_shutdown=cfg.drain_timeout_s))
+    server = uvicorn.Server(server_config(app, cfg.host, cfg.port, cfg.drain_timeout_s, cfg.keep_alive_s))
     engine_lost = threading.Event()
 
     def watch_engine() -> None:
