@@ -50,3 +50,32 @@ def hops(run: Result) -> str:
                       for hop, ms in run.data["served"]["hops_cold_ms"].items())
     return prose(f"First token's path at {short(run.data['meta']['commit'])} (cold prompt, median ms per hop; "
                  f"`{run.name}`): {steps}.")
+
+
+def against_engine(run: Result) -> str:
+    """One run's served path beside the engine in-process on the same device: TTFT and time per
+    token, the served share of the engine's throughput at each concurrency (streamed / not), and
+    the CPU each serving process used at the highest one."""
+    served, local = run.data["served"], run.data["in_process"]
+    meta = run.data["meta"]
+    tree = {True: f" with changes (diff {meta.get('diff_sha256')})", None: " (tree unchecked)"}.get(meta.get("dirty"), "")
+    lines = [f"`{run.name}`: {meta['device']}, commit {short(meta['commit'])}{tree}, {meta['date'][:10]}.", "",
+             "| measure (median) | in-process engine | served | served - in-process |", "|---|---|---|---|"]
+    cfg = run.data["config"]
+    for name, key in LATENCIES:
+        lines.append(f"| {name.format(**cfg)} | {local[key]:.2f} ms | {served[key]:.2f} ms | "
+                     f"{served[key] - local[key]:+.2f} ms |")
+    lines += ["", "| concurrent streams | in-process tokens/s | served tokens/s (streamed / not) | share | "
+                  "failed requests |", "|---|---|---|---|---|"]
+    for n in sorted({r["concurrency"] for r in served["concurrency"]}):
+        base = _throughput(local, n, None)
+        rows = [next(r for r in served["concurrency"] if r["concurrency"] == n and r["stream"] is s) for s in (True, False)]
+        lines.append(f"| {n} | {base:,.0f} | {rows[0]['output_tokens_per_s']:,.0f} / {rows[1]['output_tokens_per_s']:,.0f} | "
+                     f"{rows[0]['output_tokens_per_s'] / base:.0%} / {rows[1]['output_tokens_per_s'] / base:.0%} | "
+                     f"{rows[0].get('failed', 0)} / {rows[1].get('failed', 0)} |")
+    top = max((r for r in served["concurrency"] if r["stream"]), key=lambda r: r["concurrency"])
+    if top.get("servers_cpu"):
+        busy = ", ".join(f"{role} {use['cores']:.2f}" for role, use in top["servers_cpu"].items())
+        lines += ["", prose(f"At {top['concurrency']} streams the serving processes used (cores): {busy}; the "
+                            f"busiest client process {top['client_cpu_fraction']:.2f}.")]
+    return "\n".join(lines)
