@@ -5,13 +5,14 @@
 #   tests     the GPU tests
 #   asyncio   the served half again with uvloop hidden (uvicorn falls back to asyncio): what
 #             uvloop, which the GPU image has, buys
-#   httptools the served half again with httptools from .whl-fast/ (uvicorn's faster HTTP parser)
+#   h11       the served half again with httptools hidden (uvicorn falls back to h11): what httptools,
+#             a dependency (carried in .whl/), buys
 #   engine    the engine benchmark
 # Results and logs under $OUT; each step has its own time limit.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-STEPS=${STEPS:-serving tests asyncio httptools engine}
+STEPS=${STEPS:-serving tests asyncio h11 engine}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import uvloop; print('uvloop', uvloop.__version__)" 2>&1 | tail -1
 
@@ -34,13 +35,11 @@ for step in $STEPS; do
       report "$OUT/serving.md" "$OUT/serving.log" ;;
     tests)
       timeout 240 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
-    asyncio)
-      mkdir -p /tmp/no-uvloop
-      echo 'raise ImportError("uvloop hidden for this measurement")' > /tmp/no-uvloop/uvloop.py
-      served_only asyncio /tmp/no-uvloop ;;
-    httptools)
-      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-fast .whl-fast/httptools*.whl
-      served_only httptools /tmp/site-fast ;;
+    asyncio|h11)
+      hidden=$([ "$step" = asyncio ] && echo uvloop || echo httptools)
+      mkdir -p "/tmp/no-$hidden"
+      echo "raise ImportError('$hidden hidden for this measurement')" > "/tmp/no-$hidden/$hidden.py"
+      served_only "$step" "/tmp/no-$hidden" ;;
     engine)
       timeout 300 python3 -m preble.cli bench engine --out "$OUT/engine.json" > "$OUT/engine.log" 2>&1
       report "$OUT/engine.md" "$OUT/engine.log" ;;

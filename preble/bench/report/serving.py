@@ -12,6 +12,7 @@ LATENCIES = (("TTFT cold, {prompt_tokens} tokens", "ttft_cold_ms"),
              ("TTFT, {prompt_tokens} new tokens on a cached {cached_prefix}-token prefix", "ttft_cached_ms"),
              ("time per output token, batch 1", "decode_batch1_tpot_ms"))
 SINGLE = 1  # one stream at a time: the time-per-token row covers it
+ENGINE_HOP = "engine_admitted->engine_first_token"  # the engine's own time to a first token
 
 
 def _throughput(side: dict[str, Any], concurrency: int, stream: bool | None) -> float:
@@ -46,10 +47,11 @@ def table(*runs: Result) -> str:
 
 def hops(run: Result) -> str:
     """The first token's path, hop by hop, for a cold prompt."""
-    steps = ", ".join(f"{hop.replace('->', ' -> ').replace('_', ' ')} {ms:.2f}"
-                      for hop, ms in run.data["served"]["hops_cold_ms"].items())
+    path = run.data["served"]["hops_cold_ms"]
+    steps = ", ".join(f"{hop.replace('->', ' -> ').replace('_', ' ')} {ms:.2f}" for hop, ms in path.items())
+    outside = sum(ms for hop, ms in path.items() if hop != ENGINE_HOP)
     return prose(f"First token's path at {short(run.data['meta']['commit'])} (cold prompt, median ms per hop; "
-                 f"`{run.name}`): {steps}.")
+                 f"`{run.name}`): {steps}; {outside:.1f} ms outside the engine.")
 
 
 def against_engine(run: Result) -> str:
@@ -78,4 +80,30 @@ def against_engine(run: Result) -> str:
         busy = ", ".join(f"{role} {use['cores']:.2f}" for role, use in top["servers_cpu"].items())
         lines += ["", prose(f"At {top['concurrency']} streams the serving processes used (cores): {busy}; the "
                             f"busiest client process {top['client_cpu_fraction']:.2f}.")]
+    return "\n".join(lines)
+
+
+def variant(base: Result, other: Result) -> str:
+    """A served-only run (`--no-in-process`) on the same machine as `base`, beside it: served
+    tokens/s as a share of `base`'s in-process engine, and the serving processes' CPU at the
+    highest concurrency."""
+    local = base.data["in_process"]
+    lines = [f"| concurrent streams | in-process tokens/s (`{base.name}`) | `{base.name}` streamed / not | "
+             f"`{other.name}` streamed / not |", "|---|---|---|---|"]
+
+    def cell(run: Result, n: int) -> str:
+        rows = [next(r for r in run.data["served"]["concurrency"] if r["concurrency"] == n and r["stream"] is s)
+                for s in (True, False)]
+        rate = [r["output_tokens_per_s"] for r in rows]
+        base_rate = _throughput(local, n, None)
+        return f"{rate[0]:,.0f} / {rate[1]:,.0f} ({rate[0] / base_rate:.0%} / {rate[1] / base_rate:.0%})"
+
+    for n in _concurrencies((base, other)):
+        lines.append(f"| {n} | {_throughput(local, n, None):,.0f} | {cell(base, n)} | {cell(other, n)} |")
+    tops = [max((r for r in run.data["served"]["concurrency"] if r["stream"]), key=lambda r: r["concurrency"])
+            for run in (base, other)]
+    if all(t.get("servers_cpu") for t in tops):
+        used = "; ".join(f"`{run.name}` router {t['servers_cpu']['router']['cores']:.2f}, frontend "
+                         f"{t['servers_cpu']['frontend']['cores']:.2f}" for run, t in zip((base, other), tops))
+        lines += ["", prose(f"Cores used at {tops[0]['concurrency']} streams: {used}.")]
     return "\n".join(lines)
