@@ -21,6 +21,12 @@ def _throughput(side: dict[str, Any], concurrency: int, stream: bool | None) -> 
                 if r["concurrency"] == concurrency and r.get("stream") in (stream, None))
 
 
+def _served_pair(run: Result, concurrency: int) -> list[dict[str, Any]]:
+    """The served rows at `concurrency`: streamed, then not."""
+    rows = run.data["served"]["concurrency"]
+    return [next(r for r in rows if r["concurrency"] == concurrency and r["stream"] is s) for s in (True, False)]
+
+
 def _concurrencies(runs: tuple[Result, ...]) -> list[int]:
     """The concurrencies every run measured, beyond one stream."""
     common = set.intersection(*({r["concurrency"] for r in run.data["served"]["concurrency"]} for run in runs))
@@ -71,7 +77,7 @@ def against_engine(run: Result) -> str:
                   "failed requests |", "|---|---|---|---|---|"]
     for n in sorted({r["concurrency"] for r in served["concurrency"]}):
         base = _throughput(local, n, None)
-        rows = [next(r for r in served["concurrency"] if r["concurrency"] == n and r["stream"] is s) for s in (True, False)]
+        rows = _served_pair(run, n)
         lines.append(f"| {n} | {base:,.0f} | {rows[0]['output_tokens_per_s']:,.0f} / {rows[1]['output_tokens_per_s']:,.0f} | "
                      f"{rows[0]['output_tokens_per_s'] / base:.0%} / {rows[1]['output_tokens_per_s'] / base:.0%} | "
                      f"{rows[0].get('failed', 0)} / {rows[1].get('failed', 0)} |")
@@ -92,9 +98,7 @@ def variant(base: Result, other: Result) -> str:
              f"`{other.name}` streamed / not |", "|---|---|---|---|"]
 
     def cell(run: Result, n: int) -> str:
-        rows = [next(r for r in run.data["served"]["concurrency"] if r["concurrency"] == n and r["stream"] is s)
-                for s in (True, False)]
-        rate = [r["output_tokens_per_s"] for r in rows]
+        rate = [r["output_tokens_per_s"] for r in _served_pair(run, n)]
         base_rate = _throughput(local, n, None)
         return f"{rate[0]:,.0f} / {rate[1]:,.0f} ({rate[0] / base_rate:.0%} / {rate[1] / base_rate:.0%})"
 
