@@ -21,7 +21,7 @@ from ..http.timing import TIMING_HEADER
 START_DELAY_S = 0.05  # a batch starts this long after it is handed out, in every process at once
 REQUEST_TIMEOUT_S = 600.0
 # Idle connections are dropped after this long, well before the servers close theirs
-# (http.limits.KEEP_ALIVE_S), so a request never goes out on a connection being closed.
+# (http.serve.KEEP_ALIVE_S), so a request never goes out on a connection being closed.
 KEEPALIVE_EXPIRY_S = 5.0
 
 

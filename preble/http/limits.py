@@ -10,12 +10,6 @@ from fastapi.responses import JSONResponse
 from .errors import error_response
 from .openai import APIError
 
-# How long the router and the workers keep an idle client connection open. Longer than the idle
-# expiry of common clients' pools (httpx's and so the OpenAI SDK's: 5 s; the router's own pool to
-# its workers), so a server never closes a connection just as its client reuses it: uvicorn's
-# default, 5 s, equals httpx's, and under load that race cut requests (httpx.ReadError).
-KEEP_ALIVE_S = 75.0
-
 
 class Guard:
     """ASGI middleware in front of every endpoint: an optional API key (`Authorization: Bearer`,

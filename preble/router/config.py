@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.routing import DEFAULT_PAGE_SIZE, DEFAULT_POLICY
-from ..http.limits import KEEP_ALIVE_S
+from ..http.serve import KEEP_ALIVE_S
 
 
 @dataclass(frozen=True)
