@@ -26,6 +26,11 @@ def test_quick_serving_benchmark_measures_both_paths(tmp_path):
     rows = served["concurrency"]
     assert [(r["concurrency"], r["stream"]) for r in rows] == [(n, s) for n in QUICK["concurrency"] for s in (True, False)]
     assert all(r["output_tokens"] == r["concurrency"] * QUICK["output_tokens"] for r in rows + local["concurrency"])
+    assert all(r["failed"] == 0 for r in rows)
+    # The router, the frontend and the engine loop were each found and used CPU (over all rows: a
+    # short row may fall within one tick of the kernel's CPU clock).
+    assert all(list(r["servers_cpu"]) == ["router", "frontend", "engine"] for r in rows)
+    assert all(sum(r["servers_cpu"][role]["cores"] for r in rows) > 0 for role in ("router", "frontend", "engine"))
     # The cached-prefix requests found the prefix's whole pages in the worker's cache.
     assert served["cached_tokens"] == QUICK["cached_prefix"] // DEFAULT_PAGE_SIZE * DEFAULT_PAGE_SIZE
     # Each hop of the first token's path was stamped, in order.
