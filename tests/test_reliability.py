@@ -24,6 +24,7 @@ STARTUP_TIMEOUT_S = 120
 # `preble serve` starts its router with these defaults: a worker silent for the health timeout
 # is marked down at its next health check.
 DETECTION_BOUND_S = RouterServerConfig.health_timeout_s + WorkerPoolConfig.load_interval_s
+LONG_ANSWER = 400  # output tokens of a request still running when its worker is killed (context 512)
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -90,9 +91,9 @@ def errored(result: dict) -> bool:
 def test_a_killed_worker_loses_no_request(tiny_models):
     with LocalCluster(tiny_models("llama"), 3, "e2", ["--page-size", "4"],
                       startup_timeout_s=STARTUP_TIMEOUT_S) as cluster:
-        def body(i: int, stream: bool) -> dict:
+        def body(i: int, stream: bool, max_tokens: int = 40) -> dict:
             prompt = [(37 * i + 11 * j) % 500 + 3 for j in range(20)]
-            return {"prompt": prompt, "max_tokens": 40, "ignore_eos": True, "temperature": 0, "stream": stream}
+            return {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0, "stream": stream}
 
         # Distinct prompts: e2 explores, so every worker serves some and caches them.
         warm = [ask(cluster.url, body(i, False)) for i in range(9)]
@@ -103,8 +104,10 @@ def test_a_killed_worker_loses_no_request(tiny_models):
         assert engine
 
         with ThreadPoolExecutor(32) as pool:
-            before = [pool.submit(ask, cluster.url, body(100 + i, i % 2 == 0)) for i in range(16)]
-            time.sleep(0.3)  # let them start
+            # Long enough to be running when the worker dies (40 tokens took ~45 ms: all could end
+            # before the kill), so whole answers on it must be retried elsewhere.
+            before = [pool.submit(ask, cluster.url, body(100 + i, i % 2 == 0, LONG_ANSWER)) for i in range(16)]
+            wait_for(lambda: (workers_view(cluster)["worker-1"]["load"] or {}).get("running", 0) > 0, 10.0, step_s=0.01)
             os.kill(victim, signal.SIGKILL)
             killed_at = time.monotonic()
             after = [pool.submit(ask, cluster.url, body(200 + i, i % 2 == 0)) for i in range(16)]
