@@ -8,6 +8,7 @@ from __future__ import annotations
 # its workers), so a server never closes a connection just as its client reuses it: uvicorn's
 # default, 5 s, equals httpx's, and under load that race cut requests (httpx.ReadError).
 KEEP_ALIVE_S = 75.0
+DRAIN_TIMEOUT_S = 30.0  # on SIGTERM: in-flight requests get this long to finish
 
 
 def server_config(app, host: str, port: int, drain_timeout_s: float, keep_alive_s: float = KEEP_ALIVE_S):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.routing import DEFAULT_PAGE_SIZE, DEFAULT_POLICY
-from ..http.serve import KEEP_ALIVE_S
+from ..http.serve import DRAIN_TIMEOUT_S, KEEP_ALIVE_S
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class RouterServerConfig:
     max_inflight: int = RouterConfig.max_inflight
     api_key: str | None = None  # required from clients
     worker_api_key: str | None = None  # presented to workers
-    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    drain_timeout_s: float = DRAIN_TIMEOUT_S  # on SIGTERM: in-flight requests get this long to finish
     keep_alive_s: float = KEEP_ALIVE_S  # an idle client connection stays open this long
     dashboard_full_text: bool = DashboardConfig.full_text
     log_json: bool = False  # log lines as JSON objects

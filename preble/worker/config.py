@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.config import EngineConfig
-from ..http.serve import KEEP_ALIVE_S
+from ..http.serve import DRAIN_TIMEOUT_S, KEEP_ALIVE_S
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,6 @@ class WorkerConfig:
     default_max_tokens: int = FrontendConfig.default_max_tokens
     max_inflight: int = FrontendConfig.max_inflight
     api_key: str | None = None  # required on every endpoint but /health
-    drain_timeout_s: float = 30.0  # on SIGTERM: in-flight requests get this long to finish
+    drain_timeout_s: float = DRAIN_TIMEOUT_S  # on SIGTERM: in-flight requests get this long to finish
     keep_alive_s: float = KEEP_ALIVE_S  # an idle client connection stays open this long
     log_json: bool = False  # log lines as JSON objects
