@@ -15,10 +15,12 @@ from preble.bench.grid import (
     GridMismatch,
     config_of,
     gain_over_best_other,
+    knees,
     leaderboard,
     markdown,
     merge,
     run,
+    trace_rates,
 )
 from preble.bench.grid_rerun import rerun
 
@@ -43,6 +45,21 @@ def test_leaderboard_by_hand():
     assert board["round_robin"]["worse_than_round_robin"] == 0
     gain = gain_over_best_other({"rows": rows}, "b")
     assert gain["mean"] == pytest.approx(math.sqrt((1.0 / 2.0) * (0.9 / 1.1)))
+
+
+def test_knees_follow_the_climb_and_skip_the_traces_own_rates():
+    own = 16.0  # the trace's rate, taken as 8 replicas': 4 and 8 requests/s at 2 replicas
+    trace_rungs = trace_rates(own, 2)
+    assert trace_rungs == [4.0, 8.0]
+    p99 = {1.0: 1.0, 2.0: 2.0, 3.0: 4.0, 4.5: 50.0, 4.0: 99.0, 8.0: 99.0}  # rungs pass 5x the lightest at 4.5
+    rows = [_row("round_robin", 1.0, v, rate=r, workload="trace") for r, v in p99.items()]
+    rows += [_row("round_robin", 1.0, v, rate=r, workload="calm") for r, v in ((1.0, 1.0), (2.0, 4.0))]
+    doc = {"config": {"base": {"saturation_factor": 5.0}}, "rows": rows,
+           "workloads": {"trace": {"own_rate": own}, "calm": {"own_rate": None}},
+           "rates": [{"workload": "trace", "replicas": 2, "memory": "h200", "rates": sorted(p99)},
+                     {"workload": "calm", "replicas": 2, "memory": "h200", "rates": [1.0, 2.0]}]}
+    # The trace's own rate (4.0) is past 5x but is no rung; the calm ladder never passed: its top rung.
+    assert knees(doc) == {("trace", 2, "h200"): (4.5, True), ("calm", 2, "h200"): (2.0, False)}
 
 
 @pytest.fixture

@@ -96,16 +96,20 @@ def _runner(cfg: GridConfig, workload: str, memory: str, seed: int) -> Runner:
     return Runner(cfg.compare_config(memory, seed), registry.get(workload), CostModel.load(cfg.base.cost_model))
 
 
+def trace_rates(own_rate: float | None, replicas: int) -> list[float]:
+    """A trace's own rate and twice it, taken as 8 replicas' load (its cluster size) and scaled to
+    `replicas`; none for a workload without arrival times."""
+    if own_rate is None:
+        return []
+    per_replica = own_rate / 8
+    return [per_replica * replicas, 2 * per_replica * replicas]
+
+
 def ladder_task(cfg: GridConfig, workload: str, replicas: int, memory: str) -> list[float]:
     """The rates of a point: round_robin's ladder, plus a trace's own rate and twice it."""
     runner = _runner(cfg, workload, memory, cfg.seeds[0])
     rows, _ = runner.climb(replicas, lambda _: None)
-    rates = [r["rate"] for r in rows]
-    own = runner.prep.own_rate
-    if own is not None:
-        per_replica = own / 8  # the trace's rate is taken as 8 replicas' load (its cluster size)
-        rates += [per_replica * replicas, 2 * per_replica * replicas]
-    return sorted(set(rates))
+    return sorted({r["rate"] for r in rows} | set(trace_rates(runner.prep.own_rate, replicas)))
 
 
 def point_task(cfg: GridConfig, workload: str, replicas: int, memory: str, seed: int, rate: float,
@@ -320,6 +324,26 @@ def averaged(rows: Sequence[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
             out[point][p] = {"mean": sum(means) / len(means), "p99": sum(p99s) / len(p99s),
                              "mean_spread": max(means) - min(means), "p99_spread": max(p99s) - min(p99s),
                              "seeds": len(rs)}
+    return out
+
+
+def knees(doc: dict[str, Any]) -> dict[tuple[str, int, str], tuple[float, bool]]:
+    """Each (workload, replicas, memory) cell's round_robin knee as the ladder climb defines it
+    (`Runner.climb`: the first rung whose p99 passes `saturation_factor` x the lightest rung's),
+    with True; where the climb stopped at `max_rates` below it, the top rung, with False. The
+    trace's own rates are not rungs."""
+    factor = doc["config"]["base"]["saturation_factor"]
+    p99 = {point: pols["round_robin"]["p99"] for point, pols in averaged(doc["rows"]).items()
+           if "round_robin" in pols}
+    out = {}
+    for ladder in doc["rates"]:
+        cell = (ladder["workload"], ladder["replicas"], ladder["memory"])
+        own = doc["workloads"].get(cell[0], {}).get("own_rate")
+        rungs = [r for r in ladder["rates"] if r not in trace_rates(own, cell[1]) and (*cell, r) in p99]
+        if not rungs:
+            continue
+        passed = [r for r in rungs if p99[(*cell, r)] > factor * p99[(*cell, rungs[0])]]
+        out[cell] = (passed[0], True) if passed else (rungs[-1], False)
     return out
 
 

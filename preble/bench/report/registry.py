@@ -108,6 +108,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-breakdown-e2": Spec(routing.breakdown_e2, (MOONCAKE_BREAKDOWN,)),
     "routing-grids": Spec(routing.grids, GRIDS),
     "routing-peers": Spec(routing.peers, GRIDS),
+    "routing-knee": Spec(routing.knee_gains, GRIDS),
     "routing-ablation": Spec(routing.ablation, (ABLATION_GRID,)),
     "routing-worst": Spec(routing.worst_points, (WORST_POINTS,)),
     "routing-replica-trial": Spec(routing.replica_trial, (REPLICA_TRIAL,)),

@@ -8,11 +8,12 @@ beside each grid JSON cannot disagree.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from ...core.routing import DEFAULT_POLICY
-from ..grid import averaged, carried_rows, gain_over_best_other, leaderboard
+from ..grid import averaged, carried_rows, gain_over_best_other, knees, leaderboard
 from ..workloads.report import PREBLE_WORKLOADS
 from .fmt import bare_pct, prose, short, span, words
 from .results import Result
@@ -21,6 +22,7 @@ from .traced import named_commits
 ROUND_ROBIN = "round_robin"
 METRICS = ("mean", "p99")
 QUOTED_PEERS = ("sglang_gateway", "e2")  # the peers the top README names, nearest to the default
+KNEE_GAIN = 2.0  # the issue's bar: this many times lower mean and p99 latency than round_robin at its knee
 
 
 def _board(grid: Result) -> dict[str, Any]:
@@ -101,6 +103,33 @@ def grids(*grids: Result) -> str:
         g = gain_over_best_other(listed, DEFAULT_POLICY)
         lines.append(f"| {label(grid)} ({v['points']}) | **{v['geomean_mean']:.3f} / {v['geomean_p99']:.3f}** | "
                      f"{_worst_cells(v)} | {v['within_3pct']} | {_worse_cell(grid)} | {g['mean']:.3f} / {g['p99']:.3f} |")
+    return "\n".join(lines)
+
+
+def knee_gains(*grids: Result) -> str:
+    """round_robin's latency over the default's at round_robin's knee (`grid.knees`), mean / p99,
+    for each workload at each replica count and memory; the last column counts the workloads
+    where both are at least KNEE_GAIN. A cell marked * is the ladder's top rung, below the knee."""
+    cells: dict[tuple[int, str], dict[str, str]] = {}
+    met: dict[tuple[int, str], int] = defaultdict(int)
+    workloads: list[str] = []
+    for grid in grids:
+        avg = averaged(_rows(grid))
+        for (workload, n, memory), (rate, reached) in knees(grid.data).items():
+            pols = avg[(workload, n, memory, rate)]
+            if DEFAULT_POLICY not in pols:
+                continue
+            gains = [pols[ROUND_ROBIN][m] / pols[DEFAULT_POLICY][m] for m in METRICS]
+            cells.setdefault((n, memory), {})[workload] = (f"{gains[0]:.2f} / {gains[1]:.2f}"
+                                                           + ("" if reached else "*"))
+            met[(n, memory)] += min(gains) >= KNEE_GAIN
+            workloads += [workload] if workload not in workloads else []
+    lines = ["| replicas, memory | " + " | ".join(workloads) + f" | workloads with both >= {KNEE_GAIN:g}x |",
+             "|---|" + "---|" * len(workloads) + "---:|"]
+    for n, memory in sorted(cells):
+        row = cells[(n, memory)]
+        lines.append(f"| {n}, {memory} | " + " | ".join(row.get(w, "-") for w in workloads)
+                     + f" | {met[(n, memory)]} of {len(row)} |")
     return "\n".join(lines)
 
 
