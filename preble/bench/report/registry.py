@@ -39,6 +39,8 @@ COST_MODELS = "results/cost_models/"
 DEMO = "results/demo_cpu.json"
 ROUTER_DEV = "results/router_overhead_dev.json"  # the development machine, newest
 ROUTER_DEV_IDLE = "results/router_overhead_dev_idle.json"  # ... with few requests in flight (idle workers)
+ROUTER_DEV_62E23D5 = "results/router_overhead_dev_62e23d5.json"  # the same host name, a slower day
+ROUTER_DEV_IDLE_62E23D5 = "results/router_overhead_dev_idle_62e23d5.json"
 ROUTER_AB = "results/router_overhead_ab.json"  # the default now against an earlier commit, one process (router_ab.py)
 ROUTER_AB_IDLE = "results/router_overhead_ab_idle.json"  # ... with few requests in flight
 ROUTER_DEV_6DB255C = "results/router_overhead_dev_6db255c.json"  # the default with its copy credit, first
@@ -92,7 +94,8 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-copy-credit": Spec(router_overhead.copy_credit_cost, (ROUTER_DEV_15C9F6B, ROUTER_DEV_6DB255C,
                                                                            ROUTER_DEV_IDLE_6DB255C)),
     "router-overhead-ab": Spec(router_overhead.side_by_side, (ROUTER_AB, ROUTER_AB_IDLE)),
-    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_6DB255C,
+    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_62E23D5,
+                                                        ROUTER_DEV_IDLE_62E23D5, ROUTER_DEV_6DB255C,
                                                         ROUTER_DEV_IDLE_6DB255C, ROUTER_DEV_15C9F6B,
                                                         ROUTER_DEV_049E7FF,
                                                         ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
