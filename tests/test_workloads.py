@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preble.bench.workloads import WORKLOADS, Workload, WorkloadRequest, make_workload, shared_prefix_lengths
+from preble.bench.workloads import (
+    WORKLOADS,
+    Workload,
+    WorkloadRequest,
+    make_workload,
+    reusable_prefix_lengths,
+    shared_prefix_lengths,
+)
 from preble.bench.workloads.report import compare_to_paper
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -48,6 +55,23 @@ def test_shared_prefix_lengths_matches_brute_force():
 
     brute = [max(lcp(s, t) for j, t in enumerate(seqs) if j != i) for i, s in enumerate(seqs)]
     assert shared_prefix_lengths(seqs) == brute
+
+
+def test_reusable_prefix_lengths_match_brute_force():
+    """Whole pages that some earlier sequence began with (a later one does not count)."""
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 2, size=rng.integers(0, 12)).tolist() for _ in range(80)]
+    page = 2
+
+    def lcp(a, b):
+        k = 0
+        while k < min(len(a), len(b)) and a[k] == b[k]:
+            k += 1
+        return k
+
+    brute = [max((lcp(s, t) for t in seqs[:i]), default=0) // page * page for i, s in enumerate(seqs)]
+    assert reusable_prefix_lengths(seqs, page) == brute
+    assert reusable_prefix_lengths([[5, 6, 7], [5, 6, 7], [5, 6]], 2) == [0, 2, 2]
 
 
 def test_stats_by_chars_and_report():

@@ -55,6 +55,7 @@ PEERS = "results/peer_routers/cpu_smollm2-135m_3workers.json"
 PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.json"
 MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"
 MOONCAKE_CAPACITY = ROUTING + "mooncake_capacity.json"
+MOONCAKE_REUSE = ROUTING + "mooncake_reuse.json"  # the trace's prompt tokens any placement could reuse
 ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
 WORST_POINTS = ROUTING + "worst_points.json"
 REPLICA_TRIAL = ROUTING + "replica_trial.json"
@@ -118,6 +119,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-seeds": Spec(routing.grids, (ROUTING + "grid_h200_2.json", SEEDS_GRID)),
     "routing-seed-spread": Spec(routing.seed_spread, (SEEDS_GRID,)),
     "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),
+    "routing-reuse-bound": Spec(routing.reuse_bound, (MOONCAKE_REUSE, *GRIDS)),
     "routing-shared": Spec(routing.shared_prefixes, (MOONCAKE_CAPACITY, GRIDS[0])),
     # results/comparison/README.md
     "comparison-h100-verdicts": Spec(comparison.verdicts, H100_COMPARISON),

@@ -273,6 +273,35 @@ def shared_prefixes(trace: Result, grid: Result) -> str:
                  f"`{grid.name}`).")
 
 
+REUSE_POLICIES = (DEFAULT_POLICY, "dynamo_kv", "cache_aware", ROUND_ROBIN)  # the reuse table's columns
+REUSE_PEER = "dynamo_kv"  # the best other policy at the capacity search's replica counts
+
+
+def reuse_bound(reuse: Result, *grids: Result) -> str:
+    """Each policy's hit ratio on the trace at every replica count of the grids (lowest-highest over
+    the loads, h200 memory), beside the share of prompt tokens an earlier prompt began with (no
+    placement finds more in cache), and what that bounds: REUSE_PEER's prompt tokens to compute
+    over the fewest any placement could leave, (1 - its hit ratio) / (1 - reusable share)."""
+    data = reuse.data
+    best = data["reusable_fraction"]
+    ratios: dict[int, dict[str, list[float]]] = {}
+    for grid in grids:
+        for r in _rows(grid):
+            if r["workload"] == data["workload"] and r["memory"] == "h200" and r["policy"] in REUSE_POLICIES:
+                ratios.setdefault(r["replicas"], {}).setdefault(r["policy"], []).append(r["hit_ratio"])
+    lines = ["| replicas | " + " | ".join(f"{p} hit ratio" for p in REUSE_POLICIES)
+             + f" | {REUSE_PEER}'s prompt tokens to compute, over the fewest |",
+             "|---:|" + "---:|" * (len(REUSE_POLICIES) + 1)]
+    for n in sorted(ratios):
+        cells = [span(ratios[n][p], bare_pct) + "%" if p in ratios[n] else "-" for p in REUSE_POLICIES]
+        bound = span([(1 - h) / (1 - best) for h in ratios[n].get(REUSE_PEER, [])], lambda x: f"{x:.2f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {bound}x |")
+    return "\n".join(lines) + "\n\n" + prose(
+        f"Of the {data['prompt_tokens']:,} prompt tokens the runs measure (requests {data['measured_from'] + 1:,}-"
+        f"{data['requests']:,} of the trace), {best:.1%} begin with what an earlier prompt began with, in whole "
+        f"pages of {data['page_size']} (`{reuse.name}`): no placement finds more of them in cache.")
+
+
 def _capacity(doc: Result) -> dict[int, dict[str, float]]:
     """Requests/s at the SLO, by replica count and policy."""
     out: dict[int, dict[str, float]] = {}

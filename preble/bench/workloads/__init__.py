@@ -14,6 +14,7 @@ from .base import (
     default_data_dir,
     make_workload,
     poisson_arrivals,
+    reusable_prefix_lengths,
     shared_prefix_lengths,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "default_data_dir",
     "make_workload",
     "poisson_arrivals",
+    "reusable_prefix_lengths",
     "shared_prefix_lengths",
 ]

@@ -150,6 +150,26 @@ def shared_prefix_lengths(seqs: Sequence[Sequence[int] | np.ndarray]) -> list[in
     return res
 
 
+def reusable_prefix_lengths(seqs: Sequence[Sequence[int] | np.ndarray], page_size: int) -> list[int]:
+    """For each sequence in order, how many of its leading tokens an earlier sequence began with,
+    in whole pages of `page_size` tokens: what a cache that kept every earlier prompt's pages
+    could serve it (the first prompt of each prefix has to compute it)."""
+    seen: set[int] = set()
+    out = []
+    for seq in seqs:
+        arr = np.asarray(seq, dtype=np.int64)
+        key, reused, matching = 0, 0, True
+        for start in range(0, len(arr) - len(arr) % page_size, page_size):
+            key = hash((key, arr[start:start + page_size].tobytes()))
+            if matching and key in seen:
+                reused += page_size
+            else:
+                matching = False
+                seen.add(key)
+        out.append(reused)
+    return out
+
+
 # --------------------------------------------------------------------------- helpers
 
 
