@@ -19,6 +19,10 @@ class WorkerPoolConfig:
     connect_timeout_s: float = 1.0
     reconnect_backoff_s: float = 0.5
     stall_grace_s: float = 1.0  # a read from a worker marked down is cut once it has waited this long
+    # After an answer's [DONE], its body's end is read for at most this long before the connection is
+    # closed: read to the end, the connection goes back to the pool (unread, it is dropped, and the
+    # next request to the worker waits for a new one).
+    body_end_timeout_s: float = 1.0
     worker_kind: str = "preble"  # preble | openai: any OpenAI-compatible engine (vLLM, SGLang, ...)
     kv_events: tuple[str, ...] = ()  # vLLM engines' KV event publishers (ZMQ), one per worker URL, in order
     page_size: int = DEFAULT_PAGE_SIZE  # the router's KV page size: vLLM blocks are split into such pages

@@ -119,8 +119,19 @@ class Upstream:
         return batch or None
 
     async def close(self) -> None:
-        if self.resp is not None:
-            await self.resp.aclose()
+        """Close the answer; after its [DONE], read the body's end first, so that the connection
+        is kept for the next request to this worker (the answer is whole: a failure here costs
+        only the connection)."""
+        if self.resp is None:
+            return
+        if self._ended and not self.resp.is_closed:
+            try:
+                async with asyncio.timeout(self.pool.config.body_end_timeout_s):
+                    async for _ in self._reads:
+                        pass
+            except (*ATTEMPT_ERRORS, TimeoutError) as err:
+                log.debug("worker %s: body end unread after [DONE] (%s)", self.worker, err or type(err).__name__)
+        await self.resp.aclose()
 
 
 def merge_choices(batch: list[dict]) -> dict[int, tuple[str, str | None]]:
