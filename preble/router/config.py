@@ -23,6 +23,9 @@ class WorkerPoolConfig:
     # closed: read to the end, the connection goes back to the pool (unread, it is dropped, and the
     # next request to the worker waits for a new one).
     body_end_timeout_s: float = 1.0
+    # An idle connection to a worker is reused this long, below uvicorn's default keep-alive (5 s),
+    # which vLLM and SGLang servers keep: a server that closes first may close it as a request goes out.
+    upstream_idle_s: float = 4.0
     worker_kind: str = "preble"  # preble | openai: any OpenAI-compatible engine (vLLM, SGLang, ...)
     kv_events: tuple[str, ...] = ()  # vLLM engines' KV event publishers (ZMQ), one per worker URL, in order
     page_size: int = DEFAULT_PAGE_SIZE  # the router's KV page size: vLLM blocks are split into such pages

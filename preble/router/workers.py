@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import msgspec
 import zmq
@@ -65,9 +66,12 @@ class WorkerPool:
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.policy = policy
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        # Probes and KV event streams; the requests themselves go through `upstream`.
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-                                        headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
+                                        headers=self._auth)
+        self.upstream: aiohttp.ClientSession | None = None  # made in start(), inside the event loop
         self.workers: dict[str, WorkerHandle] = {}
         self._urls = [u.rstrip("/") for u in urls]
         if config.kv_events and len(config.kv_events) != len(urls):
@@ -84,6 +88,11 @@ class WorkerPool:
         return self.config.worker_kind != "preble"
 
     async def start(self) -> None:
+        # The requests' client: aiohttp parses responses in C, where httpx runs h11's pure-Python
+        # parser per chunk; the router spends less CPU per request and per relayed token.
+        self.upstream = aiohttp.ClientSession(
+            headers=self._auth, timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self.config.upstream_idle_s))
         for i, url in enumerate(self._urls):
             handle = WorkerHandle(url, url if self.external else await self._identify(url))
             if self.config.kv_events:
@@ -105,6 +114,8 @@ class WorkerPool:
                 if task is not None:
                     task.cancel()
         await self.client.aclose()
+        if self.upstream is not None:
+            await self.upstream.close()
 
     def healthy(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.healthy]
