@@ -34,7 +34,7 @@ for step in $STEPS; do
         > "$OUT/serving.log" 2>&1
       report "$OUT/serving.md" "$OUT/serving.log" ;;
     tests)
-      timeout 240 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
+      timeout 420 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
     asyncio|h11)
       hidden=$([ "$step" = asyncio ] && echo uvloop || echo httptools)
       mkdir -p "/tmp/no-$hidden"

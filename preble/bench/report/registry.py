@@ -26,8 +26,9 @@ class Spec:
 # The runs the top README's engine sentence and the serving README's table quote.
 ENGINE_HEADLINE = "results/engine/h200_llama3-8b_a9c0070.json"
 SERVING_RUNS = ("results/serving/dev_cpu_tiny_base_c72e6e6.json", "results/serving/dev_cpu_tiny.json")  # oldest first
-SERVING_GPU = "results/serving/h100_e2e_8ec9fd6.json"  # the served path beside its engine, on one machine
-SERVING_GPU_HTTPTOOLS = "results/serving/h100_e2e_httptools_8ec9fd6.json"  # the same machine with httptools
+SERVING_GPU = "results/serving/h100_e2e_038bd89.json"  # the served path beside its engine, on one machine
+SERVING_GPU_8EC9FD6 = "results/serving/h100_e2e_8ec9fd6.json"  # before the router's connection and client changes
+SERVING_GPU_HTTPTOOLS = "results/serving/h100_e2e_httptools_8ec9fd6.json"  # 8ec9fd6's machine with httptools
 SERVING_GPU_SINGLE_CLIENT = "results/serving/h100_single_client_e6734a0.json"  # before the client pool
 SOAK = "results/soak/dev_cpu_600s.json"  # the 10-minute chaos soak the soak README quotes
 
@@ -138,7 +139,9 @@ REGIONS: Mapping[str, Spec] = {
     "serving-dev-cpu-hops": Spec(serving.hops, (SERVING_RUNS[-1],)),
     "serving-gpu": Spec(serving.against_engine, (SERVING_GPU,)),
     "serving-gpu-hops": Spec(serving.hops, (SERVING_GPU,)),
-    "serving-gpu-httptools": Spec(serving.variant, (SERVING_GPU, SERVING_GPU_HTTPTOOLS)),
+    "serving-gpu-hops-runs": Spec(serving.hops_side_by_side, (SERVING_GPU_8EC9FD6, SERVING_GPU)),
+    "serving-gpu-8ec9fd6": Spec(serving.against_engine, (SERVING_GPU_8EC9FD6,)),
+    "serving-gpu-httptools": Spec(serving.variant, (SERVING_GPU_8EC9FD6, SERVING_GPU_HTTPTOOLS)),
     "serving-gpu-single-client": Spec(serving.against_engine, (SERVING_GPU_SINGLE_CLIENT,)),
     # results/soak/README.md
     "soak-summary": Spec(soak.summary, (SOAK,)),

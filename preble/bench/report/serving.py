@@ -60,6 +60,19 @@ def hops(run: Result) -> str:
                  f"`{run.name}`): {steps}; {outside:.1f} ms outside the engine.")
 
 
+def hops_side_by_side(*runs: Result) -> str:
+    """The first token's path, cold prompt, hop by hop in each run (median ms), and the sum
+    outside the engine."""
+    paths = [run.data["served"]["hops_cold_ms"] for run in runs]
+    lines = ["| hop | " + " | ".join(f"`{run.name}`" for run in runs) + " |", "|---|" + "---:|" * len(runs)]
+    for hop in paths[0]:
+        lines.append(f"| {hop.replace('->', ' -> ').replace('_', ' ')} | "
+                     + " | ".join(f"{path[hop]:.2f}" for path in paths) + " |")
+    outside = [sum(ms for hop, ms in path.items() if hop != ENGINE_HOP) for path in paths]
+    lines.append("| outside the engine | " + " | ".join(f"{ms:.2f}" for ms in outside) + " |")
+    return "\n".join(lines)
+
+
 def against_engine(run: Result) -> str:
     """One run's served path beside the engine in-process on the same device: TTFT and time per
     token, the served share of the engine's throughput at each concurrency (streamed / not), and
