@@ -130,7 +130,7 @@ class Upstream:
                     async for _ in self._reads:
                         pass
             except (*ATTEMPT_ERRORS, TimeoutError) as err:
-                log.debug("worker %s: body end unread after [DONE] (%s)", self.worker, err or type(err).__name__)
+                log.debug("worker %s: body end unread after [DONE] (%s)", self.worker, str(err) or type(err).__name__)
         if self.resp.content.at_eof():
             self.resp.release()  # back to the pool
         else:
