@@ -347,7 +347,8 @@ def headline(*grids_and_capacity: Result) -> str:
     model = grids[0].data["meta"]["device"].removeprefix("simulated from ")
     within = words([f"{b['geomean_mean']:.3f}x ({label(g)}, {b['points']} points)" for g, b in zip(grids, boards)])
     never = [replicas(g) for g, b in zip(grids, boards) if not b["worse_than_round_robin"]]
-    worse = [f"in the {replicas(g)}-replica grid at {b['worse_than_round_robin']} points, by at most "
+    worse = [f"in the {replicas(g)}-replica grid at {b['worse_than_round_robin']} "
+             f"point{'s' if b['worse_than_round_robin'] > 1 else ''}, by at most "
              f"{max(x for _, x in worse_than_round_robin(g)):.1%} in "
              f"{words(sorted({m for m, _ in worse_than_round_robin(g)}))}"
              for g, b in zip(grids, boards) if b["worse_than_round_robin"]]
