@@ -114,6 +114,32 @@ def test_generate_plain_then_streamed_is_the_engines_greedy_output(worker, engin
         seen = len(got)
 
 
+def test_streamed_completions_join_to_the_whole_answer_one_choice_or_several(worker, engine):
+    """One choice streams the engine's greedy text; n seeded choices stream, interleaved, the
+    texts the whole answer gives each, and every choice ends once."""
+    prompt = [301, 7, 250, 33, 9, 61, 402, 5, 77]
+    want, _ = reference(engine, prompt, max_tokens=6, temperature=0.0, ignore_eos=True)
+    greedy = {"prompt": prompt, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    seeded = {"prompt": prompt, "max_tokens": 6, "temperature": 1.0, "seed": 11, "n": 3, "ignore_eos": True}
+    for body in (greedy, seeded):
+        whole = httpx.post(f"{worker.url}/v1/completions", json=body, timeout=30)
+        assert whole.status_code == 200, whole.text
+        texts = [c["text"] for c in sorted(whole.json()["choices"], key=lambda c: c["index"])]
+        if body is greedy:
+            assert texts == [engine.tokenizer.decode(want)]
+        else:
+            assert len(set(texts)) > 1  # the seeded choices differ: not one stream copied
+        with httpx.stream("POST", f"{worker.url}/v1/completions", json={**body, "stream": True}, timeout=30) as resp:
+            events = sse_events(resp)
+        assert events[-1] == "[DONE]"
+        joined, ends = [""] * len(texts), [0] * len(texts)
+        for chunk in events[:-1]:
+            for choice in chunk["choices"]:
+                joined[choice["index"]] += choice["text"]
+                ends[choice["index"]] += choice["finish_reason"] is not None
+        assert joined == texts and ends == [1] * len(texts)
+
+
 def test_generate_stops_at_a_stop_token_as_the_engine_does(worker, engine, tokenizer):
     ids = [11, 402, 99, 7, 350, 12]
     free, _ = reference(engine, ids, max_tokens=8, temperature=0.0, ignore_eos=True)

@@ -147,28 +147,11 @@ class Generator:
     async def _openai_stream(self, runs: list[Run], rid: str, prompt_len: int, include_usage: bool,
                              chat: bool) -> AsyncIterator[bytes]:
         """The choices' chunks interleaved as they come, then usage (if asked) and [DONE]."""
-        merged: asyncio.Queue = asyncio.Queue()
-
-        async def pump(index: int, run: Run) -> None:
-            try:
-                async with aclosing(self._deltas(run)) as deltas:
-                    async for item in deltas:
-                        await merged.put((index, item))
-            finally:
-                await merged.put((index, None))
-
-        tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
         finals: dict[int, TokenDelta] = {}
         started: set[int] = set()
         timing = runs[0].timing
-        try:
-            open_streams = len(runs)
-            while open_streams:
-                index, item = await merged.get()
-                if item is None:
-                    open_streams -= 1
-                    continue
-                piece, delta = item
+        async with aclosing(_interleaved([self._deltas(run) for run in runs])) as items:
+            async for index, piece, delta in items:
                 reason = oai.finish_reason_openai(delta.finish_reason)
                 if piece or reason or index not in started:
                     if timing is not None and timing["worker_first_sent"] is None:
@@ -177,14 +160,11 @@ class Generator:
                     started.add(index)
                 if delta.finish_reason is not None:
                     finals[index] = delta
-            if include_usage and finals:
-                use = oai.usage(prompt_len, sum(d.output_tokens for d in finals.values()),
-                                next(iter(finals.values())).cached_tokens)
-                yield oai.sse(oai.usage_chunk(rid, self.model, use, chat, timing))
-            yield oai.sse("[DONE]")
-        finally:
-            for task in tasks:
-                task.cancel()
+        if include_usage and finals:
+            use = oai.usage(prompt_len, sum(d.output_tokens for d in finals.values()),
+                            next(iter(finals.values())).cached_tokens)
+            yield oai.sse(oai.usage_chunk(rid, self.model, use, chat, timing))
+        yield oai.sse("[DONE]")
 
     async def sglang(self, rid: str, prompt: list[int], sampling: SamplingParams, stream: bool):
         """SGLang's `/generate`: text and ids so far with `meta_info`, whole or as events."""
@@ -203,6 +183,40 @@ class Generator:
             yield oai.sse("[DONE]")
 
         return StreamingResponse(events(), media_type=SSE)
+
+
+async def _interleaved(streams: list[AsyncIterator[tuple[str, TokenDelta]]]
+                       ) -> AsyncIterator[tuple[int, str, TokenDelta]]:
+    """(choice index, text piece, delta) from every choice's stream as they come. One choice, the
+    usual case, is read in place: no task and no queue between the engine's deltas and the
+    response, per token."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for piece, delta in only:
+                yield 0, piece, delta
+        return
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[tuple[str, TokenDelta]]) -> None:
+        try:
+            async with aclosing(stream) as items:
+                async for item in items:
+                    await merged.put((index, item))
+        finally:
+            await merged.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        open_streams = len(streams)
+        while open_streams:
+            index, item = await merged.get()
+            if item is None:
+                open_streams -= 1
+                continue
+            yield index, *item
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _sglang_payload(rid: str, text: str, token_ids: list[int], delta: TokenDelta) -> dict:
