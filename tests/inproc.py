@@ -17,9 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import msgspec
 import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import Response, StreamingResponse
 
 from preble.bench.local_cluster import free_port_block
+from preble.core.messages import KVEventBatch, LoadReport
 from preble.core.scheduler_config import SchedulerConfig
 from preble.engine.config import EngineConfig
 from preble.http.serve import server_config
@@ -51,6 +55,35 @@ def serve_app(app, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def fake_worker_app(worker_id: str, page_size: int, hung: threading.Event | None = None) -> FastAPI:
+    """A Preble worker's health check, load reports (idle) and KV events (an empty resync), with
+    no engine; its /load stops answering while `hung` is set. Tests add the routes they need."""
+    app = FastAPI()
+    report = LoadReport(worker_id, 0.0, running=0, waiting=0, waiting_tokens=0, kv_used_pages=0,
+                        kv_evictable_pages=0, kv_total_pages=100, page_size=page_size, hit_ratio=0.0, tpot=0.0,
+                        num_preemptions=0)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "worker_id": worker_id}
+
+    @app.get("/load")
+    async def load():
+        while hung is not None and hung.is_set():
+            await asyncio.sleep(0.01)
+        return Response(msgspec.json.encode(report), media_type="application/json")
+
+    @app.get("/kv_events")
+    async def kv_events():
+        async def lines():
+            yield msgspec.json.encode(KVEventBatch(worker_id, 0, [], resync=True)) + b"\n"
+            while True:
+                await asyncio.sleep(1)
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    return app
 
 
 class InProcessWorker:

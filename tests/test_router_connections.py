@@ -4,18 +4,15 @@ request rates leaves the host's ports in TIME_WAIT)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import msgspec
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from preble.core.messages import KVEventBatch, LoadReport
 from preble.router.config import RouterServerConfig
 from preble.router.server import build_router_app
 
-from .inproc import serve_app
+from .inproc import fake_worker_app, serve_app
 from .polling import wait_for
 
 PAGE = 4
@@ -24,26 +21,7 @@ PAGE = 4
 def streaming_worker(worker_id: str, client_ports: list[int]) -> FastAPI:
     """A worker that answers every completion with two text chunks, usage and [DONE], and
     records the client port each completion came from (one port per connection)."""
-    app = FastAPI()
-    report = LoadReport(worker_id, 0.0, running=0, waiting=0, waiting_tokens=0, kv_used_pages=0,
-                        kv_evictable_pages=0, kv_total_pages=100, page_size=PAGE, hit_ratio=0.0, tpot=0.0,
-                        num_preemptions=0)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "worker_id": worker_id}
-
-    @app.get("/load")
-    async def load():
-        return Response(msgspec.json.encode(report), media_type="application/json")
-
-    @app.get("/kv_events")
-    async def kv_events():
-        async def lines():
-            yield msgspec.json.encode(KVEventBatch(worker_id, 0, [], resync=True)) + b"\n"
-            while True:
-                await asyncio.sleep(1)
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+    app = fake_worker_app(worker_id, PAGE)
 
     @app.post("/v1/completions")
     async def completions(request: Request):

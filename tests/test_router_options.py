@@ -4,58 +4,25 @@ real worker and a fake one that stops answering."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
-from fastapi import FastAPI
-from fastapi.responses import Response, StreamingResponse
 from typer.testing import CliRunner
 
 from preble.cli import app as cli
 from preble.core.cost_model import CostModel
-from preble.core.messages import KVEventBatch, LoadReport
 from preble.router.config import RouterServerConfig, WorkerPoolConfig
 from preble.router.server import build_router_app
 
-from .inproc import InProcessWorker, serve_app
+from .inproc import InProcessWorker, fake_worker_app, serve_app
 from .polling import wait_for
 
 PAGE = 4
 COST_FILE = Path(__file__).resolve().parents[1] / "results" / "cost_models" / "h100_llama3-8b.json"
 HEALTH_TIMEOUT_S = 0.5
-
-
-def fake_worker(worker_id: str, hung: threading.Event) -> FastAPI:
-    """A Preble worker's health check and KV events; its /load stops answering while `hung` is set."""
-    app = FastAPI()
-    report = LoadReport(worker_id, 0.0, running=0, waiting=0, waiting_tokens=0, kv_used_pages=0,
-                        kv_evictable_pages=0, kv_total_pages=100, page_size=PAGE, hit_ratio=0.0, tpot=0.0,
-                        num_preemptions=0)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "worker_id": worker_id}
-
-    @app.get("/load")
-    async def load():
-        while hung.is_set():
-            await asyncio.sleep(0.01)
-        return Response(msgspec.json.encode(report), media_type="application/json")
-
-    @app.get("/kv_events")
-    async def kv_events():
-        async def lines():
-            yield msgspec.json.encode(KVEventBatch(worker_id, 0, [], resync=True)) + b"\n"
-            while True:
-                await asyncio.sleep(1)
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    return app
 
 
 def parsed_router_options(args: list[str], monkeypatch) -> RouterServerConfig:
@@ -72,7 +39,7 @@ def parsed_router_options(args: list[str], monkeypatch) -> RouterServerConfig:
 def test_cost_model_and_health_timeout_are_in_effect(tiny_models, monkeypatch):
     model = tiny_models("llama")
     hung = threading.Event()
-    with InProcessWorker(model, "w0", page_size=PAGE) as real, serve_app(fake_worker("w1", hung)) as fake:
+    with InProcessWorker(model, "w0", page_size=PAGE) as real, serve_app(fake_worker_app("w1", PAGE, hung)) as fake:
         cfg = parsed_router_options(["--model", model, "--worker", real.url, "--worker", fake, "--policy", "e2",
                                      "--cost-model", str(COST_FILE), "--health-timeout", str(HEALTH_TIMEOUT_S)],
                                     monkeypatch)

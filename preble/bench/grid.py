@@ -338,8 +338,8 @@ def knees(doc: dict[str, Any]) -> dict[tuple[str, int, str], tuple[float, bool]]
     out = {}
     for ladder in doc["rates"]:
         cell = (ladder["workload"], ladder["replicas"], ladder["memory"])
-        own = doc["workloads"].get(cell[0], {}).get("own_rate")
-        rungs = [r for r in ladder["rates"] if r not in trace_rates(own, cell[1]) and (*cell, r) in p99]
+        extra = trace_rates(doc["workloads"].get(cell[0], {}).get("own_rate"), cell[1])
+        rungs = [r for r in ladder["rates"] if r not in extra and (*cell, r) in p99]
         if not rungs:
             continue
         passed = [r for r in rungs if p99[(*cell, r)] > factor * p99[(*cell, rungs[0])]]

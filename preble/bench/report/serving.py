@@ -51,11 +51,16 @@ def table(*runs: Result) -> str:
     return "\n".join(lines)
 
 
+def _outside_engine(path: dict[str, float]) -> float:
+    """Milliseconds of a first token's path spent outside the engine (every hop but its own)."""
+    return sum(ms for hop, ms in path.items() if hop != ENGINE_HOP)
+
+
 def hops(run: Result) -> str:
     """The first token's path, hop by hop, for a cold prompt."""
     path = run.data["served"]["hops_cold_ms"]
     steps = ", ".join(f"{hop.replace('->', ' -> ').replace('_', ' ')} {ms:.2f}" for hop, ms in path.items())
-    outside = sum(ms for hop, ms in path.items() if hop != ENGINE_HOP)
+    outside = _outside_engine(path)
     return prose(f"First token's path at {short(run.data['meta']['commit'])} (cold prompt, median ms per hop; "
                  f"`{run.name}`): {steps}; {outside:.1f} ms outside the engine.")
 
@@ -68,7 +73,7 @@ def hops_side_by_side(*runs: Result) -> str:
     for hop in paths[0]:
         lines.append(f"| {hop.replace('->', ' -> ').replace('_', ' ')} | "
                      + " | ".join(f"{path[hop]:.2f}" for path in paths) + " |")
-    outside = [sum(ms for hop, ms in path.items() if hop != ENGINE_HOP) for path in paths]
+    outside = [_outside_engine(path) for path in paths]
     lines.append("| outside the engine | " + " | ".join(f"{ms:.2f}" for ms in outside) + " |")
     return "\n".join(lines)
 
