@@ -8,11 +8,13 @@
 #   h11       the served half again with httptools hidden (uvicorn falls back to h11): what httptools,
 #             a dependency (carried in .whl/), buys
 #   engine    the engine benchmark
+#   engine-in-turn  the engine benchmark with steps in turn (--no-overlap): what overlap buys
+#   profile   wall time against device busy time per decode step, both ways, and the top kernels
 # Results and logs under $OUT; each step has its own time limit.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-STEPS=${STEPS:-serving tests asyncio h11 engine}
+STEPS=${STEPS:-serving tests asyncio h11 engine engine-in-turn profile}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import uvloop; print('uvloop', uvloop.__version__)" 2>&1 | tail -1
 
@@ -40,9 +42,13 @@ for step in $STEPS; do
       mkdir -p "/tmp/no-$hidden"
       echo "raise ImportError('$hidden hidden for this measurement')" > "/tmp/no-$hidden/$hidden.py"
       served_only "$step" "/tmp/no-$hidden" ;;
-    engine)
-      timeout 300 python3 -m preble.cli bench engine --out "$OUT/engine.json" > "$OUT/engine.log" 2>&1
-      report "$OUT/engine.md" "$OUT/engine.log" ;;
+    engine|engine-in-turn)
+      flag=$([ "$step" = engine ] && echo --overlap || echo --no-overlap)
+      timeout 300 python3 -m preble.cli bench engine $flag --out "$OUT/$step.json" > "$OUT/$step.log" 2>&1
+      report "$OUT/$step.md" "$OUT/$step.log" ;;
+    profile)
+      timeout 300 python3 scripts/profile_decode.py --out "$OUT/decode_profile.json" > "$OUT/profile.log" 2>&1
+      head -8 "$OUT/profile.log" ;;
   esac
 done
 echo "== done $(date +%T)"

@@ -1,56 +1,80 @@
 #!/usr/bin/env python3
-"""Where a decode step's time goes: host phases (schedule, execute, update) and the top kernels.
+"""Where a decode step's time goes: wall time per step against the device's busy time per step,
+with steps launched in turn and overlapped (`EngineConfig.overlap`), and the top kernels.
 
-    python scripts/profile_decode.py [--model random:llama3-8b] [--batches 1,64] [--context 1024]
+    python scripts/profile_decode.py [--model random:llama3-8b] [--batches 1,64,256] [--context 1024]
+                                     [--out decode_profile.json]
+
+The gap between the two is host time the device waits for: scheduling, preparing inputs,
+launching, reading the sampled tokens back. One engine serves both modes (switched between
+batches, with nothing in flight), so the two see the same kernels, graphs and memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from preble import SamplingParams
+from preble.bench.engine import environment
+from preble.bench.engine_driver import EngineDriver
+from preble.core.scheduler_config import SchedulerConfig
 from preble.engine.config import EngineConfig
 from preble.engine.engine import LLMEngine
+
+
+def device_busy_ms(driver: EngineDriver, steps: int) -> tuple[float, str]:
+    """Kernel time per step (ms) over `steps` profiled steps, and the profiler's top-kernel table."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        driver.timed_steps(steps)
+    events = prof.key_averages()
+    busy_us = sum(e.self_device_time_total for e in events)
+    table = events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60)
+    return busy_us / 1e3 / steps, table
+
+
+def measure(driver: EngineDriver, batch: int, context: int, steps: int) -> dict:
+    reqs = [driver.add(driver.tokens(context), 3 * steps + 4) for _ in range(batch)]
+    driver.start_decode(reqs)
+    wall_ms = driver.timed_steps(steps) * 1e3
+    busy_ms, table = device_busy_ms(driver, steps)
+    driver.run_until_done()
+    driver.clear_cache()
+    return {"batch": batch, "wall_ms": wall_ms, "device_busy_ms": busy_ms,
+            "host_gap_ms": wall_ms - busy_ms, "top_kernels": table}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="random:llama3-8b")
-    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--batches", default="1,64,256")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    engine = LLMEngine(EngineConfig(model=args.model, device="cuda"))
-    gen = torch.Generator().manual_seed(0)
-    for batch in map(int, args.batches.split(",")):
-        reqs = [engine.add_request(torch.randint(3, 30000, (args.context,), generator=gen).tolist(),
-                                   SamplingParams(max_tokens=args.steps * 3, temperature=0.0, ignore_eos=True))
-                for _ in range(batch)]
-        while any(not r.output_token_ids for r in reqs):
-            engine.step()
-        phases = {"schedule": 0.0, "execute": 0.0, "update": 0.0}
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            out = engine.scheduler.schedule()
-            t1 = time.perf_counter()
-            sampled = engine.runner.execute(out)
-            t2 = time.perf_counter()
-            engine.scheduler.update(out, sampled)
-            t3 = time.perf_counter()
-            for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
-                phases[k] += v
-        print(f"batch {batch}: " + ", ".join(f"{k} {v / args.steps * 1e3:.3f} ms" for k, v in phases.items()))
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                engine.step()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
-        for r in reqs:
-            engine.abort(r.request_id)
-        engine.cache.evict(engine.cache.evictable_pages)
+    batches = [int(b) for b in args.batches.split(",")]
+    engine = LLMEngine(EngineConfig(model=args.model, device="cuda",
+                                    scheduler=SchedulerConfig(max_running_requests=max(batches))))
+    driver = EngineDriver(engine)
+    driver.timed_first_token(driver.tokens(64))  # warm-up
+    rows = []
+    for batch in batches:
+        for overlap in (False, True):
+            engine.overlap = overlap
+            row = {"overlap": overlap, **measure(driver, batch, args.context, args.steps)}
+            rows.append(row)
+            print(f"batch {batch:4d} overlap {overlap!s:5}: wall {row['wall_ms']:.3f} ms/step, device busy "
+                  f"{row['device_busy_ms']:.3f}, host gap {row['host_gap_ms']:.3f}", flush=True)
+    for row in rows:
+        if row["overlap"]:
+            print(f"\nbatch {row['batch']}, overlapped: top kernels\n{row['top_kernels']}")
+    if args.out:
+        result = {"config": vars(args) | {"out": str(args.out)}, "rows": rows,
+                  "meta": environment(torch.device("cuda"))}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,120 @@ def test_random_load_under_kv_pressure_drains_with_every_request_finished_once(p
         assert len(r.output_token_ids) == r.sampling.max_tokens
     assert s.cache.locked_pages == 0
     assert s.allocator.num_free + s.cache.evictable_pages == s.allocator.num_pages
+
+
+# --------------------------------------------------------------------------- steps launched ahead
+
+def token_at(req: Request, position: int) -> int:
+    """A fake model whose token depends only on the request and the position it fills (so a
+    step launched before the last one's tokens are known samples what a waiting step would);
+    about one position in twelve is EOS."""
+    h = hash((req.request_id, position)) % 1200
+    return EOS if h < 100 else 1 + h % 97
+
+
+def random_requests(rng: random.Random, n: int) -> list[Request]:
+    prefixes = [[rng.randrange(1, 50) for _ in range(rng.randint(4, 20))] for _ in range(3)]
+    reqs = []
+    for i in range(n):
+        prompt = rng.choice(prefixes) + [rng.randrange(1, 50) for _ in range(rng.randint(1, 10))]
+        sampling = SamplingParams(max_tokens=rng.randint(1, 16), ignore_eos=rng.random() < 0.5)
+        reqs.append(Request(f"r{i}", prompt, sampling, 0.0, frozenset({EOS})))
+    return reqs
+
+
+def drive(s: Scheduler, reqs: list[Request], rng: random.Random, launch_ahead: bool,
+          abort_every: int = 0) -> list[Request]:
+    """Step `s` until every request is done, adding them at random steps; `launch_ahead` schedules
+    and launches each step before resolving the one before, as an overlapping engine does.
+    Aborts the newest running request every `abort_every` steps (0: never)."""
+    queue, finished, in_flight = list(reqs), [], None
+    for step in range(20_000):
+        if queue and rng.random() < 0.3:
+            s.add_request(queue.pop())
+        if not (queue or s.has_work or in_flight):
+            return finished
+        if abort_every and step % abort_every == abort_every - 1 and s.running:
+            victim = s.running[-1]
+            s.abort(victim)
+            finished.append(victim)
+        out = s.schedule()
+        launched = None
+        if out.chunks:
+            s.advance(out)
+            launched = (out, {c.request: token_at(c.request, c.end) for c in out.chunks if c.samples})
+        if not launch_ahead:
+            in_flight, launched = launched, None
+        if in_flight is not None:
+            finished += [r for r in s.resolve(*in_flight) if r.is_finished]
+        in_flight = launched
+        assert_pages_conserved(s)
+    raise AssertionError("scheduler did not drain")
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "lpm", "preble"])
+@pytest.mark.parametrize("seed", range(4))
+def test_steps_launched_ahead_finish_every_request_as_steps_in_turn_do(policy, seed):
+    """Against the same requests stepped in turn: the same tokens and finish reasons, each request
+    finished once, no page lost or left locked, under KV pressure (preemption) and EOS stops."""
+    results = []
+    for launch_ahead in (False, True):
+        rng = random.Random(seed)
+        page_size = rng.choice([1, 2, 4])
+        s = make_scheduler(num_pages=64 // page_size, page_size=page_size, local_policy=policy,
+                           max_num_batched_tokens=rng.choice([8, 32]), max_running_requests=6)
+        finished = drive(s, random_requests(rng, 30), rng, launch_ahead)
+        assert len({id(r) for r in finished}) == len(finished) == 30
+        assert s.cache.locked_pages == 0
+        assert s.allocator.num_free + s.cache.evictable_pages == s.allocator.num_pages
+        results.append({r.request_id: (r.output_token_ids, r.finish_reason) for r in finished})
+        preemptions = s.num_preemptions
+    assert results[0] == results[1]
+    assert preemptions > 0
+    assert {reason for _, reason in results[1].values()} == {"stop", "length"}
+
+
+def test_a_request_ending_on_a_pending_token_is_not_scheduled_past_its_length():
+    s = make_scheduler()
+    a = request("a", [5, 6, 7], max_tokens=2)
+    s.add_request(a)
+    first = s.schedule()  # prefill: samples token 1
+    s.advance(first)
+    second = s.schedule()  # decode of the pending token 1: samples token 2, the last
+    s.advance(second)
+    assert s.schedule().is_empty  # token 2 ends it by length: nothing to run
+    assert a.num_pending_tokens == 2 and a.num_tokens == 5 and a.num_resolved_tokens == 3
+    s.resolve(first, {a: 11})
+    assert a.output_token_ids == [11] and not a.is_finished
+    s.resolve(second, {a: 12})
+    assert a.output_token_ids == [11, 12] and a.finish_reason == "length"
+    assert not s.has_work and s.cache.locked_pages == 0
+
+
+def test_a_stop_token_voids_the_step_launched_after_it():
+    """The step after an EOS already ran for the request: its token is dropped; the K/V it
+    computes for the EOS itself is kept, the pending position's is not."""
+    s = make_scheduler(page_size=1)
+    a = Request("a", [5, 6, 7], SamplingParams(max_tokens=10), 0.0, frozenset({EOS}))
+    s.add_request(a)
+    first = s.schedule()
+    s.advance(first)
+    second = s.schedule()
+    s.advance(second)
+    assert a.num_computed_tokens == 4
+    assert s.resolve(first, {a: EOS}) == [a]
+    assert a.finish_reason == "stop" and a.output_token_ids == [EOS]
+    assert s.resolve(second, {a: 9}) == []
+    assert a.output_token_ids == [EOS] and a.num_pending_tokens == 0
+    assert s.cache.match_len([5, 6, 7, EOS, 9]) == 4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aborts_between_launched_steps_lose_no_page(seed):
+    rng = random.Random(seed)
+    s = make_scheduler(num_pages=32, page_size=2, max_num_batched_tokens=16, max_running_requests=6)
+    finished = drive(s, random_requests(rng, 25), rng, launch_ahead=True, abort_every=7)
+    assert len({id(r) for r in finished}) == len(finished) == 25
+    assert "abort" in {r.finish_reason for r in finished}
+    assert s.cache.locked_pages == 0
+    assert s.allocator.num_free + s.cache.evictable_pages == s.allocator.num_pages

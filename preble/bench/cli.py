@@ -14,6 +14,7 @@ from rich.table import Table
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Benchmarks.")
 
 from ..core.routing import DEFAULT_POLICY
+from ..engine.config import EngineConfig
 from ..router.config import RouterServerConfig
 from .compare_config import CompareConfig
 from .grid import GridConfig
@@ -75,12 +76,16 @@ def engine(
     dtype: str | None = typer.Option(None),
     quick: bool = typer.Option(False, help="Small sizes: a smoke run that fits a CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON result instead of the table."),
+    overlap: bool = typer.Option(EngineConfig.overlap, help="Launch each step before reading the last one's "
+                                 "tokens (--no-overlap: steps in turn)."),
     out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it (.md)."),
 ) -> None:
     """One engine against the device's own ceilings: prefill MFU, cached-prefix TTFT, decode roofline."""
     from .engine import QUICK, EngineBenchConfig, markdown, run
 
-    cfg = EngineBenchConfig(model=model, device=device, dtype=dtype, **(QUICK if quick else {}))
+    sizes = dict(QUICK if quick else {})
+    sizes["extra"] = {**sizes.get("extra", {}), "overlap": overlap}
+    cfg = EngineBenchConfig(model=model, device=device, dtype=dtype, **sizes)
     result = run(cfg)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,8 @@ class _Profiler:
             self.drain(keep_cache=True)
         req = d.add(prefix + d.tokens(new), 1)
         elapsed = d.timed_steps(1)
-        assert req.is_finished and req.num_cached_tokens >= cached - self.cfg.page_size
         self.drain()
+        assert req.output_token_ids and req.num_cached_tokens >= cached - self.cfg.page_size
         return elapsed
 
     def decode(self, batch: int, context: int) -> float:

@@ -27,6 +27,9 @@ class Request:
     # KV state: the first `num_computed_tokens` tokens have K/V in `pages`; the leading pages up
     # to `cache_node` belong to the radix cache and are locked by this request.
     num_computed_tokens: int = 0
+    # Tokens sampled by launched steps whose values have not reached the host yet (0-2): they
+    # follow `output_token_ids`, count in `num_tokens`, and come in through `Scheduler.resolve`.
+    num_pending_tokens: int = 0
     pages: list[int] = field(default_factory=list)
     cache_node: TreeNode | None = None
     num_cached_tokens: int | None = None  # prompt tokens served from the cache, first admission
@@ -37,14 +40,22 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens so far, pending ones included: what scheduling counts."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending_tokens
+
+    @property
+    def num_resolved_tokens(self) -> int:
+        """Tokens whose values are known: position `num_resolved_tokens` is the first pending one."""
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
     def all_token_ids(self) -> list[int]:
+        """The known tokens (pending ones excluded)."""
         return self.prompt_token_ids + self.output_token_ids
 
     def token_ids(self, start: int, end: int) -> list[int]:
-        """Tokens [start, end) without building the whole sequence (the per-step hot path)."""
+        """The known tokens of [start, end), without building the whole sequence (the per-step hot
+        path)."""
         n = len(self.prompt_token_ids)
         if end <= n:
             return self.prompt_token_ids[start:end]

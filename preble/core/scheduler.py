@@ -8,7 +8,11 @@ needs a page when none is left preempts the most recently admitted request, whic
 recomputed later (its computed pages stay in the cache, so the recompute is mostly a hit).
 
 The scheduler does no I/O and never touches tensors: the engine runs the forward pass that a
-`SchedulerOutput` describes, the simulator times it with a cost model.
+`SchedulerOutput` describes, the simulator times it with a cost model. A step's results come in
+two halves: `advance` when it is launched (progress; each sampling chunk's token is pending) and
+`resolve` when its tokens are known. An engine that launches the next step before reading the
+last one's tokens schedules in between: a pending token is then its request's next input, and a
+request that the pending token will end by length is not scheduled again.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ class Scheduler:
                 break
             if req.status is not Status.RUNNING:  # preempted by an earlier decode this step
                 continue
+            if req.num_pending_tokens and self._ends_at_length(req):
+                continue
             if not self._grow_for_decode(req, out):
                 continue
             out.chunks.append(ScheduledChunk.of(req, 1))
@@ -177,36 +183,54 @@ class Scheduler:
     # ------------------------------------------------------------------ results
 
     def update(self, out: SchedulerOutput, sampled: dict[Request, int]) -> list[Request]:
-        """Record a finished step: advance progress, append sampled tokens; return finished."""
-        now = self.clock()
-        finished = []
+        """Record a finished step (`advance`, then `resolve`); return the requests it finished."""
+        self.advance(out)
+        return [r for r in self.resolve(out, sampled) if r.is_finished]
+
+    def advance(self, out: SchedulerOutput) -> None:
+        """Record a launched step's progress; each chunk that samples owes its request a token."""
         for chunk in out.chunks:
             req = chunk.request
-            if req.is_finished or req.status is not Status.RUNNING:
-                continue  # aborted while the step ran
+            if req.status is not Status.RUNNING:
+                continue  # preempted by a later decode of the same step
             req.num_computed_tokens = chunk.end
-            if not chunk.samples:
-                continue
+            if chunk.samples:
+                req.num_pending_tokens += 1
+
+    def resolve(self, out: SchedulerOutput, sampled: dict[Request, int]) -> list[Request]:
+        """Take in an advanced step's tokens; return the requests that received one."""
+        now = self.clock()
+        served = []
+        for chunk in out.chunks:
+            req = chunk.request
+            if not chunk.samples or req.status is not Status.RUNNING or not req.num_pending_tokens:
+                continue  # ended or preempted since the step was launched: its token is void
             was_prefill = chunk.num_tokens > 1 or not req.output_token_ids
             token = sampled[req]
+            req.num_pending_tokens -= 1
             req.output_token_ids.append(token)
+            served.append(req)
             if req.first_token_time is None:
                 req.first_token_time = now
             reason = self._stop_reason(req, token)
             if reason is not None:
                 self.finish(req, reason)
-                finished.append(req)
             elif was_prefill:
                 self._cache_computed(req)  # share the prompt with requests arriving meanwhile
-        return finished
+        return served
 
     def _stop_reason(self, req: Request, token: int) -> str | None:
         sp = req.sampling
         if token in sp.stop_token_ids or (not sp.ignore_eos and token in req.eos_token_ids):
             return "stop"
-        if len(req.output_token_ids) >= sp.max_tokens or req.num_tokens >= self.max_model_len:
+        if len(req.output_token_ids) >= sp.max_tokens or req.num_resolved_tokens >= self.max_model_len:
             return "length"
         return None
+
+    def _ends_at_length(self, req: Request) -> bool:
+        """Whether `req` stops by length once its pending tokens are known."""
+        outputs = len(req.output_token_ids) + req.num_pending_tokens
+        return outputs >= req.sampling.max_tokens or req.num_tokens >= self.max_model_len
 
     def finish(self, req: Request, reason: str) -> None:
         """End a running request (also used by the engine for stop strings)."""
@@ -233,7 +257,11 @@ class Scheduler:
         req.cache_node = result.node
 
     def _release(self, req: Request) -> None:
-        """Cache what `req` computed, then drop its locks and the pages it still owns."""
+        """Cache what `req` computed, then drop its locks and the pages it still owns. Pending
+        tokens are void; K/V that a launched step is still writing counts as computed (it will
+        be there before any later step reads it), but only for known tokens."""
+        req.num_computed_tokens = min(req.num_computed_tokens, req.num_resolved_tokens)
+        req.num_pending_tokens = 0
         self._cache_computed(req)
         owned = req.pages[req.num_computed_tokens // self.allocator.page_size:]
         self.cache.unlock(req.cache_node)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from .messages import StepTotals
 from .scheduler import SchedulerOutput
 
+PassSplit = tuple[list[tuple[int, int]], int, int]
 
-def split_pass(out: SchedulerOutput) -> tuple[list[tuple[int, int]], int, int]:
+
+def split_pass(out: SchedulerOutput) -> PassSplit:
     """A pass as ([(prefill chunk tokens, tokens before it)], decodes, their context). A one-token
     chunk that samples a request's next output token is a decode; any other chunk a prefill."""
     prefills, decodes, context = [], 0, 0
@@ -31,7 +33,11 @@ class StepMeter:
         self._sums = [0, 0.0, 0, 0, 0.0, 0, 0, 0]
 
     def record(self, out: SchedulerOutput, seconds: float) -> None:
-        prefills, decodes, context = split_pass(out)
+        self.record_split(split_pass(out), seconds)
+
+    def record_split(self, split: PassSplit, seconds: float) -> None:
+        """Add a pass cut by `split_pass` when it was scheduled (before its tokens came back)."""
+        prefills, decodes, context = split
         s = self._sums
         s[0] += 1
         s[1] += seconds

@@ -26,6 +26,9 @@ class EngineConfig:
     fused_ops: bool = True  # Triton kernels for norms, RoPE and SiLU-mul (CUDA only)
     cuda_graph: bool = True  # capture decode steps as CUDA graphs (triton backend on CUDA only)
     cuda_graph_max_batch: int = 256  # largest decode batch run as a graph
+    # launch each step before reading the last one's tokens, so the host's scheduling and input
+    # preparation run while the device works (one rank only; tensor parallel replicas step in turn)
+    overlap: bool = True
     seed: int = 0  # seeds the RNG of requests that bring no seed of their own
     tensor_parallel_size: int = 1  # ranks (GPUs, or CPU processes) one replica's model is split over
     tensor_parallel_timeout_s: float = 300.0  # a collective waiting this long (a rank died) fails the engine

@@ -18,6 +18,7 @@ import torch
 from .attention.triton_backend import TritonBackend, TritonPlan
 from .batch import ForwardBatch
 from .model.llama import LlamaForCausalLM
+from .uploads import to_device
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,6 @@ class DecodeGraphs:
         self.zeros = torch.zeros(g, dtype=torch.int32, device=device)
         self.cu_q = torch.arange(g + 1, dtype=torch.int32, device=device)
         self.rows = torch.arange(g, dtype=torch.int64, device=device)
-        self._host = torch.empty(4 * g, dtype=torch.int64, pin_memory=True)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         backend.reserve_decode_scratch(self.max_batch, model.config.num_heads)
@@ -82,31 +82,30 @@ class DecodeGraphs:
     def fits(self, batch_size: int) -> bool:
         return batch_size <= self.max_batch
 
-    @torch.inference_mode()
-    def run(self, ids: list[int], positions: list[int], slots: np.ndarray,
-            page_tables: list[list[int]]) -> torch.Tensor:
-        """Logits [B, V] of one decode step of B sequences."""
+    def stage(self, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray,
+              page_tables: list[list[int]]) -> int:
+        """Fill the static inputs for a decode step of B sequences (queued on the device behind
+        the step before); return the graph size to replay."""
         b = len(ids)
         size = self.sizes[bisect.bisect_left(self.sizes, b)]
-        host = self._host.numpy()
-        host[:b] = ids
-        host[self.max_batch:self.max_batch + b] = positions
-        host[2 * self.max_batch:2 * self.max_batch + b] = slots
-        host[3 * self.max_batch:3 * self.max_batch + b] = np.asarray(positions) + 1  # kv lens
-        dev = self._host.to(self.ids.device, non_blocking=True)
-        g = self.max_batch
+        device = self.ids.device
+        dev = to_device(np.concatenate([ids, positions, slots, np.asarray(positions) + 1]), torch.int64, device)
         self.ids[:b].copy_(dev[:b])
-        self.positions[:b].copy_(dev[g:g + b])
-        self.slots[:b].copy_(dev[2 * g:2 * g + b])
-        self.kv_lens[:b].copy_(dev[3 * g:3 * g + b])
+        self.positions[:b].copy_(dev[b:2 * b])
+        self.slots[:b].copy_(dev[2 * b:3 * b])
+        self.kv_lens[:b].copy_(dev[3 * b:])
         width = max(len(t) for t in page_tables)
         table = np.full((b, width), self.spare_page, dtype=np.int32)
         for row, pages in enumerate(page_tables):
             table[row, :len(pages)] = pages
-        self.page_table[:b, :width].copy_(torch.from_numpy(table), non_blocking=True)
+        self.page_table[:b, :width].copy_(to_device(table, torch.int32, device))
         if size > b:  # padded rows: the spare page, one key
             self.slots[b:size].fill_(self.spare_page * self.page_size)
             self.kv_lens[b:size].fill_(1)
             self.page_table[b:size, 0].fill_(self.spare_page)
+        return size
+
+    def replay(self, size: int, b: int) -> torch.Tensor:
+        """Logits [B, V] of the staged step."""
         self.graphs[size].replay()
         return self.logits[size][:b]

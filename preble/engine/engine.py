@@ -1,7 +1,11 @@
 """The engine: model, KV pool, radix cache and scheduler wired into a step loop.
 
-`step()` is the whole loop body: schedule, run the forward pass, feed the sampled tokens back,
-apply stop strings. Servers call it from their own loop; the offline `LLM` calls it until done.
+`step()` is the whole loop body: schedule, launch the forward pass and sampling, feed the sampled
+tokens back, apply stop strings. Servers call it from their own loop; the offline `LLM` calls it
+until done. With `overlap` (the default on one rank), a call schedules and launches the next step
+before it reads the tokens of the one before, so the host's work hides behind the device's: a
+pending token reaches its next step on the device, and a request that ends on it has run one
+step too many, whose token is dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoTokenizer
@@ -19,11 +24,12 @@ from ..core.pages import PageAllocator
 from ..core.radix_cache import RadixCache
 from ..core.request import Request
 from ..core.sampling_params import SamplingParams
-from ..core.scheduler import Scheduler
-from ..core.step_stats import StepMeter
+from ..core.scheduler import Scheduler, SchedulerOutput
+from ..core.step_stats import PassSplit, StepMeter, split_pass
 from .config import EngineConfig
 from .kv_pool import page_bytes
 from .model.presets import is_random
+from .model_runner import LaunchedStep
 from .parallel import TensorParallel
 from .rank import build_runner, load_rank_model, model_config_of, resolve_dtype
 from .sampler import Sampler
@@ -55,6 +61,16 @@ def _num_pages(config: EngineConfig, bytes_per_page: int, device: torch.device) 
         raise RuntimeError(f"no memory left for the KV cache on {device} (budget {budget / GIB:.2f} GiB); "
                            "set kv_cache_gib or num_pages, or free the device")
     return int(budget // bytes_per_page)
+
+
+@dataclass
+class _InFlight:
+    """A launched step: what was scheduled, its tokens on their way, its pass for the meter."""
+
+    out: SchedulerOutput
+    launched: LaunchedStep
+    split: PassSplit
+    started: float  # perf_counter at launch
 
 
 class LLMEngine:
@@ -93,6 +109,11 @@ class LLMEngine:
         self._ids = itertools.count()
         self._requests: dict[str, Request] = {}
         self.meter = StepMeter()  # pass times, for the router's calibration
+        # Sampled tokens live only on rank 0's device, so other ranks could not take pending ones.
+        # (Changed only while `has_work` is False.)
+        self.overlap = config.overlap and self.ranks is None
+        self._in_flight: _InFlight | None = None
+        self._last_done = 0.0  # when the last step's tokens were seen (perf_counter)
 
     def close(self) -> None:
         """Stop the other ranks of a tensor-parallel replica (a no-op for one rank)."""
@@ -130,26 +151,41 @@ class LLMEngine:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self._in_flight is not None
 
     # ------------------------------------------------------------------ the loop
 
     def step(self) -> list[Request]:
-        """Run one scheduler step; return the requests that received a token (finished or not)."""
+        """Run one scheduler step; return the requests that received a token (finished or not):
+        with `overlap`, those of the step launched by the call before."""
         out = self.scheduler.schedule()
-        if out.is_empty:
-            return []
+        launched = None if out.is_empty else self._launch(out)
+        if not self.overlap:
+            return self._take(launched) if launched is not None else []
+        earlier, self._in_flight = self._in_flight, launched
+        return self._take(earlier) if earlier is not None else []
+
+    def _launch(self, out: SchedulerOutput) -> _InFlight:
         started = time.perf_counter()
-        sampled = self.runner.execute(out)  # returns once the sampled tokens are on the host
-        self.meter.record(out, time.perf_counter() - started)
-        self.scheduler.update(out, sampled)
-        for req in sampled:
+        flight = _InFlight(out, self.runner.launch(out), split_pass(out), started)
+        self.scheduler.advance(out)
+        return flight
+
+    def _take(self, flight: _InFlight) -> list[Request]:
+        """Wait for a launched step's tokens and feed them back."""
+        sampled = self.runner.collect(flight.launched)
+        done = time.perf_counter()
+        # The device starts a step when it is launched or when the one before it ends.
+        self.meter.record_split(flight.split, done - max(flight.started, self._last_done))
+        self._last_done = done
+        served = self.scheduler.resolve(flight.out, sampled)
+        for req in served:
             if not req.is_finished and req.sampling.stop and self._hit_stop_string(req):
                 self.scheduler.finish(req, "stop")
             if req.is_finished:
                 self._requests.pop(req.request_id, None)
                 self.runner.sampler.release(req.request_id)
-        return list(sampled)
+        return served
 
     # ------------------------------------------------------------------ text
 

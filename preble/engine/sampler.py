@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core.sampling_params import SamplingParams
+from .uploads import to_device
 
 
 class Sampler:
@@ -35,9 +36,8 @@ class Sampler:
         flags = [p.greedy for p in params]
         if all(flags):  # decided on the host: no upload, no device sync
             return argmax
-        greedy = torch.tensor(flags, device=logits.device)
-        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params],
-                             device=logits.device, dtype=logits.dtype)
+        greedy = to_device(flags, torch.bool, logits.device)
+        temps = to_device([p.temperature if not p.greedy else 1.0 for p in params], logits.dtype, logits.device)
         probs = self._filtered_probs(logits / temps[:, None], params)
         noise = torch.empty_like(probs).exponential_()  # one draw for all unseeded rows
         for i, (rid, p) in enumerate(zip(request_ids, params)):
@@ -50,11 +50,12 @@ class Sampler:
     def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         """Softmax after masking tokens outside each row's top-k and top-p sets."""
         vocab = logits.shape[-1]
-        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params],
-                             device=logits.device)
-        top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype)
-        if bool((top_k == vocab).all()) and bool((top_p >= 1.0).all()):
+        ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+        ps = [p.top_p for p in params]
+        if all(k == vocab for k in ks) and all(p >= 1.0 for p in ps):  # decided on the host: no sync
             return torch.softmax(logits, dim=-1)
+        top_k = to_device(ks, torch.int64, logits.device)
+        top_p = to_device(ps, logits.dtype, logits.device)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(vocab, device=logits.device)[None, :]
         drop = ranks >= top_k[:, None]

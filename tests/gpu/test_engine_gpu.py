@@ -97,3 +97,26 @@ def test_fused_ops_match_torch_ops():
         ref = torch.nn.functional.silu(gate) * up
         got = fused_ops.silu_mul(gate_up)
         assert (got.float() - ref.float()).norm() / ref.float().norm() < tol
+
+
+def test_overlapped_steps_give_the_tokens_of_steps_in_turn_on_cuda(model_dirs):
+    """Launching each step before reading the last one's tokens (CUDA graphs and eager mixed
+    steps, greedy stops and seeded sampling, under KV pressure) changes no output."""
+    batch = prompts(seed=5)
+    opts = dict(device="cuda", dtype="float32", page_size=4, num_pages=80, kv_watermark=0.0,
+                max_num_batched_tokens=64)
+    first = LLM(model_dirs["qwen3"], overlap=False, **opts).generate(batch[:1], GREEDY)[0]
+    stop = first.outputs[0].token_ids[4]
+    params = [SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[stop]),
+              SamplingParams(max_tokens=10, temperature=0.8, top_k=30, seed=7, ignore_eos=True),
+              SamplingParams(max_tokens=14, temperature=0.0, ignore_eos=True)] * 4
+    params = params[:len(batch)]
+    results = {}
+    for overlap in (False, True):
+        llm = LLM(model_dirs["qwen3"], overlap=overlap, **opts)
+        outs = llm.generate(batch, params)
+        results[overlap] = [(o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outs]
+        assert llm.engine.scheduler.num_preemptions > 0
+        assert llm.engine.cache.locked_pages == 0
+    assert results[True] == results[False]
+    assert results[False][0][1] == "stop"
