@@ -139,11 +139,11 @@ def run(cfg: EngineBenchConfig) -> dict:
     weights_read = _weights_bytes(engine) - (0 if mc.tie_word_embeddings else emb.numel() * emb.element_size())
     decode = []
     for batch in cfg.decode_batches:
-        reqs = [r.add(r.tokens(cfg.decode_context), cfg.decode_steps + 2) for _ in range(batch)]
-        r.start_decode(reqs)
+        reqs = r.decode_batch(batch, cfg.decode_context, cfg.decode_steps)
+        before = sum(q.num_tokens for q in reqs)
         secs = r.timed_steps(cfg.decode_steps - 1, until_finished=reqs)
+        context = (before + sum(q.num_tokens for q in reqs)) / 2 / batch
         r.run_until_done()
-        context = cfg.decode_context + cfg.decode_steps // 2
         floor_bytes = weights_read + batch * context * kv_bytes_per_token
         floor_s = floor_bytes / (ceilings["copy_gbps"] * 1e9)
         decode.append({"batch": batch, "step_ms": secs * 1e3, "tokens_per_s": batch / secs,

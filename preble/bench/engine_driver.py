@@ -65,12 +65,18 @@ class EngineDriver:
             self.engine.step()
         return self.clock() - t
 
-    def start_decode(self, reqs: Sequence[Request]) -> None:
-        """Step until every request has its first token, then once more: the steps after are
-        decode steps."""
+    def decode_batch(self, batch: int, context: int, steps: int) -> list[Request]:
+        """`batch` requests of `context`-token prompts, stepped until all decode (every one has its
+        first token, then one step more); none finishes within `steps` more steps. The first
+        admitted decode while the last ones prefill, so each asks for as many tokens as the
+        prefill takes steps, plus `steps` and a margin."""
+        budget = self.engine.scheduler.config.max_num_batched_tokens
+        prefill_steps = -(-batch * context // budget) + 1
+        reqs = [self.add(self.tokens(context), prefill_steps + steps + 2) for _ in range(batch)]
         while any(not r.output_token_ids for r in reqs):
             self.engine.step()
         self.engine.step()
+        return reqs
 
     def timed_steps(self, n: int, until_finished: Sequence[Request] = ()) -> float:
         """Mean seconds of `n` steps, fewer if one of `until_finished` finishes first. The clock

@@ -80,8 +80,7 @@ class _Profiler:
     def decode(self, batch: int, context: int) -> float:
         """Seconds per decode step of `batch` sequences of about `context` tokens each."""
         d, steps = self.driver, self.cfg.decode_steps
-        reqs = [d.add(d.tokens(context), steps + 2) for _ in range(batch)]
-        d.start_decode(reqs)
+        d.decode_batch(batch, context, steps)
         elapsed = d.timed_steps(steps)
         self.drain()
         return elapsed
