@@ -71,6 +71,9 @@ GRID_FILES = tuple(ROUTING + f + ".json" for f in (
     "grid_h200_2_seeds", "ladders_h200_64", "grid_h200_64", "grid_h200_64_seeds"))
 ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100 = (ENGINE + f for f in (
     "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json", "h100_llama3-8b_c65103c.json"))
+# Overlapped steps against steps in turn, one lease: the engine benchmark both ways and the decode profile.
+ENGINE_OVERLAP_628C560 = tuple(ENGINE + f for f in (
+    "h100_llama3-8b_628c560_in_turn.json", "h100_llama3-8b_628c560.json", "h100_decode_profile_628c560.json"))
 H100_COMPARISON = (COMPARISON + "h100_llama3-8b.json", COMPARISON + "h100_llama3-8b_loogle.json")
 
 REGIONS: Mapping[str, Spec] = {
@@ -104,8 +107,10 @@ REGIONS: Mapping[str, Spec] = {
                                                         ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
                                                         ROUTER_BOX, ROUTER_BOX_6CCBFA4)),
     # results/engine/NOTES.md
-    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100, ENGINE_HEADLINE)),
-    "engine-targets": Spec(engine.targets_table, (ENGINE_HEADLINE, ENGINE_H100, ENGINE_V4)),
+    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100, ENGINE_HEADLINE,
+                                            *ENGINE_OVERLAP_628C560[:2])),
+    "engine-targets": Spec(engine.targets_table, (ENGINE_OVERLAP_628C560[1], ENGINE_HEADLINE, ENGINE_H100, ENGINE_V4)),
+    "engine-overlap-628c560": Spec(engine.overlap, ENGINE_OVERLAP_628C560),
     "engine-split": Spec(engine.split, (ENGINE_V3, ENGINE_V4, ENGINE_H100)),
     "radix-evict": Spec(engine.radix_table, (ENGINE + "radix_evict_e10bfd7.json", ENGINE + "radix_evict.json")),
     # results/routing/README.md
