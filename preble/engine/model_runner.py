@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.request import Request
-from ..core.scheduler import SchedulerOutput
+from ..core.scheduler import ScheduledChunk, SchedulerOutput
 from .attention import AttentionBackend
 from .batch import ForwardBatch
 from .model.llama import LlamaForCausalLM
@@ -58,12 +58,6 @@ class StepInput:
     pending_rows: list[int] = field(default_factory=list)
     pending_sources: list[int] = field(default_factory=list)
 
-    def with_pending(self, pending: list[tuple[int, int]]) -> StepInput:
-        """This step with its (row, source) pairs of pending tokens."""
-        self.pending_rows = [row for row, _ in pending]
-        self.pending_sources = [source for _, source in pending]
-        return self
-
     def encode(self) -> bytes:
         return msgspec.msgpack.encode(_WireStep(self.ids.tobytes(), self.positions.tobytes(), self.slots.tobytes(),
                                                 self.starts, self.lens, self.page_tables, self.logit_rows,
@@ -101,34 +95,18 @@ class ModelRunner:
         self._last_rows: dict[Request, int] = {}
 
     def prepare(self, out: SchedulerOutput) -> StepInput:
-        ps = self.page_size
         chunks = out.chunks
-        lens = [c.num_tokens for c in chunks]
-        starts = [c.start for c in chunks]
-        if all(n == 1 for n in lens):  # decode: one token each, built without per-request arrays
-            tables = [c.request.pages[: c.start // ps + 1] for c in chunks]
-            slots = [t[-1] * ps + s % ps for t, s in zip(tables, starts)]
-            graph = self.graphs is not None and self.graphs.fits(len(chunks))
-            ids, pending = [], []
-            for row, c in enumerate(chunks):
-                req = c.request
-                if c.start == req.num_resolved_tokens:  # its token is the last step's, still pending
-                    pending.append((row, self._last_rows[req]))
-                    ids.append(0)
-                else:
-                    ids.append(req.token_ids(c.start, c.start + 1)[0])
-            step = StepInput(np.asarray(ids, dtype=np.int64), np.asarray(starts, dtype=np.int64),
-                             np.asarray(slots, dtype=np.int64), starts, lens, tables,
-                             [i for i, c in enumerate(chunks) if c.samples], graph)
-            return step.with_pending(pending)
-        ids, positions, slots, tables, logit_rows = [], [], [], [], []
-        pending = []
+        if all(c.num_tokens == 1 for c in chunks):
+            return self._prepare_decode(chunks)
+        ps = self.page_size
+        ids, positions, slots, tables, logit_rows, rows, sources = [], [], [], [], [], [], []
         for chunk in chunks:
             req = chunk.request
             known = req.token_ids(chunk.start, chunk.end)
             ids.extend(known)
             if len(known) < chunk.num_tokens:  # the newest token is pending
-                pending.append((len(ids), self._last_rows[req]))
+                rows.append(len(ids))
+                sources.append(self._last_rows[req])
                 ids.append(0)
             pos = np.arange(chunk.start, chunk.end)
             positions.append(pos)
@@ -136,9 +114,29 @@ class ModelRunner:
             tables.append(req.pages[: -(-chunk.end // ps)])
             if chunk.samples:
                 logit_rows.append(len(ids) - 1)
-        step = StepInput(np.asarray(ids, dtype=np.int64), np.concatenate(positions).astype(np.int64),
-                         np.concatenate(slots).astype(np.int64), starts, lens, tables, logit_rows, False)
-        return step.with_pending(pending)
+        return StepInput(np.asarray(ids, dtype=np.int64), np.concatenate(positions).astype(np.int64),
+                         np.concatenate(slots).astype(np.int64), [c.start for c in chunks],
+                         [c.num_tokens for c in chunks], tables, logit_rows, False, rows, sources)
+
+    def _prepare_decode(self, chunks: list[ScheduledChunk]) -> StepInput:
+        """One token each, built without per-request arrays."""
+        ps = self.page_size
+        starts = [c.start for c in chunks]
+        tables = [c.request.pages[: c.start // ps + 1] for c in chunks]
+        slots = [t[-1] * ps + s % ps for t, s in zip(tables, starts)]
+        ids, rows, sources = [], [], []
+        for row, c in enumerate(chunks):
+            req = c.request
+            if c.start == req.num_resolved_tokens:  # its token is the last step's, still pending
+                rows.append(row)
+                sources.append(self._last_rows[req])
+                ids.append(0)
+            else:
+                ids.append(req.token_ids(c.start, c.start + 1)[0])
+        graph = self.graphs is not None and self.graphs.fits(len(chunks))
+        return StepInput(np.asarray(ids, dtype=np.int64), np.asarray(starts, dtype=np.int64),
+                         np.asarray(slots, dtype=np.int64), starts, [1] * len(chunks), tables,
+                         [i for i, c in enumerate(chunks) if c.samples], graph, rows, sources)
 
     def forward(self, step: StepInput) -> torch.Tensor:
         """Logits of the step's sampled rows (every rank runs this on the same input)."""
