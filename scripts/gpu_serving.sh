@@ -10,11 +10,12 @@
 #   engine    the engine benchmark
 #   engine-in-turn  the engine benchmark with steps in turn (--no-overlap): what overlap buys
 #   profile   wall time against device busy time per decode step, both ways, and the top kernels
+#   gemv      the decode step's matmuls alone, as the engine runs them and in two other forms
 # Results and logs under $OUT; each step has its own time limit.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-STEPS=${STEPS:-serving tests asyncio h11 engine engine-in-turn profile}
+STEPS=${STEPS:-serving tests asyncio h11 engine engine-in-turn profile gemv}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import uvloop; print('uvloop', uvloop.__version__)" 2>&1 | tail -1
 
@@ -46,6 +47,8 @@ for step in $STEPS; do
       flag=$([ "$step" = engine ] && echo --overlap || echo --no-overlap)
       timeout 300 python3 -m preble.cli bench engine $flag --out "$OUT/$step.json" > "$OUT/$step.log" 2>&1
       report "$OUT/$step.md" "$OUT/$step.log" ;;
+    gemv)
+      timeout 120 python3 scripts/gemv_variants.py --out "$OUT/gemv_variants.json" 2>&1 | tail -25 ;;
     profile)
       timeout 300 python3 scripts/profile_decode.py --out "$OUT/decode_profile.json" > "$OUT/profile.log" 2>&1
       head -8 "$OUT/profile.log" ;;
