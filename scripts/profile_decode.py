@@ -40,9 +40,9 @@ def measure(driver: EngineDriver, batch: int, context: int, steps: int) -> dict:
     reqs = driver.decode_batch(batch, context, 2 * steps)
     wall_ms = driver.timed_steps(steps) * 1e3
     busy_ms, table = device_busy_ms(driver, steps)
+    assert not any(r.is_finished for r in reqs), "the batch shrank while it was timed"
     driver.run_until_done()
     driver.clear_cache()
-    assert not any(r.is_finished for r in reqs)
     return {"batch": batch, "wall_ms": wall_ms, "device_busy_ms": busy_ms,
             "host_gap_ms": wall_ms - busy_ms, "top_kernels": table}
 

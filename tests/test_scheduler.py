@@ -227,11 +227,26 @@ def random_requests(rng: random.Random, n: int) -> list[Request]:
     return reqs
 
 
+class Draws:
+    """A fake seeded sampler: a request's n-th draw gives its n-th token of a fixed sequence,
+    whichever position it fills, and a draw whose token is dropped is spent all the same (as a
+    seeded generator's is)."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+
+    def __call__(self, req: Request, position: int) -> int:
+        n = self.count.get(req.request_id, 0)
+        self.count[req.request_id] = n + 1
+        return token_at(req, -1 - n)
+
+
 def drive(s: Scheduler, reqs: list[Request], rng: random.Random, launch_ahead: bool,
-          abort_every: int = 0) -> list[Request]:
+          abort_every: int = 0, sample=token_at) -> list[Request]:
     """Step `s` until every request is done, adding them at random steps; `launch_ahead` schedules
     and launches each step before resolving the one before, as an overlapping engine does.
-    Aborts the newest running request every `abort_every` steps (0: never)."""
+    Aborts the newest running request every `abort_every` steps (0: never). `sample(request,
+    position)` gives each sampling chunk's token when its step is launched."""
     queue, finished, in_flight = list(reqs), [], None
     for step in range(20_000):
         if queue and rng.random() < 0.3:
@@ -246,7 +261,7 @@ def drive(s: Scheduler, reqs: list[Request], rng: random.Random, launch_ahead: b
         launched = None
         if out.chunks:
             s.advance(out)
-            launched = (out, {c.request: token_at(c.request, c.end) for c in out.chunks if c.samples})
+            launched = (out, {c.request: sample(c.request, c.end) for c in out.chunks if c.samples})
         if not launch_ahead:
             in_flight, launched = launched, None
         if in_flight is not None:
@@ -258,16 +273,20 @@ def drive(s: Scheduler, reqs: list[Request], rng: random.Random, launch_ahead: b
 
 @pytest.mark.parametrize("policy", ["fcfs", "lpm", "preble"])
 @pytest.mark.parametrize("seed", range(4))
-def test_steps_launched_ahead_finish_every_request_as_steps_in_turn_do(policy, seed):
+@pytest.mark.parametrize("sampler", ["by position", "seeded draws"])
+def test_steps_launched_ahead_finish_every_request_as_steps_in_turn_do(policy, seed, sampler):
     """Against the same requests stepped in turn: the same tokens and finish reasons, each request
-    finished once, no page lost or left locked, under KV pressure (preemption) and EOS stops."""
+    finished once, no page lost or left locked, under KV pressure (preemption) and EOS stops. With
+    seeded draws, a request preempted while its token is pending keeps that token, as it keeps
+    it when steps run in turn (dropping it would spend a draw the run in turn does not)."""
     results = []
     for launch_ahead in (False, True):
         rng = random.Random(seed)
         page_size = rng.choice([1, 2, 4])
         s = make_scheduler(num_pages=64 // page_size, page_size=page_size, local_policy=policy,
                            max_num_batched_tokens=rng.choice([8, 32]), max_running_requests=6)
-        finished = drive(s, random_requests(rng, 30), rng, launch_ahead)
+        sample = token_at if sampler == "by position" else Draws()
+        finished = drive(s, random_requests(rng, 30), rng, launch_ahead, sample=sample)
         assert len({id(r) for r in finished}) == len(finished) == 30
         assert s.cache.locked_pages == 0
         assert s.allocator.num_free + s.cache.evictable_pages == s.allocator.num_pages

@@ -68,10 +68,11 @@ class EngineDriver:
     def decode_batch(self, batch: int, context: int, steps: int) -> list[Request]:
         """`batch` requests of `context`-token prompts, stepped until all decode (every one has its
         first token, then one step more); none finishes within `steps` more steps. The first
-        admitted decode while the last ones prefill, so each asks for as many tokens as the
-        prefill takes steps, plus `steps` and a margin."""
-        budget = self.engine.scheduler.config.max_num_batched_tokens
-        prefill_steps = -(-batch * context // budget) + 1
+        admitted decode while the last ones prefill (their decodes taking part of each step's
+        budget), so each asks for as many tokens as the prefill can take steps, plus `steps` and
+        a margin."""
+        prefill_budget = max(self.engine.scheduler.config.max_num_batched_tokens - batch, 1)
+        prefill_steps = -(-batch * context // prefill_budget) + 1
         reqs = [self.add(self.tokens(context), prefill_steps + steps + 2) for _ in range(batch)]
         while any(not r.output_token_ids for r in reqs):
             self.engine.step()

@@ -92,14 +92,8 @@ class Scheduler:
         self.waiting.add(req)
 
     def abort(self, req: Request) -> None:
-        if req.is_finished:
-            return
-        if req.status is Status.WAITING:
-            self.waiting.remove(req)
-        else:
-            self.running.remove(req)
-            self._release(req)
-        self._finish(req, "abort")
+        if not req.is_finished:
+            self.finish(req, "abort")
 
     @property
     def has_work(self) -> bool:
@@ -203,8 +197,8 @@ class Scheduler:
         served = []
         for chunk in out.chunks:
             req = chunk.request
-            if not chunk.samples or req.status is not Status.RUNNING or not req.num_pending_tokens:
-                continue  # ended or preempted since the step was launched: its token is void
+            if not chunk.samples or req.is_finished or not req.num_pending_tokens:
+                continue  # ended since the step was launched, or not advanced: its token is void
             was_prefill = chunk.num_tokens > 1 or not req.output_token_ids
             token = sampled[req]
             req.num_pending_tokens -= 1
@@ -215,7 +209,7 @@ class Scheduler:
             reason = self._stop_reason(req, token)
             if reason is not None:
                 self.finish(req, reason)
-            elif was_prefill:
+            elif was_prefill and req.status is Status.RUNNING:
                 self._cache_computed(req)  # share the prompt with requests arriving meanwhile
         return served
 
@@ -233,12 +227,17 @@ class Scheduler:
         return outputs >= req.sampling.max_tokens or req.num_tokens >= self.max_model_len
 
     def finish(self, req: Request, reason: str) -> None:
-        """End a running request (also used by the engine for stop strings)."""
-        self.running.remove(req)
-        self._release(req)
+        """End a request (also used by the engine for stop strings): a running one, or one
+        preempted while a token of its was pending, which that token ended."""
+        if req.status is Status.WAITING:
+            self.waiting.remove(req)
+        else:
+            self.running.remove(req)
+            self._release(req)
         self._finish(req, reason)
 
     def _finish(self, req: Request, reason: str) -> None:
+        req.num_pending_tokens = 0  # tokens of steps launched after the end are void
         req.status = Status.FINISHED
         req.finish_reason = reason
         req.finish_time = self.clock()
@@ -257,11 +256,11 @@ class Scheduler:
         req.cache_node = result.node
 
     def _release(self, req: Request) -> None:
-        """Cache what `req` computed, then drop its locks and the pages it still owns. Pending
-        tokens are void; K/V that a launched step is still writing counts as computed (it will
-        be there before any later step reads it), but only for known tokens."""
+        """Cache what `req` computed, then drop its locks and the pages it still owns. K/V that a
+        launched step is still writing counts as computed (it will be there before any later
+        step reads it), but only for known tokens. A pending token stays: a preempted request
+        keeps the token its last step sampled, as it would have had it been read before."""
         req.num_computed_tokens = min(req.num_computed_tokens, req.num_resolved_tokens)
-        req.num_pending_tokens = 0
         self._cache_computed(req)
         owned = req.pages[req.num_computed_tokens // self.allocator.page_size:]
         self.cache.unlock(req.cache_node)
