@@ -16,6 +16,7 @@ from .traced import EXEMPT, measured_code
 # (results/engine/NOTES.md), so the headline quotes MFU only from this length up.
 LONG_PREFILL_TOKENS = 2048
 BATCH_1, BATCH_64, BATCH_256 = 1, 64, 256  # decode batches the notes quote
+LLAMA3_8B_LAYERS = 32  # the matmul benchmark times one layer of each kind
 
 
 def _decode(run: Result, batch: int) -> dict[str, Any]:
@@ -176,3 +177,36 @@ def overlap(in_turn: Result, overlapped: Result, profile: Result) -> str:
     lines += [f"| {r['batch']} | {'overlapped' if r['overlap'] else 'in turn'} | {r['wall_ms']:.2f} | "
               f"{r['device_busy_ms']:.2f} | {r['host_gap_ms']:.2f} |" for r in profile.data["rows"]]
     return "\n".join(lines)
+
+
+def gemv(variants: Result, run: Result) -> str:
+    """The decode step's matmuls alone (`scripts/gemv_variants.py`): each layer as the engine runs
+    it and the best of the other forms, against the weight-read floor; then a whole step's matmuls
+    at batch 1 and 256 beside the engine's step on the same kind of device."""
+    rows = variants.data["rows"]
+    lines = [f"`{variants.name}` ({variants.data['meta']['device']}, the code of {measured_code(variants)}; "
+             "microseconds per call, replayed from a CUDA graph):", "",
+             "| layer | batch | weight-read floor | as the engine runs it (`F.linear`) | best other form |",
+             "|---|---:|---:|---:|---|"]
+    for r in rows:
+        other = min(("matmul_in_out", "linear_cublaslt"), key=lambda k: r[k])
+        lines.append(f"| {r['layer']} | {r['batch']} | {r['floor_us']:.1f} | {r['linear']:.1f} | "
+                     f"{r[other]:.1f} (`{other}`) |")
+    lines.append("")
+    for batch in (BATCH_1, BATCH_256):
+        matmul_ms, weights_ms = (_step_sum(rows, batch, key) / 1e3 for key in ("linear", "floor_us"))
+        step = _decode(run, batch)
+        kv_ms = step["floor_ms"] - weights_ms
+        lines.append(f"- Batch {batch}: one step's matmuls ({LLAMA3_8B_LAYERS} layers and the output head) take "
+                     f"{matmul_ms:.2f} ms against {weights_ms:.2f} ms to read their weights; with the K/V read at "
+                     f"the copy bandwidth ({kv_ms:.2f} ms, the rest of the roofline) that is "
+                     f"{matmul_ms + kv_ms:.2f} ms, and the engine's whole step takes {step['step_ms']:.2f} ms "
+                     f"(`{run.name}`).")
+    return "\n".join(lines)
+
+
+def _step_sum(rows: list[dict], batch: int, key: str) -> float:
+    """One decode step's sum of `key` over the matmul rows of `batch`: every layer kind times the
+    number of layers, plus the output head."""
+    per = {r["layer"]: r[key] for r in rows if r["batch"] == batch}
+    return sum(v for k, v in per.items() if k != "lm_head") * LLAMA3_8B_LAYERS + per["lm_head"]

@@ -24,7 +24,9 @@ class Spec:
 
 
 # The runs the top README's engine sentence and the serving README's table quote.
-ENGINE_HEADLINE = "results/engine/h200_llama3-8b_a9c0070.json"
+ENGINE_HEADLINE = "results/engine/h200_llama3-8b_4a8cdbb.json"
+ENGINE_H200_A9C0070 = "results/engine/h200_llama3-8b_a9c0070.json"  # steps in turn
+ENGINE_GEMV = "results/engine/h200_gemv_variants_4a8cdbb.json"  # the decode step's matmuls alone
 SERVING_RUNS = ("results/serving/dev_cpu_tiny_base_c72e6e6.json", "results/serving/dev_cpu_tiny.json")  # oldest first
 SERVING_GPU = "results/serving/h100_e2e_038bd89.json"  # the served path beside its engine, on one machine
 SERVING_GPU_8EC9FD6 = "results/serving/h100_e2e_8ec9fd6.json"  # before the router's connection and client changes
@@ -107,9 +109,11 @@ REGIONS: Mapping[str, Spec] = {
                                                         ROUTER_DEV_6698A2B, ROUTER_DEV_FDDA77A,
                                                         ROUTER_BOX, ROUTER_BOX_6CCBFA4)),
     # results/engine/NOTES.md
-    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100, ENGINE_HEADLINE,
-                                            *ENGINE_OVERLAP_628C560[:2])),
-    "engine-targets": Spec(engine.targets_table, (ENGINE_OVERLAP_628C560[1], ENGINE_HEADLINE, ENGINE_H100, ENGINE_V4)),
+    "engine-runs": Spec(engine.runs_table, (ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100, ENGINE_H200_A9C0070,
+                                            *ENGINE_OVERLAP_628C560[:2], ENGINE_HEADLINE)),
+    "engine-targets": Spec(engine.targets_table, (ENGINE_HEADLINE, ENGINE_OVERLAP_628C560[1], ENGINE_H200_A9C0070,
+                                                  ENGINE_H100, ENGINE_V4)),
+    "engine-gemv": Spec(engine.gemv, (ENGINE_GEMV, ENGINE_HEADLINE)),
     "engine-overlap-628c560": Spec(engine.overlap, ENGINE_OVERLAP_628C560),
     "engine-split": Spec(engine.split, (ENGINE_V3, ENGINE_V4, ENGINE_H100)),
     "radix-evict": Spec(engine.radix_table, (ENGINE + "radix_evict_e10bfd7.json", ENGINE + "radix_evict.json")),
