@@ -20,10 +20,11 @@ def params_mix(stop_token: int) -> list[SamplingParams]:
             SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)]
 
 
-def generate(path: str, overlap: bool, prompts, params, **options):
+def generate(path: str, overlap: bool, prompts, params, preempts: bool = False, **options):
     llm = LLM(path, page_size=4, overlap=overlap, **options)
     outs = llm.generate(prompts, params)
     engine = llm.engine
+    assert (engine.scheduler.num_preemptions > 0) == preempts
     assert not engine.has_work and engine.cache.locked_pages == 0
     assert engine.allocator.num_free + engine.cache.evictable_pages == engine.allocator.num_pages
     return [(o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outs]
@@ -31,13 +32,14 @@ def generate(path: str, overlap: bool, prompts, params, **options):
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 @pytest.mark.parametrize("options", [dict(num_pages=256),
-                                     dict(num_pages=40, max_num_batched_tokens=24),  # preempts, chunks
+                                     dict(num_pages=28, max_num_batched_tokens=24, preempts=True),  # and chunks
                                      ])
 def test_overlapped_steps_give_the_tokens_of_steps_in_turn(tiny_models, family, options):
     path = tiny_models(family)
     prompts = random_prompts(10, (3, 30), seed=21, shared=random_prompts(1, (9, 9), seed=22)[0])
     greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-    stop_token = generate(path, False, prompts[1:2], greedy, **options)[0][0][3]  # ends prompts[1]
+    alone = {k: v for k, v in options.items() if k != "preempts"}
+    stop_token = generate(path, False, prompts[1:2], greedy, **alone)[0][0][3]  # ends prompts[1]
     params = [p for _ in range(2) for p in params_mix(stop_token)]
     in_turn = generate(path, False, prompts, params, **options)
     assert {reason for _, reason in in_turn} == {"stop", "length"}
