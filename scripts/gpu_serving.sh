@@ -11,6 +11,8 @@
 #   engine-in-turn  the engine benchmark with steps in turn (--no-overlap): what overlap buys
 #   profile   wall time against device busy time per decode step, both ways, and the top kernels
 #   gemv      the decode step's matmuls alone, as the engine runs them and in two other forms
+#   prefill-profile  a lone request's first token: host phases, device busy time, kernel launches,
+#             and its forward pass eager against a CUDA graph replay
 # Results and logs under $OUT; each step has its own time limit.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
@@ -49,6 +51,9 @@ for step in $STEPS; do
       report "$OUT/$step.md" "$OUT/$step.log" ;;
     gemv)
       timeout 120 python3 scripts/gemv_variants.py --out "$OUT/gemv_variants.json" 2>&1 | tail -25 ;;
+    prefill-profile)
+      timeout 300 python3 scripts/profile_prefill.py --out "$OUT/prefill_profile.json" > "$OUT/prefill_profile.log" 2>&1
+      head -12 "$OUT/prefill_profile.log"; grep -A22 "top host operators" "$OUT/prefill_profile.log" ;;
     profile)
       timeout 300 python3 scripts/profile_decode.py --out "$OUT/decode_profile.json" > "$OUT/profile.log" 2>&1
       head -8 "$OUT/profile.log" ;;
