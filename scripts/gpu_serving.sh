@@ -2,7 +2,7 @@
 # One run on a GPU machine for the serving path. Steps (STEPS, in order; default all):
 #   serving   `preble bench serving` (Llama-3-8B shape, random weights: router + worker against
 #             the engine in-process)
-#   tests     the GPU tests
+#   tests     the GPU tests (GPU_TESTS: which files; default all of tests/gpu)
 #   asyncio   the served half again with uvloop hidden (uvicorn falls back to asyncio): what
 #             uvloop, which the GPU image has, buys
 #   h11       the served half again with httptools hidden (uvicorn falls back to h11): what httptools,
@@ -39,7 +39,7 @@ for step in $STEPS; do
         > "$OUT/serving.log" 2>&1
       report "$OUT/serving.md" "$OUT/serving.log" ;;
     tests)
-      timeout 420 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
+      timeout 420 python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
     asyncio|h11)
       hidden=$([ "$step" = asyncio ] && echo uvloop || echo httptools)
       mkdir -p "/tmp/no-$hidden"
@@ -53,7 +53,7 @@ for step in $STEPS; do
       timeout 120 python3 scripts/gemv_variants.py --out "$OUT/gemv_variants.json" 2>&1 | tail -25 ;;
     prefill-profile)
       timeout 300 python3 scripts/profile_prefill.py --out "$OUT/prefill_profile.json" > "$OUT/prefill_profile.log" 2>&1
-      head -12 "$OUT/prefill_profile.log"; grep -A22 "top host operators" "$OUT/prefill_profile.log" ;;
+      head -12 "$OUT/prefill_profile.log"; grep -A20 "top host operators" "$OUT/prefill_profile.log" ;;
     profile)
       timeout 300 python3 scripts/profile_decode.py --out "$OUT/decode_profile.json" > "$OUT/profile.log" 2>&1
       head -8 "$OUT/profile.log" ;;

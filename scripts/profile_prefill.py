@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Where a first token's time goes: host phases, device busy time and kernel launches of a lone
-request's prefill, and what the same forward pass takes replayed as one CUDA graph.
+request's prefill, with the engine's piecewise CUDA graphs and without (eager), and what the same
+forward pass takes replayed as one whole CUDA graph.
 
     python scripts/profile_prefill.py [--model random:llama3-8b] [--lengths 128,512,2048]
                                       [--cached-prefix 8192] [--out prefill_profile.json]
 
 A short prefill launches several hundred kernels from Python; when launching them takes longer
-than running them, the device waits and the time to first token is the host's. The graph replay
-of the same pass (the same static inputs, captured once) is the device-bound time of that pass.
+than running them, the device waits and the time to first token is the host's. The whole-graph
+replay of the same pass (the same static inputs, captured once) is the device-bound time of that
+pass; piecewise graphs (`preble/engine/piecewise_graphs.py`) leave one attention launch per layer
+outside their graphs.
 """
 
 from __future__ import annotations
@@ -149,14 +152,22 @@ def main() -> None:
     clock.wrap(engine.runner.model, "forward", "forward (launch)")
     clock.wrap(engine.runner, "sampler", "sample (launch)")
     clock.wrap(engine.runner, "collect", "wait for tokens")
-    rows = [measure(driver, clock, f"cold {n}", lambda n=n: driver.tokens(n), args.repeats) for n in lengths]
-    prefix = driver.tokens(args.cached_prefix)
-    driver.timed_first_token(prefix)
-    rows.append(measure(driver, clock, f"{args.new_tokens} on a cached {args.cached_prefix}",
-                        lambda: prefix + driver.tokens(args.new_tokens), args.repeats))
-    driver.clear_cache()
+    pieces, rows = engine.runner.piecewise, []
+    clock.wrap(pieces, "run", "pieces (launch)")
+    for mode in ("eager", "piecewise"):
+        engine.runner.piecewise = pieces if mode == "piecewise" else None
+        for n in lengths:
+            rows.append({"mode": mode, **measure(driver, clock, f"{mode}, cold {n}",
+                                                 lambda n=n: driver.tokens(n), args.repeats)})
+        prefix = driver.tokens(args.cached_prefix)
+        driver.timed_first_token(prefix)
+        case = f"{mode}, {args.new_tokens} on a cached {args.cached_prefix}"
+        rows.append({"mode": mode, **measure(driver, clock, case,
+                                             lambda p=prefix: p + driver.tokens(args.new_tokens), args.repeats)})
+        driver.clear_cache()
     graphs = [graph_bound(engine, n, args.repeats) for n in lengths]
-    print(f"\n{rows[0]['case']}: top host operators\n{rows[0]['top_host_ops']}")
+    for row in (rows[0], rows[len(rows) // 2]):
+        print(f"\n{row['case']}: top host operators\n{row['top_host_ops']}")
     if args.out:
         result = {"config": vars(args) | {"out": str(args.out)}, "rows": rows, "graph_bound": graphs,
                   "meta": environment(torch.device("cuda"))}

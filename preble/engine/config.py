@@ -26,6 +26,9 @@ class EngineConfig:
     fused_ops: bool = True  # Triton kernels for norms, RoPE and SiLU-mul (CUDA only)
     cuda_graph: bool = True  # capture decode steps as CUDA graphs (triton backend on CUDA only)
     cuda_graph_max_batch: int = 256  # largest decode batch run as a graph
+    # largest step with prompt tokens run as piecewise CUDA graphs (attention eager between the
+    # pieces; `piecewise_graphs.py`); 0: such steps run eagerly. One rank, CUDA only.
+    piecewise_graph_max_tokens: int = 512
     # launch each step before reading the last one's tokens, so the host's scheduling and input
     # preparation run while the device works (one rank only; tensor parallel replicas step in turn)
     overlap: bool = True

@@ -24,6 +24,7 @@ from .uploads import to_device
 
 if TYPE_CHECKING:  # CUDA graphs need Triton, which CPU installs lack
     from .cuda_graph import DecodeGraphs
+    from .piecewise_graphs import PiecewiseGraphs
 
 
 class _WireStep(msgspec.Struct, array_like=True):
@@ -82,13 +83,15 @@ class LaunchedStep:
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, backend: AttentionBackend, sampler: Sampler | None,
-                 page_size: int, device: torch.device, graphs: DecodeGraphs | None = None) -> None:
+                 page_size: int, device: torch.device, graphs: DecodeGraphs | None = None,
+                 piecewise: PiecewiseGraphs | None = None) -> None:
         self.model = model
         self.backend = backend
         self.sampler = sampler  # rank 0's; the other ranks of a replica only run forward passes
         self.page_size = page_size
         self.device = device
         self.graphs = graphs
+        self.piecewise = piecewise  # steps with prompt tokens (and decodes past `graphs`), one rank only
         self.broadcast = None  # under tensor parallelism: sends each step to the other ranks
         # The last launched step's sampled tokens, on the device, and each sampling request's row.
         self._last_tokens: torch.Tensor | None = None
@@ -148,6 +151,11 @@ class ModelRunner:
         def tensor(x) -> torch.Tensor:
             return to_device(x, torch.int64, self.device)
 
+        if self.piecewise is not None and self.piecewise.fits(len(step.ids)):
+            size = self.piecewise.stage(step.ids, step.positions, step.slots)
+            self._fill_pending(self.piecewise.ids, step)
+            return self.piecewise.run(size, step.starts, step.lens, step.page_tables, tensor(step.logit_rows),
+                                      self.page_size)
         batch = ForwardBatch(input_ids=tensor(step.ids), positions=tensor(step.positions),
                              out_slots=tensor(step.slots), starts=step.starts, lens=step.lens,
                              page_tables=step.page_tables, logit_indices=tensor(step.logit_rows),

@@ -1,5 +1,6 @@
 """Builds what runs a replica's forward passes on one rank: its share of the model (loaded or
-random), its share of the KV pool, the attention backend and the decode CUDA graphs.
+random), its share of the KV pool, the attention backend and the CUDA graphs (decode steps whole,
+steps with prompt tokens in pieces).
 
 Rank 0's engine and the other ranks of a tensor-parallel replica build theirs with the same code,
 so their kernels, pools and graphs match step for step.
@@ -58,10 +59,11 @@ def build_runner(config: EngineConfig, model: LlamaForCausalLM, num_pages: int, 
     if on_cuda and config.fused_ops:
         model.use_fused_ops()
     backend = make_backend(config.attention_backend or ("triton" if on_cuda else "torch_sdpa"), pool)
-    graphs = None
+    graphs = piecewise = None
     if on_cuda and config.cuda_graph:
         graphs = _capture_graphs(config, model, backend, spare_page=num_pages)
-    return ModelRunner(model, backend, sampler, config.page_size, device, graphs)
+        piecewise = _capture_piecewise(config, model, backend, spare_slot=num_pages * config.page_size)
+    return ModelRunner(model, backend, sampler, config.page_size, device, graphs, piecewise)
 
 
 def _capture_graphs(config: EngineConfig, model: LlamaForCausalLM, backend, spare_page: int):
@@ -75,5 +77,19 @@ def _capture_graphs(config: EngineConfig, model: LlamaForCausalLM, backend, spar
     max_len = model.config.context_window(sched.max_model_len)
     graphs = DecodeGraphs(model, backend, CudaGraphConfig(), min(config.cuda_graph_max_batch, sched.max_running_requests),
                           -(-max_len // config.page_size), spare_page)
+    graphs.capture()
+    return graphs
+
+
+def _capture_piecewise(config: EngineConfig, model: LlamaForCausalLM, backend, spare_slot: int):
+    """Piecewise graphs for short steps with prompt tokens (one rank: the pieces hold no
+    collectives' peers)."""
+    from .piecewise_graphs import PiecewiseGraphConfig, PiecewiseGraphs
+
+    max_tokens = min(config.piecewise_graph_max_tokens, config.scheduler.max_num_batched_tokens)
+    sizes = PiecewiseGraphConfig()
+    if config.tensor_parallel_size > 1 or max_tokens < min(sizes.token_sizes):
+        return None
+    graphs = PiecewiseGraphs(model, backend, sizes, max_tokens, spare_slot)
     graphs.capture()
     return graphs

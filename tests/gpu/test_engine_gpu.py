@@ -120,3 +120,20 @@ def test_overlapped_steps_give_the_tokens_of_steps_in_turn_on_cuda(model_dirs):
         assert llm.engine.cache.locked_pages == 0
     assert results[True] == results[False]
     assert results[False][0][1] == "stop"
+
+
+def test_piecewise_graphs_do_not_change_outputs(model_dirs):
+    """Steps with prompt tokens replayed in pieces (chunks, cached prefixes, preemption) give the
+    eager engine's tokens."""
+    from ..test_piecewise_graphs import count_runs
+
+    batch = prompts(seed=6)
+    opts = dict(device="cuda", dtype="float32", page_size=4, num_pages=80, kv_watermark=0.0,
+                max_num_batched_tokens=64)
+    eager = LLM(model_dirs["llama3"], piecewise_graph_max_tokens=0, **opts)
+    pieces = LLM(model_dirs["llama3"], **opts)
+    assert eager.engine.runner.piecewise is None
+    calls = count_runs(pieces.engine.runner.piecewise)
+    assert outputs(pieces, batch) == outputs(eager, batch)
+    assert calls["runs"] > 5 and calls["sizes"] > 2
+    assert pieces.engine.scheduler.num_preemptions > 0

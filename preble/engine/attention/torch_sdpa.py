@@ -41,9 +41,11 @@ class TorchSDPABackend(AttentionBackend):
             row += n
         return _Plan(batch.out_slots, plans)
 
-    def forward(self, layer, q, k, v, plan, scale):
-        self.pool.write(layer, plan.out_slots, k, v)
-        out = torch.empty_like(q)
+    def store(self, layer, k, v, slots):
+        self.pool.write(layer, slots, k, v)
+
+    def attend(self, layer, q, plan, scale, out=None):
+        out = torch.empty_like(q) if out is None else out
         k_pool, v_pool = self.pool.k[layer], self.pool.v[layer]
         for p in plan.seqs:
             qs = q[p.rows].transpose(0, 1)  # [Hq, n, D]

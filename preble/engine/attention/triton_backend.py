@@ -205,21 +205,29 @@ class TritonBackend(AttentionBackend):
             extend_params=extend_params, num_splits=self.num_splits(B) if decode else 1)
 
     def forward(self, layer, q, k, v, plan: TritonPlan, scale):
+        self.store(layer, k, v, plan.out_slots)
+        if plan.dense_shape is not None:
+            return self._dense_prefill(q, k, v, plan.dense_shape, scale)
+        return self.attend(layer, q, plan, scale)
+
+    def store(self, layer, k, v, slots):
+        ops.store_kv(self.pool.k[layer], self.pool.v[layer], slots, k, v)
+
+    def attend(self, layer, q, plan: TritonPlan, scale, out=None):
+        """Decode or extend kernel; a fresh prefill's dense path needs the new K/V at hand, so
+        only `forward` takes it (attending apart, the extend kernel runs it)."""
         k_cache, v_cache = self.pool.k[layer], self.pool.v[layer]
-        ops.store_kv(k_cache, v_cache, plan.out_slots, k, v)
         if plan.decode:
             B, Hq, _ = q.shape
             scratch = self._ensure_scratch(B * plan.num_splits, Hq) if plan.num_splits > 1 else None
             return ops.decode_attention(q, k_cache, v_cache, plan.page_table, plan.kv_lens, scale,
                                         plan.page_size, plan.num_splits, scratch=scratch,
                                         params=self.config.decode_params
-                                        or ops.default_decode_params(self.head_dim, self.dtype))
-        if plan.dense_shape is not None:
-            return self._dense_prefill(q, k, v, plan.dense_shape, scale)
+                                        or ops.default_decode_params(self.head_dim, self.dtype), out=out)
         return ops.extend_attention(q, k_cache, v_cache, plan.page_table, plan.starts, plan.lens,
                                     plan.cu_q, plan.max_len_q, scale, plan.page_size,
                                     block_seq=plan.block_seq, block_m_start=plan.block_m_start,
-                                    params=plan.extend_params)
+                                    params=plan.extend_params, out=out)
 
     @staticmethod
     def _dense_prefill(q, k, v, shape: tuple[int, int], scale: float) -> torch.Tensor:

@@ -135,7 +135,8 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.fused = False
 
-    def forward(self, x, cos, sin, backend: AttentionBackend, plan) -> torch.Tensor:
+    def project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k and v [T, Hkv, D] of the normed hidden states, RoPE applied."""
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -146,8 +147,10 @@ class Attention(nn.Module):
             fused_ops.apply_rope_(q, k, cos, sin)
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = backend.forward(self.layer, q, k, v, plan, self.scale)
-        return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
+        return q, k, v
+
+    def output(self, attn: torch.Tensor) -> torch.Tensor:
+        return self.tp.all_reduce(self.o_proj(attn.reshape(-1, self.q_size)))
 
 
 class MLP(nn.Module):
@@ -180,12 +183,20 @@ class DecoderLayer(nn.Module):
     def forward(self, x, residual, cos, sin, backend, plan) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it): adding the two is
         left to the next norm, which fuses it."""
+        q, k, v, residual = self.before_attention(x, residual, cos, sin)
+        attn = backend.forward(self.self_attn.layer, q, k, v, plan, self.self_attn.scale)
+        return self.after_attention(attn, residual)
+
+    def before_attention(self, x, residual, cos, sin):
+        """q, k, v and the residual stream from the layer before's output (x, residual)."""
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
             h, residual = self.input_layernorm(x, residual)
-        h = self.self_attn(h, cos, sin, backend, plan)
-        h, residual = self.post_attention_layernorm(h, residual)
+        return (*self.self_attn.project(h, cos, sin), residual)
+
+    def after_attention(self, attn, residual) -> tuple[torch.Tensor, torch.Tensor]:
+        h, residual = self.post_attention_layernorm(self.self_attn.output(attn), residual)
         return self.mlp(h), residual
 
 
@@ -220,7 +231,10 @@ class LlamaForCausalLM(nn.Module):
         x, residual = self.model.embed_tokens(batch.input_ids), None
         for layer in self.model.layers:
             x, residual = layer(x, residual, cos, sin, backend, plan)
-        rows = batch.logit_indices
+        return self.logits(x, residual, batch.logit_indices)
+
+    def logits(self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 logits of `rows` from the last layer's output and residual stream."""
         x, _ = self.model.norm(x[rows], residual[rows])
         return self.lm_head(x).float()
 
