@@ -87,6 +87,9 @@ def test_bad_input_raises_typed_errors_and_leaves_the_engine_clean(llm):
         llm.generate([[1, -2, 3]])
     with pytest.raises(InvalidPrompt):
         llm.generate([[]])
+    for not_ids in ([1, 2.5], [1, "2"], [[1, 2]], [1, [2, 3]], [1, 2**70]):
+        with pytest.raises(InvalidPrompt):
+            llm.engine.add_request(not_ids, SamplingParams())
     with pytest.raises(RequestTooLong):
         llm.generate([[5] * (llm.engine.scheduler.max_model_len + 1)])
     with pytest.raises(InvalidSamplingParams):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer
 
@@ -45,6 +46,16 @@ STOP_TAIL_EXTRA_TOKENS = 4
 
 class InvalidPrompt(ValueError):
     """The prompt holds token ids outside the vocabulary, or is empty."""
+
+
+def _in_vocabulary(ids: list, vocab: int) -> bool:
+    """Whether every id is an integer in [0, vocab), checked in C: the engine admits requests
+    between steps, and a Python loop over a 100k-token prompt would hold the device for ms."""
+    try:
+        arr = np.array(ids)  # Python ints become int64; floats, strings, nested lists or huge ints do not
+    except ValueError:  # ragged nesting
+        return False
+    return arr.ndim == 1 and arr.dtype == np.int64 and int(arr.min()) >= 0 and int(arr.max()) < vocab
 
 
 def _num_pages(config: EngineConfig, bytes_per_page: int, device: torch.device) -> int:
@@ -131,7 +142,7 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if not ids:
             raise InvalidPrompt("prompt is empty")
-        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
+        if not _in_vocabulary(ids, vocab):
             raise InvalidPrompt(f"prompt token ids must be integers in [0, {vocab})")
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._requests:
