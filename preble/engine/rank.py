@@ -82,8 +82,8 @@ def _capture_graphs(config: EngineConfig, model: LlamaForCausalLM, backend, spar
 
 
 def _capture_piecewise(config: EngineConfig, model: LlamaForCausalLM, backend, spare_slot: int):
-    """Piecewise graphs for short steps with prompt tokens (one rank: the pieces hold no
-    collectives' peers)."""
+    """Piecewise graphs for short steps with prompt tokens; one rank only (the other ranks of a
+    tensor-parallel replica would have to replay the same pieces, which no step message says)."""
     from .piecewise_graphs import PiecewiseGraphConfig, PiecewiseGraphs
 
     max_tokens = min(config.piecewise_graph_max_tokens, config.scheduler.max_num_batched_tokens)
