@@ -3,7 +3,7 @@
 request's prefill, with the engine's piecewise CUDA graphs and without (eager), and what the same
 forward pass takes replayed as one whole CUDA graph.
 
-    python scripts/profile_prefill.py [--model random:llama3-8b] [--lengths 128,512,2048]
+    python scripts/profile_prefill.py [--model random:llama3-8b] [--lengths 128,512]
                                       [--cached-prefix 8192] [--out prefill_profile.json]
 
 A short prefill launches several hundred kernels from Python; when launching them takes longer
@@ -136,7 +136,7 @@ def graph_bound(engine: LLMEngine, length: int, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="random:llama3-8b")
-    ap.add_argument("--lengths", default="128,512,2048")
+    ap.add_argument("--lengths", default="128,512")
     ap.add_argument("--cached-prefix", type=int, default=8192)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
