@@ -27,8 +27,9 @@ class EngineConfig:
     cuda_graph: bool = True  # capture decode steps as CUDA graphs (triton backend on CUDA only)
     cuda_graph_max_batch: int = 256  # largest decode batch run as a graph
     # largest step with prompt tokens run as piecewise CUDA graphs (attention eager between the
-    # pieces; `piecewise_graphs.py`); 0: such steps run eagerly. One rank, CUDA only.
-    piecewise_graph_max_tokens: int = 512
+    # pieces; `piecewise_graphs.py`), e.g. 512; 0: such steps run eagerly. One rank, CUDA only. Off
+    # until a GPU has run its test and profile (tests/gpu, scripts/profile_prefill.py).
+    piecewise_graph_max_tokens: int = 0
     # launch each step before reading the last one's tokens, so the host's scheduling and input
     # preparation run while the device works (one rank only; tensor parallel replicas step in turn)
     overlap: bool = True
