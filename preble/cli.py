@@ -43,12 +43,14 @@ DEMO_QUESTIONS = (
 
 def engine_config(model: Path, load_format: str, device: str, dtype: str | None, page_size: int,
                   num_pages: int | None, kv_cache_gib: float | None, max_num_batched_tokens: int,
-                  max_running_requests: int, max_model_len: int | None, local_policy: str, tp: int):
+                  max_running_requests: int, max_model_len: int | None, local_policy: str, tp: int,
+                  piecewise_graph_max_tokens: int):
     if load_format not in LOAD_FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(LOAD_FORMATS)}", param_hint="--load-format")
     return EngineConfig(
         model=str(model), load_format=load_format, device=device, dtype=dtype, page_size=page_size,
         num_pages=num_pages, kv_cache_gib=kv_cache_gib, tensor_parallel_size=tp,
+        piecewise_graph_max_tokens=piecewise_graph_max_tokens,
         scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                                   max_running_requests=max_running_requests,
                                   max_model_len=max_model_len, local_policy=local_policy))
@@ -77,6 +79,9 @@ def worker(
     tp: int = typer.Option(EngineConfig.tensor_parallel_size, "--tp", min=1,
                            help="Tensor parallelism: ranks the model is split over (GPUs from --device's on, "
                                 "or CPU processes)."),
+    piecewise_graph_max_tokens: int = typer.Option(
+        EngineConfig.piecewise_graph_max_tokens, min=0,
+        help="CUDA: steps with prompt tokens up to this size replay piecewise CUDA graphs (e.g. 512; 0: eager)."),
     max_inflight: int = typer.Option(WorkerConfig.max_inflight, help="Requests admitted at once; beyond, 429."),
     api_key: str | None = typer.Option(WorkerConfig.api_key, envvar="PREBLE_WORKER_API_KEY",
                                        help="Require this key on every endpoint but /health."),
@@ -86,7 +91,8 @@ def worker(
     from .worker.server import run_worker
 
     cfg = engine_config(model, load_format, device, dtype, page_size, num_pages, kv_cache_gib,
-                        max_num_batched_tokens, max_running_requests, max_model_len, local_policy, tp)
+                        max_num_batched_tokens, max_running_requests, max_model_len, local_policy, tp,
+                        piecewise_graph_max_tokens)
     run_worker(WorkerConfig(engine=cfg, host=host, port=port, worker_id=worker_id, num_threads=threads,
                             max_inflight=max_inflight, api_key=api_key, log_json=log_json))
 

@@ -39,3 +39,17 @@ def test_quick_serving_benchmark_measures_both_paths(tmp_path):
     assert all(ms >= 0 for ms in hops.values())
     assert served["ttft_cold_ms"] >= sum(hops.values()) * 0.5
     assert doc["meta"]["commit"]
+
+
+def test_engine_options_reach_both_halves_alike():
+    """The served worker gets, as command-line options, the engine options the in-process engine
+    gets as fields: KV memory and piecewise graphs."""
+    from preble.bench.serving import _engine_options
+    from preble.bench.serving_config import ServingBenchConfig
+    from preble.engine.config import EngineConfig
+
+    options = _engine_options(ServingBenchConfig(num_pages=4096, piecewise_graph_max_tokens=512))
+    assert options == {"num_pages": 4096, "piecewise_graph_max_tokens": 512}
+    EngineConfig(model="m", **options)  # every name is an engine field
+    assert _engine_options(ServingBenchConfig()) == {
+        "piecewise_graph_max_tokens": EngineConfig.piecewise_graph_max_tokens}

@@ -103,6 +103,9 @@ def serving(
     worker_arg: list[str] = typer.Option([], "--worker-arg", help="A further `preble worker` option; repeat."),
     kv_cache_gib: float | None = typer.Option(None, help="KV memory of the worker and the in-process engine."),
     num_pages: int | None = typer.Option(None, help="KV pages of the worker and the in-process engine."),
+    piecewise_graph_max_tokens: int = typer.Option(
+        ServingBenchConfig.piecewise_graph_max_tokens, min=0,
+        help="The worker's and the in-process engine's piecewise CUDA graphs (0: eager prompt steps)."),
     concurrency: str = typer.Option(",".join(map(str, ServingBenchConfig.concurrency)),
                                     help="Concurrent requests, comma-separated."),
     in_process: bool = typer.Option(ServingBenchConfig.in_process, help="Also measure the engine in-process."),
@@ -120,7 +123,8 @@ def serving(
         given.update(preset=preset, device=device, concurrency=tuple(int(c) for c in concurrency.split(",")))
     if worker_arg:
         given["worker_args"] = tuple(worker_arg)
-    given.update({k: v for k, v in (("kv_cache_gib", kv_cache_gib), ("num_pages", num_pages)) if v is not None})
+    given.update({k: v for k, v in (("kv_cache_gib", kv_cache_gib), ("num_pages", num_pages)) if v is not None},
+                 piecewise_graph_max_tokens=piecewise_graph_max_tokens)
     result = run(ServingBenchConfig(in_process=in_process, **given))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

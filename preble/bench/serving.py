@@ -192,10 +192,11 @@ def _in_process_batch(drive, cfg: ServingBenchConfig, n: int, sync_device) -> di
 # ------------------------------------------------------------------------------------------- run
 
 
-def _memory(cfg: ServingBenchConfig) -> dict:
-    """The KV memory options the served worker and the in-process engine share."""
-    return {name: value for name, value in (("kv_cache_gib", cfg.kv_cache_gib), ("num_pages", cfg.num_pages))
-            if value is not None}
+def _engine_options(cfg: ServingBenchConfig) -> dict:
+    """The engine options the served worker and the in-process engine share."""
+    given = (("kv_cache_gib", cfg.kv_cache_gib), ("num_pages", cfg.num_pages),
+             ("piecewise_graph_max_tokens", cfg.piecewise_graph_max_tokens))
+    return {name: value for name, value in given if value is not None}
 
 
 def run(cfg: ServingBenchConfig) -> dict:
@@ -211,16 +212,17 @@ def run(cfg: ServingBenchConfig) -> dict:
         if cfg.url is not None:
             result["served"] = measure_served(cfg.url, cfg)
         else:
-            memory = [word for name, value in _memory(cfg).items() for word in (f"--{name.replace('_', '-')}", str(value))]
+            options = [word for name, value in _engine_options(cfg).items()
+                       for word in (f"--{name.replace('_', '-')}", str(value))]
             args = ("--load-format", load_format, "--max-running-requests", str(max(cfg.concurrency)),
-                    *memory, *cfg.worker_args)
+                    *options, *cfg.worker_args)
             with LocalCluster(model, workers=1, device=cfg.device, worker_args=args,
                               startup_timeout_s=cfg.startup_timeout_s,
                               keep_log=Path(cfg.server_log) if cfg.server_log else None) as cluster:
                 launcher = cluster.proc.pid
                 result["served"] = measure_served(cluster.url, cfg, lambda: cpu_by_role(launcher))
         if cfg.in_process and model is not None:
-            result["in_process"] = measure_in_process(model, load_format, cfg, _memory(cfg))
+            result["in_process"] = measure_in_process(model, load_format, cfg, _engine_options(cfg))
     result["meta"] = environment(cfg.device)
     return result
 

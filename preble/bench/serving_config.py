@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..engine.config import EngineConfig
+
 
 @dataclass(frozen=True)
 class ServingBenchConfig:
@@ -17,6 +19,8 @@ class ServingBenchConfig:
     # KV memory of the served worker and of the in-process engine alike; None: the engine's default
     kv_cache_gib: float | None = None
     num_pages: int | None = None
+    # the served worker's and the in-process engine's (EngineConfig's; e.g. 512 to measure them)
+    piecewise_graph_max_tokens: int = EngineConfig.piecewise_graph_max_tokens
     in_process: bool = True  # also measure the engine in this process
     prompt_tokens: int = 128
     cached_prefix: int = 8192
