@@ -66,13 +66,15 @@ REPLICA_TRIAL = ROUTING + "replica_trial.json"
 SEEDS_GRID = ROUTING + "grid_h200_2_seeds.json"  # the 2-replica grid's loads with 3 seeds
 SEEDS_GRID_64 = ROUTING + "grid_h200_64_seeds.json"  # the 64-replica grid's loads with 3 seeds
 SEEDS_GRID_32 = ROUTING + "grid_h200_32_seeds.json"  # the 32-replica grid's loads with 3 seeds
+SEEDS_GRID_4_16 = ROUTING + "grid_h200_4_16_seeds.json"  # the 4/16-replica grid's loads with 3 seeds
 # The routing grids in the order prose quotes them: 4 and 16 replicas, 32, 2, 8 (two memories), then 64.
 GRIDS = (ROUTING + "grid_h200_4_16_all.json", ROUTING + "grid_h200_32_all.json", ROUTING + "grid_h200_2.json",
          ABLATION_GRID, ROUTING + "grid_h200_64.json")
 GRID_FILES = tuple(ROUTING + f + ".json" for f in (
     "grid_h200_4_16", "grid_h200_4_16_rest", "grid_h200_4_16_all", "grid_h200_32", "grid_h200_32_rest",
     "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent",
-    "grid_h200_2_seeds", "ladders_h200_64", "grid_h200_64", "grid_h200_64_seeds", "grid_h200_32_seeds"))
+    "grid_h200_2_seeds", "ladders_h200_64", "grid_h200_64", "grid_h200_64_seeds", "grid_h200_32_seeds",
+    "grid_h200_4_16_seeds"))
 ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100 = (ENGINE + f for f in (
     "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json", "h100_llama3-8b_c65103c.json"))
 # Overlapped steps against steps in turn, one lease: the engine benchmark both ways and the decode profile.
@@ -135,6 +137,8 @@ REGIONS: Mapping[str, Spec] = {
     "routing-seed-spread-64": Spec(routing.seed_spread, (SEEDS_GRID_64,)),
     "routing-seeds-32": Spec(routing.grids, (ROUTING + "grid_h200_32_all.json", SEEDS_GRID_32)),
     "routing-seed-spread-32": Spec(routing.seed_spread, (SEEDS_GRID_32,)),
+    "routing-seeds-4-16": Spec(routing.grids, (ROUTING + "grid_h200_4_16_all.json", SEEDS_GRID_4_16)),
+    "routing-seed-spread-4-16": Spec(routing.seed_spread, (SEEDS_GRID_4_16,)),
     "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),
     "routing-reuse-bound": Spec(routing.reuse_bound, (MOONCAKE_REUSE, *GRIDS)),
     "routing-shared": Spec(routing.shared_prefixes, (MOONCAKE_CAPACITY, GRIDS[0])),
