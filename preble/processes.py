@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -24,29 +25,32 @@ log = logging.getLogger("preble.processes")
 
 
 def spawn_tied(args: Sequence[str], env: Mapping[str, str] | None = None, signum: int = signal.SIGTERM,
-               **popen_kwargs) -> subprocess.Popen:
-    """Popen whose child gets `signum` when the parent dies, however it dies (even by SIGKILL)."""
+               cpus: Collection[int] | None = None, **popen_kwargs) -> subprocess.Popen:
+    """Popen whose child gets `signum` when the parent dies, however it dies (even by SIGKILL);
+    with `cpus`, the child and everything it starts run on those cores only."""
 
     def tie() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
 
     return subprocess.Popen(list(args), env=dict(env) if env is not None else None, preexec_fn=tie, **popen_kwargs)
 
 
 class ChildProcess:
     """One tied child; its output goes to `log_path` (appended across restarts) or, if None, to
-    this process's own output."""
+    this process's own output; with `cpus`, it runs on those cores only."""
 
     def __init__(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None,
-                 log_path: Path | None = None) -> None:
-        self.name, self.args, self.env, self.log_path = name, list(args), env, log_path
+                 log_path: Path | None = None, cpus: Collection[int] | None = None) -> None:
+        self.name, self.args, self.env, self.log_path, self.cpus = name, list(args), env, log_path, cpus
         self._log = open(log_path, "a") if log_path is not None else None
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
         if self._log is None:
-            return spawn_tied(self.args, self.env)
-        return spawn_tied(self.args, self.env, stdout=self._log, stderr=subprocess.STDOUT)
+            return spawn_tied(self.args, self.env, cpus=self.cpus)
+        return spawn_tied(self.args, self.env, cpus=self.cpus, stdout=self._log, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -6,21 +6,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, replace
 
 import httpx
 import pytest
 
-from preble.bench.peer_routers import (
+from preble.bench.peer_routers import WorkerPool, markdown, prepare_requests, router_command, run
+from preble.bench.peer_routers_config import (
     DEFAULT_ROUTERS,
+    Climb,
     PeerBenchConfig,
     RouterSpec,
-    WorkerPool,
     WorkloadRun,
-    markdown,
-    prepare_requests,
-    router_command,
-    run,
+    core_plan,
     select_workloads,
 )
 from preble.bench.workloads.report import PREBLE_WORKLOADS
@@ -99,11 +98,17 @@ def test_the_command_builds_its_config_from_the_options(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["bench", "routers", "--workloads", "agent,loogle", "--routers",
                                       "preble:e2,vllm:round_robin", "--param", "loogle:max_tokens_cap=4",
                                       "--param", "agent:max_tokens_cap=2", "--rate-scale", "2", "--prefix-cap", "0",
-                                      "--workers", "2", "--out", str(tmp_path / "r.json")])
+                                      "--workers", "2", "--device", "cuda", "--load-format", "dummy",
+                                      "--repeats", "3", "--pin-cores", "--router-cores", "2", "--climb",
+                                      "preble:round_robin", "--climb-requests", "50", "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.routers == ("preble:e2", "vllm:round_robin") and cfg.workers == 2 and cfg.prefix_cap is None
     assert cfg.max_output_tokens == PeerBenchConfig.max_output_tokens
+    assert (cfg.device, cfg.load_format, cfg.repeats, cfg.pin_cores, cfg.router_cores) == ("cuda", "dummy", 3, True, 2)
+    assert cfg.climb == Climb("preble:round_robin", requests=50)
+    bad = CliRunner().invoke(app, ["bench", "routers", "--climb", "round_robin"])
+    assert bad.exit_code == 2 and "--climb" in bad.output
     agent, loogle = cfg.workloads
     assert agent.params["max_tokens_cap"] == 2 and loogle.params["max_tokens_cap"] == 4
     assert loogle.rate == pytest.approx(2 * select_workloads(["loogle"])[0].rate)
@@ -166,6 +171,76 @@ def test_markdown_has_a_table_per_workload_and_a_row_per_router():
     assert all(ln.count("|") == header.count("|") for ln in text.splitlines() if ln.startswith("| "))
 
 
+def test_markdown_gives_the_knee_and_each_router_over_its_repeats():
+    run_ = {"workload": "agent", "rate": 6.0, "num_requests": 4, "params": {}, "worker_requests": {"worker-0": 4}}
+    doc = {"date": "d", "commit": "abc", "device": {"kind": "cpu", "cpu": "C", "cores": 16, "torch": "2.x",
+                                                    "gpu": "NVIDIA H200"},
+           "model": {"path": "/m/tiny", "served_name": "tiny"},
+           "config": {"workers": 4, "num_pages": 64, "page_size": 16, "max_num_batched_tokens": 512, "prefix_cap": None,
+                      "max_output_tokens": None, "seed": 0, "repeats": 2, "device": "cuda", "pin_cores": True,
+                      "worker_threads": 3},
+           "routers": {"preble:latency": {"version": "preble 0.1.0"}, "vllm:cache_aware": {"version": "v"}},
+           "knees": {"agent": {"router": "preble:round_robin", "knee": 6.0, "reached": True,
+                               "rungs": [{"rate": 4.0, "p99_latency": 1.0}, {"rate": 6.0, "p99_latency": 6.5}]}},
+           "runs": [{**run_, "router": "preble:latency", "repeat": 0, "summary": _summary(1.0, 0.5)},
+                    {**run_, "router": "vllm:cache_aware", "repeat": 0, "summary": _summary(2.0, 0.5)},
+                    {**run_, "router": "preble:latency", "repeat": 1, "summary": _summary(3.0, 0.5)},
+                    {**run_, "router": "vllm:cache_aware", "repeat": 1, "failed": "router did not start"}]}
+    text = markdown(doc)
+    assert "workers on cuda (NVIDIA H200)" in text and "each pinned to 3 cores of its own" in text
+    assert "preble:round_robin's knee, 6/s; p99 latency by rung: 4/s: 1.00 s, 6/s: 6.50 s." in text
+    assert "| preble:latency | 2 | 2.00 (1.00-3.00) | 4.00 (2.00-6.00) | 8 | 0 |" in text
+    assert "| vllm:cache_aware | 1 | 2.00 (2.00-2.00) | 4.00 (4.00-4.00) | 4 | 0 |" in text
+    assert "| preble:latency #2 | 4/4 | 3.00 |" in text and "| vllm:cache_aware #2 | failed: router did not start |" in text
+
+
+def test_pinned_workers_take_blocks_of_their_own_and_leave_the_rest_to_the_routers():
+    plan = core_plan([7, 0, 1, 2, 3, 4, 5, 6], workers=3, threads=2)
+    assert plan.workers == (frozenset({0, 1}), frozenset({2, 3}), frozenset({4, 5})) and plan.rest == {6, 7}
+    with pytest.raises(ValueError, match="leave none"):
+        core_plan(range(8), workers=4, threads=2)
+    cores = len(os.sched_getaffinity(0))
+    cfg = PeerBenchConfig(workers=1, pin_cores=True, router_cores=1)
+    assert cfg.threads() == cores - 1 and cfg.core_plan().rest == {max(os.sched_getaffinity(0))}
+    assert PeerBenchConfig(workers=1).core_plan() is None and PeerBenchConfig(workers=1).threads() == cores
+    gpu = PeerBenchConfig(device="cuda", load_format="dummy").worker_args()
+    assert gpu[gpu.index("--device") + 1] == "cuda" and gpu[gpu.index("--load-format") + 1] == "dummy"
+
+
+def test_a_pinned_child_and_its_children_run_on_its_cores_only(tmp_path):
+    from preble.processes import ChildProcess
+
+    core = min(os.sched_getaffinity(0))
+    code = ("import os, subprocess, sys; print(sorted(os.sched_getaffinity(0))); sys.stdout.flush(); "
+            "subprocess.run([sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))'])")
+    child = ChildProcess("pinned", [sys.executable, "-c", code], log_path=tmp_path / "pinned.log", cpus={core})
+    assert child.wait_or_kill(30) == 0
+    assert (tmp_path / "pinned.log").read_text().split() == [f"[{core}]", f"[{core}]"]
+
+
+def test_the_knee_is_the_first_rung_past_the_factor_and_the_ladder_stops_there(monkeypatch, tmp_path):
+    import preble.bench.peer_routers as peer_routers
+
+    def p99_at(rate: float) -> float:  # a queue that blows up past 8 requests/s
+        return 1.0 if rate < 8 else 10.0
+
+    seen = []
+
+    def fake_run_one(spec, executable, pool, model, reqs, rate, seed, cfg, log_path, on_done):
+        seen.append((spec.name, rate, len(reqs)))
+        return {"summary": {"p99_latency": p99_at(rate), "mean_latency": p99_at(rate) / 2, "errors": 0}}
+
+    monkeypatch.setattr(peer_routers, "_run_one", fake_run_one)
+    wl = WorkloadRun("toolbench", 2.0, 50)
+    climb = Climb("preble:round_robin", requests=10, step=2.0, max_rungs=6, factor=5.0)
+    knee = peer_routers.find_knee(climb, None, None, "/m", list(range(50)), wl, PeerBenchConfig(), tmp_path)
+    assert [r["rate"] for r in knee["rungs"]] == [2.0, 4.0, 8.0] and knee["knee"] == 8.0 and knee["reached"]
+    assert seen == [("preble:round_robin", r, 10) for r in (2.0, 4.0, 8.0)]
+    flat = peer_routers.find_knee(replace(climb, max_rungs=2), None, None, "/m", list(range(50)),
+                                  replace(wl, rate=0.5), PeerBenchConfig(), tmp_path)
+    assert flat["knee"] == 1.0 and not flat["reached"]
+
+
 def test_a_worker_takes_routers_extra_fields_and_flushes_its_cache(tiny_models, tmp_path):
     pool = WorkerPool(tiny_models("llama"), PeerBenchConfig(workers=1, page_size=4, num_pages=256), tmp_path)
     try:
@@ -189,6 +264,27 @@ def test_a_worker_takes_routers_extra_fields_and_flushes_its_cache(tiny_models, 
         assert pool.requests_served() == {"worker-0": 3}
     finally:
         pool.stop()
+
+
+def test_repeats_climb_and_pinning_end_to_end(tiny_models, tmp_path):
+    wl = WorkloadRun("shared_prefix", 4.0, 8, dict(groups=2, system_len=96, question_len=8, output_len=4))
+    cfg = PeerBenchConfig(model=tiny_models("llama"), workers=1, routers=("preble:round_robin", "preble:latency"),
+                          workloads=(wl,), page_size=4, num_pages=256, worker_threads=1, repeats=2,
+                          pin_cores=len(os.sched_getaffinity(0)) > 1, router_cores=1,
+                          climb=Climb("preble:round_robin", requests=4, max_rungs=2))
+    doc = run(cfg, log=lambda _: None)
+    json.dumps(doc)
+    knee = doc["knees"]["shared_prefix"]
+    assert [r["rate"] for r in knee["rungs"]] == [4.0, 6.0] and knee["knee"] in (4.0, 6.0)
+    assert [(r["router"], r["repeat"], r["arrival_seed"]) for r in doc["runs"]] == [
+        ("preble:round_robin", 0, 0), ("preble:latency", 0, 0), ("preble:round_robin", 1, 1), ("preble:latency", 1, 1)]
+    for r in doc["runs"]:
+        assert "failed" not in r, r
+        assert r["rate"] == knee["knee"] and r["summary"]["requests"] == 8 and r["summary"]["errors"] == 0
+        assert sum(r["worker_requests"].values()) == 8
+    assert doc["config"]["worker_threads"] == 1 and os.sched_getaffinity(0) == set(cfg.cores())
+    text = markdown(doc)
+    assert "Over 2 repeats" in text and "| preble:latency #2 |" in text and "round_robin's" in text
 
 
 def _peer_executables() -> dict[str, str]:

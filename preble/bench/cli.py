@@ -18,6 +18,7 @@ from ..engine.config import EngineConfig
 from ..router.config import RouterServerConfig
 from .compare_config import CompareConfig
 from .grid import GridConfig
+from .peer_routers_config import Climb, PeerBenchConfig, RouterSpec, select_workloads
 from .router_overhead import IN_FLIGHT
 from .serving_config import ServingBenchConfig
 from .soak_config import SoakConfig
@@ -468,6 +469,19 @@ def routers(
     cost_model: Path | None = typer.Option(None, help="Cost model for Preble's e2 (a `preble profile` JSON for "
                                                      "the workers' device); default: built-in."),
     health_timeout: float | None = typer.Option(None, help="Preble router's --health-timeout (default: its own)."),
+    device: str | None = typer.Option(None, help="The workers' device, e.g. cuda (several may share one GPU; "
+                                               "default: cpu)."),
+    load_format: str | None = typer.Option(None, help="The workers' --load-format (dummy: random weights)."),
+    repeats: int | None = typer.Option(None, min=1, help="Runs of each router on each workload; repeat k draws "
+                                                         "its arrivals with seed + k (default: 1)."),
+    pin_cores: bool | None = typer.Option(None, "--pin-cores/--no-pin-cores", help="Pin each worker to cores of "
+                                          "its own, the routers and the load generator to the rest (Linux)."),
+    router_cores: int | None = typer.Option(None, min=1, help="Cores left to the routers and the load generator "
+                                                              "when pinning (default: 4)."),
+    climb: str | None = typer.Option(None, help="KIND:POLICY: first climb each workload's rate ladder with this "
+                                                "router, from its rate by 1.5x, and compare at the rung where its "
+                                                "p99 latency passes 5x the lightest rung's (its knee)."),
+    climb_requests: int = typer.Option(Climb.requests, min=1, help="Requests per rung of the climb."),
     seed: int = typer.Option(0),
     log_dir: Path | None = typer.Option(None, help="Keep the workers' and routers' logs here."),
     out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it."),
@@ -476,7 +490,7 @@ def routers(
     same workload at the same arrivals through each, every router starting on cold caches."""
     from rich.progress import Progress
 
-    from .peer_routers import PeerBenchConfig, markdown, run, select_workloads, write
+    from .peer_routers import markdown, run, write
 
     overrides = []
     for p in param:
@@ -488,12 +502,20 @@ def routers(
                                   num_requests, rate_scale)
     except KeyError as err:
         raise typer.BadParameter(str(err), param_hint="--workloads") from None
+    for hint, spec in (("--climb", climb), *(("--routers", r) for r in (routers_ or "").split(",") if r.strip())):
+        if spec:
+            try:
+                RouterSpec.parse(spec)
+            except ValueError as err:
+                raise typer.BadParameter(str(err), param_hint=hint) from None
     given = {k: v for k, v in dict(
         workers=workers, num_pages=num_pages, max_num_batched_tokens=max_num_batched_tokens,
         routers=tuple(r.strip() for r in routers_.split(",") if r.strip()) if routers_ else None,
         model=str(model) if model else None, sglang_router=str(sglang_router) if sglang_router else None,
         vllm_router=str(vllm_router) if vllm_router else None, log_dir=str(log_dir) if log_dir else None,
-        cost_model=str(cost_model) if cost_model else None, health_timeout_s=health_timeout).items()
+        cost_model=str(cost_model) if cost_model else None, health_timeout_s=health_timeout, device=device,
+        load_format=load_format, repeats=repeats, pin_cores=pin_cores, router_cores=router_cores,
+        climb=Climb(climb, requests=climb_requests) if climb else None).items()
         if v is not None}
     for key, value in (("prefix_cap", prefix_cap), ("max_output_tokens", max_output_tokens)):
         if value is not None:

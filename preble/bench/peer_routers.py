@@ -22,145 +22,31 @@ import math
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from ..core.pages import DEFAULT_PAGE_SIZE
 from ..processes import ChildProcess, stop_all, wait_until
 from ..sim.report import summarize
 from .loadgen import LoadConfig, LoadRequest, RequestRecord, run_load
 from .local_cluster import free_port_block
+from .peer_routers_config import (
+    PEER_KINDS,
+    Climb,
+    PeerBenchConfig,
+    RouterSpec,
+    WorkloadRun,
+)
 from .provenance import source_revision
 from .requests import load_request
 from .workloads import WorkloadRequest, make_workload
-
-
-@dataclass(frozen=True)
-class RouterKind:
-    """How to find and start one kind of peer router."""
-
-    executable: str  # console script on PATH
-    env: str  # environment variable naming the executable instead
-    distribution: str  # Python distribution, for its version
-    subcommand: tuple[str, ...] = ()
-    log_level: str = "warn"
-
-
-PEER_KINDS: dict[str, RouterKind] = {
-    "sglang": RouterKind("sglang-router", "PREBLE_SGLANG_ROUTER", "sglang-router", ("launch",), "warn"),
-    "vllm": RouterKind("vllm-router", "PREBLE_VLLM_ROUTER", "vllm-router", (), "warning"),
-}
-
-
-@dataclass(frozen=True)
-class RouterSpec:
-    """`kind:policy`, e.g. `preble:e2`, `sglang:cache_aware`, `vllm:round_robin`."""
-
-    kind: str
-    policy: str
-
-    @classmethod
-    def parse(cls, text: str) -> RouterSpec:
-        kind, sep, policy = text.strip().partition(":")
-        if not sep or not policy or kind not in ("preble", *PEER_KINDS):
-            raise ValueError(f"router {text!r}: expected KIND:POLICY, KIND one of preble, {', '.join(PEER_KINDS)}")
-        return cls(kind, policy)
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}:{self.policy}"
-
-
-@dataclass(frozen=True)
-class WorkloadRun:
-    """One workload of the comparison: its parameters, how many requests, at which rate."""
-
-    name: str
-    rate: float  # Poisson arrivals per second
-    num_requests: int
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-# Three demo-model workers (one torch thread each) on a 2-core machine: about 70 s of arrivals
-# per run, at a rate a little under where e2's latency turns up (its knee on that machine).
-CPU_WORKLOADS: tuple[WorkloadRun, ...] = (
-    WorkloadRun("toolbench", 0.45, 32, {"max_tokens": 16}),
-    WorkloadRun("agent", 0.6, 42, {"max_tokens_cap": 16}),
-    WorkloadRun("programming", 0.5, 35, {"min_tokens": 8, "median_tokens": 16, "max_tokens": 32}),
-    WorkloadRun("videoqa", 0.45, 32, {"max_tokens": 8}),
-    WorkloadRun("loogle", 0.5, 35, {"max_tokens_cap": 16}),
-)
-DEFAULT_ROUTERS = ("preble:e2", "preble:round_robin", "sglang:cache_aware", "vllm:cache_aware")
-
-
-def select_workloads(names: Sequence[str], overrides: Sequence[tuple[str | None, str, Any]] = (),
-                     rate: float | None = None, num_requests: int | None = None, rate_scale: float = 1.0,
-                     preset: Sequence[WorkloadRun] = CPU_WORKLOADS) -> tuple[WorkloadRun, ...]:
-    """Workloads of `preset` by name; `overrides` are (workload or None for all, key, value)
-    parameters; `rate` and `num_requests` replace every preset's; `rate_scale` multiplies the
-    rates (and the request counts, so that runs last as long)."""
-    known = {w.name: w for w in preset}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise KeyError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    out = []
-    for w in (known[n] for n in names):
-        params = {**w.params, **{k: v for target, k, v in overrides if target in (None, w.name)}}
-        out.append(replace(w, params=params, rate=(rate or w.rate) * rate_scale,
-                           num_requests=num_requests or round(w.num_requests * rate_scale)))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class PeerBenchConfig:
-    """One comparison: the workers (shared by every run), the routers, the workloads."""
-
-    model: str | None = None  # HF folder; None: the demo model
-    workers: int = 3
-    routers: tuple[str, ...] = DEFAULT_ROUTERS
-    workloads: tuple[WorkloadRun, ...] = CPU_WORKLOADS
-    prefix_cap: int | None = 1024  # shared-prefix tokens kept per prompt; None: all
-    max_output_tokens: int | None = 32
-    worker_threads: int | None = None  # torch threads per worker; None: the cores shared out
-    page_size: int = DEFAULT_PAGE_SIZE
-    num_pages: int = 384  # KV pages per worker: 6,144 tokens, about half a workload's distinct prefixes
-    max_num_batched_tokens: int = 512
-    seed: int = 0
-    sglang_router: str | None = None  # executables; None: $PREBLE_SGLANG_ROUTER, else PATH
-    vllm_router: str | None = None
-    worker_startup_s: float = 300.0
-    router_startup_s: float = 120.0
-    flush_attempts: int = 20  # a worker refuses to flush while requests still run
-    poll_s: float = 0.5
-    stop_grace_s: float = 15.0
-    request_timeout_s: float = 600.0
-    log_tail_chars: int = 3000
-    log_dir: str | None = None  # keep the workers' and routers' logs here; None: a temporary folder
-    cost_model: str | None = None  # e2's cost model for these workers (`preble profile` JSON); None: built-in
-    health_timeout_s: float | None = None  # Preble router's health timeout; None: its default
-
-    def threads(self) -> int:
-        return self.worker_threads or max(1, (os.cpu_count() or 1) // self.workers)
-
-    def worker_args(self) -> list[str]:
-        return ["--page-size", str(self.page_size), "--num-pages", str(self.num_pages),
-                "--max-num-batched-tokens", str(self.max_num_batched_tokens), "--threads", str(self.threads())]
-
-    def executable(self, kind: str) -> str | None:
-        """The peer router's executable, or None when it cannot be found."""
-        k = PEER_KINDS[kind]
-        given = {"sglang": self.sglang_router, "vllm": self.vllm_router}[kind] or os.environ.get(k.env)
-        path = given or shutil.which(k.executable)
-        return path if path and os.access(path, os.X_OK) else None
 
 
 class WorkerPool:
@@ -172,10 +58,12 @@ class WorkerPool:
         base = free_port_block(cfg.workers)
         self.urls = [f"http://127.0.0.1:{base + i}" for i in range(cfg.workers)]
         env = {k: v for k, v in os.environ.items() if k != "PREBLE_WORKER_API_KEY"}
+        plan = cfg.core_plan()
         self.procs = [ChildProcess(f"worker-{i}", [sys.executable, "-m", "preble.cli", "worker", "--model", model,
                                                    "--host", "127.0.0.1", "--port", str(base + i),
                                                    "--worker-id", f"worker-{i}", *cfg.worker_args()],
-                                   env, log_dir / f"worker-{i}.log") for i in range(cfg.workers)]
+                                   env, log_dir / f"worker-{i}.log", plan.workers[i] if plan else None)
+                      for i in range(cfg.workers)]
         try:
             wait_until(lambda: all(httpx.get(f"{u}/health", timeout=1).status_code == 200 for u in self.urls),
                        self.procs, cfg.worker_startup_s, cfg.poll_s, "workers", cfg.log_tail_chars)
@@ -275,20 +163,22 @@ def capped_text(r: WorkloadRequest, tokenizer, cap: int | None) -> str:
 
 
 def _run_one(spec: RouterSpec, executable: str | None, pool: WorkerPool, model: str, reqs: list[LoadRequest],
-             run: WorkloadRun, cfg: PeerBenchConfig, log_dir: Path,
+             rate: float, seed: int, cfg: PeerBenchConfig, log_path: Path,
              on_done: Callable[[RequestRecord], None] | None) -> dict[str, Any]:
+    """`reqs` through a fresh `spec` router at Poisson `rate` (arrivals drawn with `seed`), every
+    worker's cache flushed first."""
     pool.flush()
     before = pool.requests_served()
     port = free_port_block(2)
     url = f"http://127.0.0.1:{port}"
     proc = ChildProcess(spec.name, router_command(spec, executable, model, pool.urls, port, port + 1,
                                                   pool.cfg.cost_model, pool.cfg.health_timeout_s),
-                        log_path=log_dir / f"{run.name}_{spec.kind}_{spec.policy}.log")
+                        log_path=log_path)
     try:
         wait_until(lambda: router_ready(spec, url, len(pool.urls)), [proc], cfg.router_startup_s, cfg.poll_s,
                    spec.name, cfg.log_tail_chars)
         started = time.monotonic()
-        records = asyncio.run(run_load(reqs, LoadConfig(url, model=pool.model_name, rate=run.rate, seed=cfg.seed,
+        records = asyncio.run(run_load(reqs, LoadConfig(url, model=pool.model_name, rate=rate, seed=seed,
                                                         request_timeout_s=cfg.request_timeout_s), on_done=on_done))
         wall = time.monotonic() - started
     finally:
@@ -298,6 +188,25 @@ def _run_one(spec: RouterSpec, executable: str | None, pool: WorkerPool, model: 
     return {"summary": {**summarize(ok), "errors": len(records) - len(ok)}, "wall_s": wall,
             "worker_requests": {w: after[w] - before.get(w, 0) for w in after},
             "error_samples": sorted({r.error for r in records if r.error})[:5]}
+
+
+def find_knee(climb: Climb, executable: str | None, pool: WorkerPool, model: str, reqs: list[LoadRequest],
+              wl: WorkloadRun, cfg: PeerBenchConfig, logs: Path) -> dict[str, Any]:
+    """`climb.router`'s rate ladder on the first `climb.requests` of `reqs`, from `wl.rate` up,
+    until a rung's p99 latency passes `climb.factor` times the lightest rung's: that rung's rate is
+    the knee. A ladder that never gets there gives its last rung (`reached` False)."""
+    spec = RouterSpec.parse(climb.router)
+    rungs: list[dict[str, Any]] = []
+    rate = wl.rate
+    for k in range(climb.max_rungs):
+        summary = _run_one(spec, executable, pool, model, reqs[:climb.requests], rate, cfg.seed, cfg,
+                           logs / f"{wl.name}_climb{k}_{spec.kind}_{spec.policy}.log", None)["summary"]
+        rungs.append({"rate": rate, "p99_latency": summary["p99_latency"], "mean_latency": summary["mean_latency"],
+                      "errors": summary["errors"]})
+        if k and summary["p99_latency"] > climb.factor * rungs[0]["p99_latency"]:
+            return {"router": spec.name, "knee": rate, "reached": True, "rungs": rungs}
+        rate *= climb.step
+    return {"router": spec.name, "knee": rungs[-1]["rate"], "reached": False, "rungs": rungs}
 
 
 def device() -> dict[str, Any]:
@@ -311,7 +220,8 @@ def device() -> dict[str, Any]:
     except OSError:
         pass
     return {"kind": "cpu", "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            **({"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {})}
 
 
 def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None = None,
@@ -324,6 +234,10 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
 
     model = cfg.model or str(ensure_demo_model())
     specs = [RouterSpec.parse(r) for r in cfg.routers]
+    if cfg.climb is not None:
+        climber = RouterSpec.parse(cfg.climb.router)
+        if climber.kind != "preble" and cfg.executable(climber.kind) is None:
+            raise ValueError(f"the climb's router {climber.name}: {PEER_KINDS[climber.kind].executable} not found")
     routers: dict[str, dict[str, Any]] = {}
     for spec in specs:
         exe = None if spec.kind == "preble" else cfg.executable(spec.kind)
@@ -338,35 +252,60 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
                                                          cfg.health_timeout_s)}
     tokenizer = AutoTokenizer.from_pretrained(model)
     runs: list[dict[str, Any]] = []
+    knees: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="preble-peer-routers-") as tmp:
         logs = Path(cfg.log_dir or tmp)
         logs.mkdir(parents=True, exist_ok=True)
         pool = WorkerPool(model, cfg, logs)
+        plan, affinity = cfg.core_plan(), os.sched_getaffinity(0)
         try:
+            if plan is not None:  # this process (the load generator) and the routers it starts
+                os.sched_setaffinity(0, plan.rest)
             for wl in cfg.workloads:
                 reqs = prepare_requests(wl, tokenizer, cfg)
-                for spec in specs:
-                    if "skipped" in routers[spec.name]:
-                        continue
-                    if on_start is not None:
-                        on_start(wl.name, spec.name, len(reqs))
-                    row = {"workload": wl.name, "router": spec.name, "rate": wl.rate, "num_requests": len(reqs),
-                           "params": dict(wl.params)}
-                    try:
-                        row.update(_run_one(spec, routers[spec.name]["executable"], pool, model, reqs, wl, cfg,
-                                            logs, on_done))
-                    except (RuntimeError, TimeoutError, httpx.HTTPError) as err:
-                        log(f"{wl.name} / {spec.name} failed: {err}")
-                        row["failed"] = str(err)
-                    runs.append(row)
+                rate = wl.rate
+                if cfg.climb is not None:
+                    climber = RouterSpec.parse(cfg.climb.router)
+                    knees[wl.name] = find_knee(cfg.climb, cfg.executable(climber.kind) if climber.kind != "preble"
+                                               else None, pool, model, reqs, wl, cfg, logs)
+                    rate = knees[wl.name]["knee"]
+                    log(f"{wl.name}: {climber.name}'s knee at {rate:.3g}/s")
+                for repeat in range(cfg.repeats):
+                    runs += _compare(specs, routers, pool, model, reqs, wl, rate, repeat, cfg, logs, on_start,
+                                     on_done, log)
         finally:
+            os.sched_setaffinity(0, affinity)
             pool.stop()
     return {"benchmark": "peer_routers", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             **source_revision(), "device": device(),
             "model": {"path": model, "served_name": pool.model_name},
-            "config": {**asdict(replace(cfg, model=model)), "workloads": [asdict(w) for w in cfg.workloads]},
-            "routers": routers, "wall_s": time.monotonic() - started, "runs": runs}
+            "config": {**asdict(replace(cfg, model=model, worker_threads=cfg.threads())), "workloads": [asdict(w) for w in cfg.workloads]},
+            "routers": routers, "knees": knees, "wall_s": time.monotonic() - started, "runs": runs}
+
+
+def _compare(specs: Sequence[RouterSpec], routers: Mapping[str, Mapping[str, Any]], pool: WorkerPool, model: str,
+             reqs: list[LoadRequest], wl: WorkloadRun, rate: float, repeat: int, cfg: PeerBenchConfig, logs: Path,
+             on_start: Callable[[str, str, int], None] | None, on_done: Callable[[RequestRecord], None] | None,
+             log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One repeat of every router on `wl` at `rate`, all with the same arrivals."""
+    rows = []
+    seed = cfg.seed + repeat
+    for spec in specs:
+        if "skipped" in routers[spec.name]:
+            continue
+        if on_start is not None:
+            on_start(wl.name, spec.name, len(reqs))
+        row = {"workload": wl.name, "router": spec.name, "rate": rate, "num_requests": len(reqs),
+               "params": dict(wl.params), "repeat": repeat, "arrival_seed": seed}
+        try:
+            row.update(_run_one(spec, routers[spec.name]["executable"], pool, model, reqs, rate, seed, cfg,
+                                logs / f"{wl.name}_{repeat}_{spec.kind}_{spec.policy}.log", on_done))
+        except (RuntimeError, TimeoutError, httpx.HTTPError) as err:
+            log(f"{wl.name} / {spec.name} failed: {err}")
+            row["failed"] = str(err)
+        rows.append(row)
+    return rows
 
 
 def _num(x: Any, fmt: str) -> str:
@@ -378,35 +317,70 @@ COLUMNS = ("router", "answered", "mean latency s", "p50 s", "p99 s", "mean TTFT 
 
 
 def markdown(doc: Mapping[str, Any]) -> str:
-    """One table per workload, a row per router."""
+    """One section per workload: its knee where one was climbed, the routers over the repeats
+    where there are several, and a row per run."""
     d, cfg = doc["device"], doc["config"]
+    gpu = f", workers on {cfg['device']} ({d['gpu']})" if d.get("gpu") and cfg.get("device", "cpu") != "cpu" else ""
+    pinned = f", each pinned to {cfg['worker_threads']} cores of its own" if cfg.get("pin_cores") else ""
     lines = ["# Routers in front of the same Preble workers\n",
-             f"{d['kind']}: {d['cpu']}, {d['cores']} cores, torch {d['torch']}; commit {doc['commit']}, "
-             f"{doc['date']}. {cfg['workers']} workers of {Path(doc['model']['path']).name} "
+             f"{d['kind']}: {d['cpu']}, {d['cores']} cores, torch {d['torch']}{gpu}; commit {doc['commit']}, "
+             f"{doc['date']}. {cfg['workers']} workers of {Path(doc['model']['path']).name}{pinned} "
              f"({cfg['num_pages']} KV pages of {cfg['page_size']} tokens, {cfg['max_num_batched_tokens']}-token "
              f"steps); shared prefixes cut to {cfg['prefix_cap']} tokens, outputs to {cfg['max_output_tokens']}; "
              f"seed {cfg['seed']}."]
     versions = [f"{name}: {r.get('version') or 'skipped (' + r['skipped'] + ')'}" for name, r in doc["routers"].items()]
     lines.append("Routers: " + "; ".join(versions) + ".\n")
+    repeats = cfg.get("repeats", 1)
     for wl in dict.fromkeys(r["workload"] for r in doc["runs"]):
         rows = [r for r in doc["runs"] if r["workload"] == wl]
         params = ", ".join(f"{k}={v}" for k, v in rows[0]["params"].items())
-        lines += [f"## {wl}: {rows[0]['num_requests']} requests, Poisson {rows[0]['rate']:g}/s"
-                  + (f" ({params})" if params else "") + "\n",
-                  "| " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * (len(COLUMNS) - 2) + "|---|"]
-        for r in rows:
-            if "failed" in r:
-                lines.append(f"| {r['router']} | failed: {r['failed'][:120]} |" + " |" * (len(COLUMNS) - 2))
-                continue
-            s = r["summary"]
-            lines.append("| " + " | ".join([
-                r["router"], f"{s['requests']}/{r['num_requests']}", _num(s["mean_latency"], ".2f"),
-                _num(s["p50_latency"], ".2f"), _num(s["p99_latency"], ".2f"), _num(s["mean_ttft"], ".2f"),
-                _num(s["p99_ttft"], ".2f"), _num(s["mean_tpot"], ".3f"), _num(s["throughput"], ".3f"),
-                _num(s["hit_ratio"], ".1%"), str(s["errors"]),
-                "/".join(str(v) for v in r["worker_requests"].values())]) + " |")
+        lines += [f"## {wl}: {rows[0]['num_requests']} requests, Poisson {rows[0]['rate']:.3g}/s"
+                  + (f" ({params})" if params else "") + "\n"]
+        if wl in doc.get("knees", {}):
+            lines += [_knee_line(doc["knees"][wl]), ""]
+        if repeats > 1:
+            lines += _repeat_table(rows, repeats)
+        lines += ["| " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * (len(COLUMNS) - 2) + "|---|"]
+        lines += [_run_row(r, repeats) for r in rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def _knee_line(knee: Mapping[str, Any]) -> str:
+    ladder = ", ".join(f"{r['rate']:.3g}/s: {_num(r['p99_latency'], '.2f')} s" for r in knee["rungs"])
+    where = "knee" if knee["reached"] else "last rung (its ladder ended below the knee)"
+    return f"Rate: {knee['router']}'s {where}, {knee['knee']:.3g}/s; p99 latency by rung: {ladder}."
+
+
+def _repeat_table(rows: Sequence[Mapping[str, Any]], repeats: int) -> list[str]:
+    """Per router: the mean over the repeats of its mean and p99 latency, with their range."""
+    out = [f"Over {repeats} repeats (mean of the runs, lowest-highest):\n",
+           "| router | runs | mean latency s | p99 latency s | answered | errors |", "|---|---:|---|---|---:|---:|"]
+    for router in dict.fromkeys(r["router"] for r in rows):
+        done = [r for r in rows if r["router"] == router and "failed" not in r]
+        if not done:
+            out.append(f"| {router} | 0 | - | - | - | - |")
+            continue
+        cells = []
+        for key in ("mean_latency", "p99_latency"):
+            xs = [r["summary"][key] for r in done]
+            cells.append(f"{sum(xs) / len(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})")
+        answered = sum(r["summary"]["requests"] for r in done)
+        errors = sum(r["summary"]["errors"] for r in done)
+        out.append(f"| {router} | {len(done)} | {cells[0]} | {cells[1]} | {answered} | {errors} |")
+    return [*out, ""]
+
+
+def _run_row(r: Mapping[str, Any], repeats: int) -> str:
+    name = f"{r['router']} #{r.get('repeat', 0) + 1}" if repeats > 1 else r["router"]
+    if "failed" in r:
+        return f"| {name} | failed: {r['failed'][:120]} |" + " |" * (len(COLUMNS) - 2)
+    s = r["summary"]
+    return "| " + " | ".join([
+        name, f"{s['requests']}/{r['num_requests']}", _num(s["mean_latency"], ".2f"),
+        _num(s["p50_latency"], ".2f"), _num(s["p99_latency"], ".2f"), _num(s["mean_ttft"], ".2f"),
+        _num(s["p99_ttft"], ".2f"), _num(s["mean_tpot"], ".3f"), _num(s["throughput"], ".3f"),
+        _num(s["hit_ratio"], ".1%"), str(s["errors"]), "/".join(str(v) for v in r["worker_requests"].values())]) + " |"
 
 
 def write(doc: Mapping[str, Any], out: Path) -> Path:
