@@ -37,6 +37,10 @@ the worker's own traffic (its arrivals during the C seconds of prefill wait C/2 
 is the tree's (`tree_window_s`); until it has run that long, rates use the time since the first
 decision.
 
+With `eviction` on, a worker whose cache is full is also charged what the pages the request
+adds there evict: the prefill of the evicted pages times their predicted reuse there
+(`eviction.py`), so a new prompt displaces pages nobody reuses before a hot prefix.
+
 Seconds are the cost model's, scaled per worker to what its load reports show its passes really
 take (`Calibration`): a profile of another GPU, or none, still prices each worker right. Each term
 can be switched off for ablation; the cache view (KV events, or routed prompts for engines that
@@ -62,6 +66,7 @@ from ..window_stats import ROUTER_WINDOW, WindowSpec, WindowSums
 from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 from .cache_view import CacheView, CacheViewConfig, Holding
 from .calibration import Calibration, CalibrationConfig
+from .eviction import VictimCurve
 from .held_tokens import HeldTokens
 from .worker_load import LoadTable, LoadView
 
@@ -91,6 +96,7 @@ class LatencyConfig:
     calibration: CalibrationConfig = CalibrationConfig()  # each worker's speed against the cost model
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
     copy_credit: bool = True  # credit idle workers for what a copy of the prefix saves its later requests
+    eviction: bool = False  # charge what the pages a request adds to a full cache evict (`eviction.py`)
     min_rate_span_s: float = 1.0  # the shortest span the tree window's request counts are turned into rates over
     mask_cache_size: int = 4096  # tree slot masks whose workers are kept resolved (`HeldTokens`)
 
@@ -111,16 +117,19 @@ class Estimate:
     interference: np.ndarray
     work: np.ndarray
     copy_credit: np.ndarray | float = 0.0  # subtracted: what a copy on the worker saves later requests
+    eviction: np.ndarray | float = 0.0  # what the pages it adds evict costs later requests
 
     @property
     def total(self) -> np.ndarray:
-        return self.wait + self.prefill + self.decode + self.interference + self.work - self.copy_credit
+        return self.wait + self.prefill + self.decode + self.interference + self.work - self.copy_credit + \
+            self.eviction
 
     def row(self, i: int) -> Estimate:
         """Row `i` of an estimate priced for several `held` rows at once (terms that do not depend
         on `held` are shared)."""
         return Estimate(*(t[i] if type(t) is np.ndarray and t.ndim == 2 else t for t in (
-            self.held, self.wait, self.prefill, self.decode, self.interference, self.work, self.copy_credit)))
+            self.held, self.wait, self.prefill, self.decode, self.interference, self.work, self.copy_credit,
+            self.eviction)))
 
 
 def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, output: int, config: LatencyConfig,
@@ -186,6 +195,7 @@ class LatencyPolicy:
         self._decisions = 0
         self._first_estimate: float | None = None  # the tree window's span until it has run that long
         self._held = HeldTokens(self.tree, cfg.mask_cache_size)
+        self._victims: dict[str, VictimCurve] = {}  # each worker's eviction costs, while its LRU stands
 
     # ------------------------------------------------------------------ membership and feeds
 
@@ -201,6 +211,7 @@ class LatencyPolicy:
             self._held.reset(self._loads.ids)
         self.view.remove_worker(worker_id)
         self.calibration.forget(worker_id)
+        self._victims.pop(worker_id, None)
         for rid in [r for r, p in self._pending.items() if p.worker == worker_id]:
             del self._pending[rid]
 
@@ -252,13 +263,34 @@ class LatencyPolicy:
         view = loads.view(now)
         copy = self._copy_candidates(match, held, view)
         if copy is None:
-            return estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale)
-        # priced in one pass as they are (row 0) and as if each held the cached prefix (row 1)
-        both = estimate(self.cost, view, prompt, np.stack((held, np.full_like(held, match.cached_tokens))),
-                        output, cfg, loads.prefill_scale, loads.decode_scale)
-        est, totals = both.row(0), both.total
-        credit = self._copy_credit(copy, totals[0], totals[1], est.prefill, now)
-        return est if credit is None else replace(est, copy_credit=credit)
+            est = estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale)
+        else:  # priced in one pass as they are (row 0) and as if each held the cached prefix (row 1)
+            both = estimate(self.cost, view, prompt, np.stack((held, np.full_like(held, match.cached_tokens))),
+                            output, cfg, loads.prefill_scale, loads.decode_scale)
+            est, totals = both.row(0), both.total
+            credit = self._copy_credit(copy, totals[0], totals[1], est.prefill, now)
+            est = est if credit is None else replace(est, copy_credit=credit)
+        return replace(est, eviction=self._eviction(match, held, prompt)) if cfg.eviction else est
+
+    def _eviction(self, match: TreeMatch, held: np.ndarray, prompt: int) -> np.ndarray:
+        """Per worker, what the pages the request would add there evict costs (`eviction.py`):
+        pages beyond its free ones (its capacity from load reports, less what the tree says it
+        holds) come from its LRU end, never from the request's own prefix."""
+        loads, tree, page = self._loads, self.tree, self.config.page_size
+        need = -(-(prompt - held) // page)
+        free = loads.kv_pages - np.array([tree.held_pages(w) for w in loads.ids])
+        cost = np.zeros(len(loads))
+        over = np.flatnonzero((loads.kv_pages > 0) & (need > free))
+        if not len(over):
+            return cost
+        keep, bucket = set(match.path), tree.bucket()
+        for i in over.tolist():
+            worker, scale = loads.ids[i], float(loads.prefill_scale[i])
+            curve = self._victims.get(worker)
+            if curve is None or not curve.current(bucket, scale):
+                curve = self._victims[worker] = VictimCurve(tree, worker, bucket, page, self.cost, scale)
+            cost[i] = curve.evict(int(need[i] - free[i]), keep)
+        return cost
 
     def _copy_candidates(self, match: TreeMatch, held: np.ndarray, view: LoadView) -> _CopyCandidates | None:
         """Who may earn a copy credit, checked before any pricing; None where no one can (nothing

@@ -32,11 +32,12 @@ class LoadView:
 
 class LoadTable:
     """Per worker, in the order they were added (`ids`): its queue, batch and context, how many
-    tokens a pass takes, how fast its passes are against the cost model (`Calibration`'s scales)
-    and when a decision last chose it (-1: never)."""
+    tokens a pass takes, how fast its passes are against the cost model (`Calibration`'s scales),
+    how many KV pages it has (0 until its load report says) and when a decision last chose it
+    (-1: never)."""
 
     _COLUMNS = ("busy_until", "routed_since_report_s", "batch", "context", "step_tokens", "prefill_scale",
-                "decode_scale", "last_chosen")
+                "decode_scale", "kv_pages", "last_chosen")
 
     def __init__(self, step_tokens: int) -> None:
         self.default_step_tokens = step_tokens
@@ -49,6 +50,7 @@ class LoadTable:
         self.step_tokens = np.zeros(0)
         self.prefill_scale = np.zeros(0)
         self.decode_scale = np.zeros(0)
+        self.kv_pages = np.zeros(0, np.int64)
         self.last_chosen = np.zeros(0, np.int64)
         self._requests: dict[str, tuple[str, int]] = {}  # request id -> (worker, its context tokens)
         self.idle = 0  # workers with nothing routed to them (batch 0)
@@ -63,7 +65,8 @@ class LoadTable:
         self.index[worker_id] = len(self.ids)
         self.ids.append(worker_id)
         new = dict(busy_until=-np.inf, routed_since_report_s=0.0, batch=0, context=0,
-                   step_tokens=self.default_step_tokens, prefill_scale=1.0, decode_scale=1.0, last_chosen=-1)
+                   step_tokens=self.default_step_tokens, prefill_scale=1.0, decode_scale=1.0, kv_pages=0,
+                   last_chosen=-1)
         for name in self._COLUMNS:
             setattr(self, name, np.append(getattr(self, name), new[name]))
         self.idle += 1
@@ -115,6 +118,7 @@ class LoadTable:
         i = self.index[report.worker_id]
         if report.step_tokens > 0:
             self.step_tokens[i] = report.step_tokens
+        self.kv_pages[i] = report.kv_total_pages
         if report.prefill_tokens == 0:
             self.busy_until[i] = min(float(self.busy_until[i]), now + float(self.routed_since_report_s[i]))
         self.routed_since_report_s[i] = 0.0
