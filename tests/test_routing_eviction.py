@@ -3,7 +3,11 @@ default policy does with it."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from preble.core.cost_model import CostModel
 from preble.core.kv_events import ROOT_HASH, PagesStored, chain_hashes
@@ -36,8 +40,13 @@ def store(policy: LatencyPolicy, worker: str, prompt: list[int], requests: int) 
         policy.tree.record(node, worker, (1.0, 0.0, 0.0))
 
 
-def report(policy: LatencyPolicy, worker: str, total_pages: int) -> None:
-    policy.on_load(LoadReport(worker, 0.0, 0, 0, 0, total_pages, total_pages, total_pages, PS, 0.0, 0.0, 0))
+def report(policy: LatencyPolicy, worker: str, total: int, used: int | None = None,
+           evictable: int | None = None) -> None:
+    """A load report: `used` of `total` pages in use (default all), `evictable` of them (default
+    all in use)."""
+    used = total if used is None else used
+    policy.on_load(LoadReport(worker, 0.0, 0, 0, 0, used, used if evictable is None else evictable, total, PS,
+                              0.0, 0.0, 0))
 
 
 def test_evicting_costs_the_reuse_of_the_pages_evicted_least_recent_first():
@@ -64,7 +73,7 @@ def test_a_new_prompt_goes_where_the_full_cache_would_evict_what_is_reused_least
         store(policy, "w0", HOT, requests=5)
         store(policy, "w1", COLD, requests=1)
         for w in ("w0", "w1"):
-            report(policy, w, total_pages=8)  # full: the new prompt's 4 pages evict 4 of the 8 held
+            report(policy, w, total=8)  # full: the new prompt's 4 pages evict 4 of the 8 held
         d = policy.route(RouteRequest("new", list(range(3000, 3016)), 1))
         return d.worker_id, d.costs
 
@@ -75,23 +84,32 @@ def test_a_new_prompt_goes_where_the_full_cache_would_evict_what_is_reused_least
     assert priced["w1"] == pytest.approx(blind["w1"])
 
 
-def test_no_eviction_cost_while_the_cache_has_room_or_its_size_is_unknown():
+def test_eviction_starts_where_the_free_pages_end_and_stops_at_the_evictable_ones():
     policy, _ = make()
     store(policy, "w0", HOT, requests=5)
     store(policy, "w1", HOT, requests=5)
-    report(policy, "w0", total_pages=12)  # room for the new prompt's 4 pages
-    est = policy.estimates(policy.view.match(list(range(3000, 3016))), 16, 1, 0.0)
-    assert list(est.eviction) == [0.0, 0.0]  # w1 has sent no load report: its size is unknown
-    report(policy, "w0", total_pages=11)
-    est = policy.estimates(policy.view.match(list(range(3000, 3016))), 16, 1, 0.0)
-    assert est.eviction[0] == pytest.approx(4 * COST.prefill_time(4, 28)) and est.eviction[1] == 0.0
+    new = list(range(3000, 3016))  # 4 pages
+
+    def eviction() -> list[float]:
+        return policy.estimates(policy.view.match(new), 16, 1, 0.0).eviction.tolist()
+
+    report(policy, "w0", total=12, used=8)  # room for the new prompt's 4 pages
+    assert eviction() == [0.0, 0.0]  # w1 has sent no load report: its room is unknown
+    report(policy, "w0", total=12, used=9)  # one page short: HOT's last page goes
+    assert eviction() == pytest.approx([4 * COST.prefill_time(4, 28), 0.0])
+    report(policy, "w0", total=12, used=9, evictable=0)  # nothing it could evict: it would wait instead
+    assert eviction() == [0.0, 0.0]
+    report(policy, "w0", total=12, used=4)  # 8 free, then a routed prompt takes 5 of them
+    policy.route(RouteRequest("r", list(range(4000, 4020)), 1))
+    assert policy._loads.row("w0")["pages_since_report"] == 5
+    assert eviction()[0] == pytest.approx(4 * COST.prefill_time(4, 28))
 
 
 def test_the_cost_follows_the_worker_s_lru_as_it_changes():
     policy, _ = make(workers=("w0",))
     store(policy, "w0", HOT, requests=3)
     store(policy, "w0", COLD, requests=1)
-    report(policy, "w0", total_pages=16)
+    report(policy, "w0", total=16)
     new = list(range(3000, 3016))
 
     def eviction() -> float:
@@ -100,3 +118,23 @@ def test_the_cost_follows_the_worker_s_lru_as_it_changes():
     assert eviction() == pytest.approx(2 * COST.prefill_time(16, 16))  # HOT is the least recent
     policy.route(RouteRequest("again", HOT + [1, 2, 3, 4], 1))  # HOT used again: the most recent now
     assert eviction() == 0.0  # COLD goes first, and nothing reused it
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 5))
+def test_pricing_eviction_only_where_it_can_decide_picks_the_cheapest_of_the_full_prices(seed, n_workers):
+    rng = random.Random(seed)
+    workers = tuple(f"w{i}" for i in range(n_workers))
+    policy, clock = make(workers=workers)
+    prefixes = [[rng.randrange(1, 60) for _ in range(rng.choice([8, 16, 32]))] for _ in range(4)]
+    for i in range(30):
+        clock.t += rng.choice([0.0, 0.05, 0.5])
+        for w in workers:
+            if rng.random() < 0.3:
+                report(policy, w, total=24, used=rng.randrange(8, 25), evictable=rng.randrange(0, 9))
+        q = rng.choice(prefixes) + [rng.randrange(1, 60) for _ in range(rng.randrange(0, 12))]
+        match = policy.view.match(q)
+        full = policy.estimates(match, len(q), policy._expected_output(4, clock.t), clock.t).total
+        d = policy.route(RouteRequest(f"r{i}", q, 4))
+        assert full[workers.index(d.worker_id)] == pytest.approx(full.min())
+        assert all(d.costs[w] <= full[k] + 1e-9 for k, w in enumerate(workers))  # a bound where not priced

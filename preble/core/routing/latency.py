@@ -247,15 +247,17 @@ class LatencyPolicy:
         now = self.clock()
         match = self.view.match(req.token_ids)
         output = self._expected_output(req.max_tokens, now)
-        est = self.estimates(match, len(req.token_ids), output, now)
+        est = self.estimates(match, len(req.token_ids), output, now, decide=True)
         totals = est.total.tolist()
         i = self._pick(totals)
         worker, held = self._loads.ids[i], int(est.held[i])
-        self._commit(req, i, match, float(est.prefill[i]), output, now)
+        self._commit(req, i, match, held, float(est.prefill[i]), output, now)
         return RouteDecision(worker, _branch(match, held), held, dict(zip(self._loads.ids, totals)))
 
-    def estimates(self, match: TreeMatch, prompt: int, output: int, now: float) -> Estimate:
-        """Every worker's predicted cost of the request, by term (in `LoadTable.ids` order)."""
+    def estimates(self, match: TreeMatch, prompt: int, output: int, now: float, decide: bool = False) -> Estimate:
+        """Every worker's predicted cost of the request, by term (in `LoadTable.ids` order). With
+        `decide`, the eviction term is priced only where it can change which worker is cheapest:
+        a worker whose total without it already exceeds the cheapest found keeps 0 there."""
         loads, cfg = self._loads, self.config
         if self._first_estimate is None:
             self._first_estimate = now
@@ -270,27 +272,44 @@ class LatencyPolicy:
             est, totals = both.row(0), both.total
             credit = self._copy_credit(copy, totals[0], totals[1], est.prefill, now)
             est = est if credit is None else replace(est, copy_credit=credit)
-        return replace(est, eviction=self._eviction(match, held, prompt)) if cfg.eviction else est
+        if not cfg.eviction:
+            return est
+        return replace(est, eviction=self._eviction(match, held, prompt, est.total if decide else None))
 
-    def _eviction(self, match: TreeMatch, held: np.ndarray, prompt: int) -> np.ndarray:
+    def _eviction(self, match: TreeMatch, held: np.ndarray, prompt: int, bound: np.ndarray | None) -> np.ndarray:
         """Per worker, what the pages the request would add there evict costs (`eviction.py`):
-        pages beyond its free ones (its capacity from load reports, less what the tree says it
-        holds) come from its LRU end, never from the request's own prefix."""
-        loads, tree, page = self._loads, self.tree, self.config.page_size
-        need = -(-(prompt - held) // page)
-        free = loads.kv_pages - np.array([tree.held_pages(w) for w in loads.ids])
+        pages beyond those free at its last load report, less those routed there since, come from
+        its LRU end (no more than it could evict), never from the request's own prefix. Given the
+        totals without it (`bound`), workers are priced cheapest first until the rest cannot win."""
+        loads, tree = self._loads, self.tree
+        evict = np.minimum(self._new_pages(prompt, held) - (loads.kv_free_pages - loads.pages_since_report),
+                           loads.kv_evictable_pages)
         cost = np.zeros(len(loads))
-        over = np.flatnonzero((loads.kv_pages > 0) & (need > free))
-        if not len(over):
+        over = evict > 0
+        if not over.any():
             return cost
+        order = np.flatnonzero(over)
+        best = np.inf
+        if bound is not None:
+            order = order[np.argsort(bound[order], kind="stable")]
+            best = float(bound[~over].min()) if not over.all() else np.inf
         keep, bucket = set(match.path), tree.bucket()
-        for i in over.tolist():
+        for i in order.tolist():
+            if bound is not None and bound[i] > best:
+                break
             worker, scale = loads.ids[i], float(loads.prefill_scale[i])
             curve = self._victims.get(worker)
             if curve is None or not curve.current(bucket, scale):
-                curve = self._victims[worker] = VictimCurve(tree, worker, bucket, page, self.cost, scale)
-            cost[i] = curve.evict(int(need[i] - free[i]), keep)
+                curve = VictimCurve(tree, worker, bucket, self.config.page_size, self.cost, scale)
+                self._victims[worker] = curve
+            cost[i] = curve.evict(int(evict[i]), keep)
+            if bound is not None:
+                best = min(best, float(bound[i]) + cost[i])
         return cost
+
+    def _new_pages(self, prompt: int, held: np.ndarray | int) -> np.ndarray | int:
+        """KV pages a prompt takes on a worker holding `held` of its tokens."""
+        return -(-(prompt - held) // self.config.page_size)
 
     def _copy_candidates(self, match: TreeMatch, held: np.ndarray, view: LoadView) -> _CopyCandidates | None:
         """Who may earn a copy credit, checked before any pricing; None where no one can (nothing
@@ -328,13 +347,14 @@ class LatencyPolicy:
         last = self._loads.last_chosen
         return min((i for i, t in enumerate(totals) if t == best), key=last.__getitem__)
 
-    def _commit(self, req: RouteRequest, i: int, match: TreeMatch, prefill_s: float, output: int,
+    def _commit(self, req: RouteRequest, i: int, match: TreeMatch, held: int, prefill_s: float, output: int,
                 now: float) -> None:
         worker = self._loads.ids[i]
         path, holding = self.view.commit(match, worker)
-        if path:  # per-prefix traffic, for operators (`hot_prefixes`); routing reads none of it
+        if path:  # per-prefix traffic: for operators (`hot_prefixes`) and the eviction term
             self.tree.record(path[-1], worker, (1.0, prefill_s, float(output)))
-        self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now)
+        self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now,
+                        self._new_pages(len(req.token_ids), held))
         self._decisions += 1
         self._loads.last_chosen[i] = self._decisions
         self._pending[req.request_id] = _Pending(worker, holding)

@@ -33,11 +33,11 @@ class LoadView:
 class LoadTable:
     """Per worker, in the order they were added (`ids`): its queue, batch and context, how many
     tokens a pass takes, how fast its passes are against the cost model (`Calibration`'s scales),
-    how many KV pages it has (0 until its load report says) and when a decision last chose it
-    (-1: never)."""
+    its KV pages free and evictable at its last load report (free: unbounded until one comes) and
+    the pages routed to it since, and when a decision last chose it (-1: never)."""
 
     _COLUMNS = ("busy_until", "routed_since_report_s", "batch", "context", "step_tokens", "prefill_scale",
-                "decode_scale", "kv_pages", "last_chosen")
+                "decode_scale", "kv_free_pages", "kv_evictable_pages", "pages_since_report", "last_chosen")
 
     def __init__(self, step_tokens: int) -> None:
         self.default_step_tokens = step_tokens
@@ -50,7 +50,9 @@ class LoadTable:
         self.step_tokens = np.zeros(0)
         self.prefill_scale = np.zeros(0)
         self.decode_scale = np.zeros(0)
-        self.kv_pages = np.zeros(0, np.int64)
+        self.kv_free_pages = np.zeros(0)
+        self.kv_evictable_pages = np.zeros(0)
+        self.pages_since_report = np.zeros(0)
         self.last_chosen = np.zeros(0, np.int64)
         self._requests: dict[str, tuple[str, int]] = {}  # request id -> (worker, its context tokens)
         self.idle = 0  # workers with nothing routed to them (batch 0)
@@ -65,8 +67,8 @@ class LoadTable:
         self.index[worker_id] = len(self.ids)
         self.ids.append(worker_id)
         new = dict(busy_until=-np.inf, routed_since_report_s=0.0, batch=0, context=0,
-                   step_tokens=self.default_step_tokens, prefill_scale=1.0, decode_scale=1.0, kv_pages=0,
-                   last_chosen=-1)
+                   step_tokens=self.default_step_tokens, prefill_scale=1.0, decode_scale=1.0,
+                   kv_free_pages=np.inf, kv_evictable_pages=0, pages_since_report=0, last_chosen=-1)
         for name in self._COLUMNS:
             setattr(self, name, np.append(getattr(self, name), new[name]))
         self.idle += 1
@@ -91,9 +93,12 @@ class LoadTable:
     def queue_s(self, worker_id: str, now: float) -> float:
         return max(0.0, float(self.busy_until[self.index[worker_id]]) - now)
 
-    def add(self, worker_id: str, request_id: str, prefill_s: float, context: int, now: float) -> None:
-        """Queue a routed request's prefill (its passes' seconds, decodes sharing them included)."""
+    def add(self, worker_id: str, request_id: str, prefill_s: float, context: int, now: float,
+            new_pages: int = 0) -> None:
+        """Queue a routed request's prefill (its passes' seconds, decodes sharing them included),
+        which takes `new_pages` KV pages there."""
         i = self.index[worker_id]
+        self.pages_since_report[i] += new_pages
         self.busy_until[i] = max(float(self.busy_until[i]), now) + prefill_s
         self.routed_since_report_s[i] += prefill_s
         self._requests[request_id] = (worker_id, context)
@@ -118,7 +123,9 @@ class LoadTable:
         i = self.index[report.worker_id]
         if report.step_tokens > 0:
             self.step_tokens[i] = report.step_tokens
-        self.kv_pages[i] = report.kv_total_pages
+        self.kv_free_pages[i] = report.kv_total_pages - report.kv_used_pages
+        self.kv_evictable_pages[i] = report.kv_evictable_pages
+        self.pages_since_report[i] = 0
         if report.prefill_tokens == 0:
             self.busy_until[i] = min(float(self.busy_until[i]), now + float(self.routed_since_report_s[i]))
         self.routed_since_report_s[i] = 0.0
