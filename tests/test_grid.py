@@ -165,3 +165,17 @@ def test_merge_takes_another_commit_only_where_shared_runs_agree_and_never_anoth
     other["workloads"]["w"] = {"mean_prompt_tokens": 7}
     with pytest.raises(GridMismatch, match="prepared differently"):
         merge([_doc(rows, [1.0]), other])
+
+
+def test_merge_joins_grids_of_two_memory_regimes_whose_shared_regimes_agree():
+    h200 = _doc([_row("a", 1.0, 2.0), _row("b", 2.0, 3.0)], [1.0])
+    paper = _doc([{**r, "memory": "paper"} for r in (_row("a", 3.0, 4.0), _row("b", 1.0, 1.0))], [1.0])
+    paper["config"]["memory_pages"] = {"paper": 15_200}
+    paper["rates"] = [{**paper["rates"][0], "memory": "paper"}]
+    doc = merge([h200, paper])
+    assert doc["config"]["memory_pages"] == {"h200": 44_000, "paper": 15_200}
+    assert sorted({r["memory"] for r in doc["rows"]}) == ["h200", "paper"] and len(doc["rows"]) == 4
+    assert doc["meta"]["runs_planned"] == 4
+    paper["config"]["memory_pages"] = {"paper": 15_200, "h200": 40_000}
+    with pytest.raises(GridMismatch, match="memory 'h200': 44000 and 40000 pages"):
+        merge([h200, paper])

@@ -228,8 +228,8 @@ class GridMismatch(ValueError):
 
 
 # What must agree for two grids' points to be comparable (the rest says which points ran).
-_SAME_CONFIG = ("policies", "ablations", "seeds", "traces", "base", "memory_pages", "zipf_params",
-                "slo_factor", "capacity_steps")
+# A memory regime's pages must agree where both grids have it; grids of different regimes merge.
+_SAME_CONFIG = ("policies", "ablations", "seeds", "traces", "base", "zipf_params", "slo_factor", "capacity_steps")
 
 
 # Fields of the base CompareConfig that no grid run reads: the comparison's own plan (its
@@ -276,6 +276,10 @@ def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for k in _SAME_CONFIG:
             if _comparable(d["config"].get(k)) != _comparable(first["config"].get(k)):
                 raise GridMismatch(f"configurations differ in {k!r}")
+        pages, first_pages = d["config"].get("memory_pages", {}), first["config"].get("memory_pages", {})
+        for m in sorted(set(pages) & set(first_pages)):
+            if pages[m] != first_pages[m]:
+                raise GridMismatch(f"configurations differ in memory {m!r}: {first_pages[m]} and {pages[m]} pages")
         for w in set(d["workloads"]) & set(first["workloads"]):
             if d["workloads"][w] != first["workloads"][w]:
                 raise GridMismatch(f"workload {w!r} was prepared differently (its requests' statistics differ)")
@@ -291,8 +295,9 @@ def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "runs_planned": planned,
             "merged_from": [{k: d["meta"].get(k) for k in ("commit", "date", "host_cpus", "runs", "runs_planned")}
                             for d in docs]}
-    return {"meta": meta, "config": {**first["config"], "workloads": list(dict.fromkeys(
-                w for d in docs for w in d["config"]["workloads"]))},
+    union = {k: list(dict.fromkeys(x for d in docs for x in d["config"].get(k, []))) for k in ("workloads", "memories")}
+    pages = {m: n for d in reversed(docs) for m, n in d["config"].get("memory_pages", {}).items()}
+    return {"meta": meta, "config": {**first["config"], **{k: v for k, v in union.items() if v}, "memory_pages": pages},
             "workloads": {k: v for d in reversed(docs) for k, v in d["workloads"].items()},
             "rates": list(rates.values()), "rows": rows,
             "capacity": [c for d in docs for c in d.get("capacity", [])]}

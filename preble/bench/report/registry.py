@@ -67,6 +67,7 @@ SEEDS_GRID = ROUTING + "grid_h200_2_seeds.json"  # the 2-replica grid's loads wi
 SEEDS_GRID_64 = ROUTING + "grid_h200_64_seeds.json"  # the 64-replica grid's loads with 3 seeds
 SEEDS_GRID_32 = ROUTING + "grid_h200_32_seeds.json"  # the 32-replica grid's loads with 3 seeds
 SEEDS_GRID_4_16 = ROUTING + "grid_h200_4_16_seeds.json"  # the 4/16-replica grid's loads with 3 seeds
+SEEDS_GRID_8 = ROUTING + "grid_8_seeds.json"  # the 8-replica grid's loads (both memories) with 3 seeds
 # The routing grids in the order prose quotes them: 4 and 16 replicas, 32, 2, 8 (two memories), then 64.
 GRIDS = (ROUTING + "grid_h200_4_16_all.json", ROUTING + "grid_h200_32_all.json", ROUTING + "grid_h200_2.json",
          ABLATION_GRID, ROUTING + "grid_h200_64.json")
@@ -74,7 +75,7 @@ GRID_FILES = tuple(ROUTING + f + ".json" for f in (
     "grid_h200_4_16", "grid_h200_4_16_rest", "grid_h200_4_16_all", "grid_h200_32", "grid_h200_32_rest",
     "grid_h200_32_all", "mooncake_capacity", "grid_h200_2", "grid_paper_ablation", "grid_h200_toolbench_agent",
     "grid_h200_2_seeds", "ladders_h200_64", "grid_h200_64", "grid_h200_64_seeds", "grid_h200_32_seeds",
-    "grid_h200_4_16_seeds"))
+    "grid_h200_4_16_seeds", "grid_8_seeds"))
 ENGINE_V2, ENGINE_V3, ENGINE_V4, ENGINE_H100 = (ENGINE + f for f in (
     "h100_llama3-8b_7856821.json", "h100_llama3-8b_4ea0de0.json", "h100_llama3-8b.json", "h100_llama3-8b_c65103c.json"))
 # Overlapped steps against steps in turn, one lease: the engine benchmark both ways and the decode profile.
@@ -130,7 +131,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-knee": Spec(routing.knee_gains, GRIDS),
     "routing-ablation": Spec(routing.ablation, (ABLATION_GRID,)),
     "routing-worst": Spec(routing.worst_points, (WORST_POINTS,)),
-    "routing-replica-trial": Spec(routing.replica_trial, (REPLICA_TRIAL,)),
+    "routing-replica-trial": Spec(routing.policy_trial, (REPLICA_TRIAL,)),
     "routing-seeds": Spec(routing.grids, (ROUTING + "grid_h200_2.json", SEEDS_GRID)),
     "routing-seed-spread": Spec(routing.seed_spread, (SEEDS_GRID,)),
     "routing-seeds-64": Spec(routing.grids, (ROUTING + "grid_h200_64.json", SEEDS_GRID_64)),
@@ -139,6 +140,8 @@ REGIONS: Mapping[str, Spec] = {
     "routing-seed-spread-32": Spec(routing.seed_spread, (SEEDS_GRID_32,)),
     "routing-seeds-4-16": Spec(routing.grids, (ROUTING + "grid_h200_4_16_all.json", SEEDS_GRID_4_16)),
     "routing-seed-spread-4-16": Spec(routing.seed_spread, (SEEDS_GRID_4_16,)),
+    "routing-seeds-8": Spec(routing.grids, (ROUTING + "grid_paper_ablation.json", SEEDS_GRID_8)),
+    "routing-seed-spread-8": Spec(routing.seed_spread, (SEEDS_GRID_8,)),
     "routing-capacity": Spec(routing.capacity, (MOONCAKE_CAPACITY,)),
     "routing-reuse-bound": Spec(routing.reuse_bound, (MOONCAKE_REUSE, *GRIDS)),
     "routing-shared": Spec(routing.shared_prefixes, (MOONCAKE_CAPACITY, GRIDS[0])),

@@ -377,10 +377,11 @@ def headline(*grids_and_capacity: Result) -> str:
             f"commits {words(commits)}).")
 
 
-def replica_trial(doc: Result) -> str:
-    """The copy-credit trial (`scripts/routing_replica_trial.py` as of a2adb5a): the default as it
-    was then and the trial against the peers' grid figures (leaderboard), then the trial over the
-    default per cell, the range over the cell's loads."""
+def policy_trial(doc: Result) -> str:
+    """A trial of the default with one change (the copy credit's, `scripts/routing_replica_trial.py`
+    as of a2adb5a; the eviction term's, `scripts/routing_eviction_trial.py`): the default and the
+    trial against the peers' grid figures (leaderboard), then the trial over the default per
+    cell, the range over the cell's loads."""
     trial = doc.data["meta"]["trial"]
     before = f"{DEFAULT_POLICY} at {short(doc.data['meta']['commit'])}"
     lines = ["| policy (points) | mean / p99 over the best | worst mean (where) | worst p99 (where) | within 3% | "
