@@ -28,7 +28,6 @@ decisions live on tree nodes for `assignment_ttl_s`.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from ..pages import DEFAULT_PAGE_SIZE
 from ..window_stats import ROUTER_WINDOW, WindowSums
 from .base import HotPrefixes, RequestDone, RouteDecision, RouteRequest, WorkerInfo
 from .cache_view import CacheView, CacheViewConfig, Holding
+from .eviction import VictimCurve
 
 
 class E2Branch(StrEnum):
@@ -96,20 +96,6 @@ class Assignment:
     until: float
 
 
-@dataclass
-class _Victims:
-    """A worker's LRU nodes as a cumulative (pages, eviction cost) curve, extended on demand and
-    valid while the worker's LRU and the window's bucket stay the same."""
-
-    version: int
-    bucket: int
-    nodes: list[Node] = field(default_factory=list)
-    pages: list[int] = field(default_factory=list)  # cumulative
-    costs: list[float] = field(default_factory=list)  # cumulative
-    it: object = None
-    done: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class _Shift:
     """Load to take off a heavy worker: move `node`'s subtree, or replicate `node`."""
@@ -129,7 +115,7 @@ class _Worker:
     outstanding: int = 0
     outstanding_tokens: int = 0  # prompt tokens of outstanding requests
     outstanding_output: int = 0  # expected output tokens of outstanding requests
-    victims: _Victims | None = None
+    victims: VictimCurve | None = None  # its eviction costs, while its LRU stands
     tops: OrderedDict[Node, None] = field(default_factory=OrderedDict)  # recently routed-to subtrees
 
 
@@ -273,51 +259,11 @@ class E2Policy:
         evict_pages = min(need_pages - free_pages, report.kv_evictable_pages)
         if evict_pages <= 0:
             return 0.0
-        victims = self._victims(worker, state, evict_pages, bucket)
-        index = bisect_left(victims.pages, evict_pages)  # the first victim that completes the eviction
-        if any(node in path_nodes for node in victims.nodes[:index + 1]):
-            return self._eviction_cost_slow(worker, evict_pages, path_nodes, bucket)
-        if index == len(victims.pages):  # fewer pages in its LRU than needed: all of them
-            return victims.costs[-1] if victims.costs else 0.0
-        pages_before = victims.pages[index - 1] if index else 0
-        cost_before = victims.costs[index - 1] if index else 0.0
-        return cost_before + self._node_cost(worker, victims.nodes[index], evict_pages - pages_before, bucket)
-
-    def _victims(self, worker: str, state: _Worker, pages: int, bucket: int) -> _Victims:
-        version = self.tree.lru_version(worker)
         victims = state.victims
-        if victims is None or victims.version != version or victims.bucket != bucket:
-            victims = state.victims = _Victims(version, bucket, it=self.tree.lru(worker))
-        while not victims.done and (not victims.pages or victims.pages[-1] < pages):
-            node = next(victims.it, None)
-            if node is None:
-                victims.done = True
-                break
-            victims.nodes.append(node)
-            victims.pages.append((victims.pages[-1] if victims.pages else 0) + len(node.hashes))
-            victims.costs.append((victims.costs[-1] if victims.costs else 0.0) +
-                                 self._node_cost(worker, node, len(node.hashes), bucket))
-        return victims
-
-    def _eviction_cost_slow(self, worker: str, evict_pages: int, path_nodes: set, bucket: int) -> float:
-        total = 0.0
-        for node in self.tree.lru(worker):
-            if evict_pages <= 0:
-                break
-            if node in path_nodes:
-                continue
-            take = min(evict_pages, len(node.hashes))
-            total += self._node_cost(worker, node, take, bucket)
-            evict_pages -= take
-        return total
-
-    def _node_cost(self, worker: str, node: Node, pages: int, bucket: int) -> float:
-        """Recomputing the last `pages` pages of `node` for each request that used it on `worker`."""
-        requests = self.tree.stats(node, worker, bucket)[REQUESTS]
-        if requests <= 0:
-            return 0.0
-        tokens = pages * self.config.page_size
-        return requests * self.cost.prefill_time(tokens, node.end - tokens)
+        if victims is None or not victims.current(bucket, 1.0):
+            victims = state.victims = VictimCurve(self.tree, worker, bucket, self.config.page_size, self.cost,
+                                                  count_storer=True)
+        return victims.evict(evict_pages, path_nodes)
 
     def _decode_heavy(self, worker: str, bucket: int) -> bool:
         state = self._workers[worker]

@@ -5,7 +5,8 @@ used ones; a later request that would have found them cached computes them again
 evicting a node is therefore the prefill of its evicted pages times how often it will be reused
 there, predicted by how often it was reused there in the tree's window (its requests on the
 worker, less the one that stored it). A prompt never reused costs nothing to evict, a hot
-system prompt a great deal, whatever their age.
+system prompt a great deal, whatever their age. E2's M term is the same curve with every request
+counted, the one that stored the node included (`count_storer`), as the paper has it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ class VictimCurve:
     window's bucket and its prefill scale stay the same (`current`)."""
 
     def __init__(self, tree: GlobalTree, worker_id: str, bucket: int, page_size: int, cost: CostModel,
-                 prefill_scale: float) -> None:
+                 prefill_scale: float = 1.0, count_storer: bool = False) -> None:
         self.tree, self.worker_id, self.bucket = tree, worker_id, bucket
         self.page_size, self.cost, self.prefill_scale = page_size, cost, prefill_scale
+        self._not_reuses = 0 if count_storer else 1  # requests through a node that were no reuse of it
         self.version = tree.lru_version(worker_id)
         self._lru: Iterator[Node] = tree.lru(worker_id)
         self._done = False
@@ -39,7 +41,7 @@ class VictimCurve:
 
     def node_cost(self, node: Node, pages: int) -> float:
         """Recomputing the last `pages` pages of `node` for each of its predicted reuses here."""
-        reuses = self.tree.stats(node, self.worker_id, self.bucket)[REQUESTS] - 1
+        reuses = self.tree.stats(node, self.worker_id, self.bucket)[REQUESTS] - self._not_reuses
         if reuses <= 0:
             return 0.0
         tokens = pages * self.page_size
