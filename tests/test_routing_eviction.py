@@ -13,7 +13,7 @@ from preble.core.cost_model import CostModel
 from preble.core.kv_events import ROOT_HASH, PagesStored, chain_hashes
 from preble.core.messages import LoadReport
 from preble.core.routing.base import RouteRequest
-from preble.core.routing.eviction import eviction_cost
+from preble.core.routing.eviction import VictimCurve
 from preble.core.routing.latency import LatencyConfig, LatencyPolicy
 
 from .clocks import ManualClock
@@ -56,15 +56,17 @@ def test_evicting_costs_the_reuse_of_the_pages_evicted_least_recent_first():
     tree, bucket = policy.tree, policy.tree.bucket()
     hot = tree.match(HOT).path[-1]
 
-    def cost(pages: int, keep=()) -> float:
-        return eviction_cost(tree, "w0", pages, keep, bucket, PS, COST)
+    def cost(pages: int, keep=(), scale: float = 1.0) -> float:
+        return VictimCurve(tree, "w0", bucket, PS, COST, scale).evict(pages, keep)
 
     # The last 2 pages of HOT go first; each of its 2 reuses would compute those 8 tokens again.
     assert cost(2) == pytest.approx(2 * COST.prefill_time(8, 24))
     assert cost(8) == pytest.approx(2 * COST.prefill_time(32, 0))
     assert cost(16) == pytest.approx(cost(8))  # COLD was never reused: evicting it costs nothing
     assert cost(16, keep={hot}) == 0.0  # the request's own prefix is not evicted
-    assert eviction_cost(tree, "w0", 8, (), bucket, PS, COST, prefill_scale=2.0) == pytest.approx(2 * cost(8))
+    assert cost(8, scale=2.0) == pytest.approx(2 * cost(8))
+    every = VictimCurve(tree, "w0", bucket, PS, COST, count_storer=True)  # E2's M: the storing request counts
+    assert every.evict(16, ()) == pytest.approx(3 * COST.prefill_time(32, 0) + COST.prefill_time(32, 0))
 
 
 def test_a_new_prompt_goes_where_the_full_cache_would_evict_what_is_reused_least():

@@ -81,10 +81,3 @@ class VictimCurve:
             pages -= take
         return total
 
-
-def eviction_cost(tree: GlobalTree, worker_id: str, pages: int, keep: Collection[Node], bucket: int,
-                  page_size: int, cost: CostModel, prefill_scale: float = 1.0) -> float:
-    """Seconds of recomputation that evicting `pages` pages from the worker's LRU end costs its
-    later requests, nodes in `keep` spared; recomputing is priced by the cost model's prefill
-    times `prefill_scale` (the worker's `Calibration`)."""
-    return VictimCurve(tree, worker_id, bucket, page_size, cost, prefill_scale).evict(pages, keep)
