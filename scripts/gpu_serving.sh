@@ -2,7 +2,7 @@
 # One run on a GPU machine for the serving path. Steps (STEPS, in order; default all):
 #   serving   `preble bench serving` (Llama-3-8B shape, random weights: router + worker against
 #             the engine in-process)
-#   serving-piecewise  the same with piecewise CUDA graphs on (512 tokens) in both halves
+#   serving-eager  the same with prompt steps run eagerly (no piecewise CUDA graphs) in both halves
 #   tests     the GPU tests (GPU_TESTS: which files; default all of tests/gpu)
 #   asyncio   the served half again with uvloop hidden (uvicorn falls back to asyncio): what
 #             uvloop, which the GPU image has, buys
@@ -39,10 +39,10 @@ for step in $STEPS; do
       timeout 300 python3 -m preble.cli bench serving --out "$OUT/serving.json" --server-log "$OUT/serve.log" \
         > "$OUT/serving.log" 2>&1
       report "$OUT/serving.md" "$OUT/serving.log" ;;
-    serving-piecewise)
-      timeout 300 python3 -m preble.cli bench serving --piecewise-graph-max-tokens 512 \
-        --out "$OUT/serving_piecewise.json" > "$OUT/serving_piecewise.log" 2>&1
-      report "$OUT/serving_piecewise.md" "$OUT/serving_piecewise.log" ;;
+    serving-eager)
+      timeout 300 python3 -m preble.cli bench serving --piecewise-graph-max-tokens 0 \
+        --out "$OUT/serving_eager.json" > "$OUT/serving_eager.log" 2>&1
+      report "$OUT/serving_eager.md" "$OUT/serving_eager.log" ;;
     tests)
       timeout 420 python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 ;;
     asyncio|h11)

@@ -140,7 +140,8 @@ def main() -> None:
     ap.add_argument("--cached-prefix", type=int, default=8192)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--piecewise-max", type=int, default=512, help="the engine's piecewise_graph_max_tokens")
+    ap.add_argument("--piecewise-max", type=int, default=EngineConfig.piecewise_graph_max_tokens,
+                    help="the engine's piecewise_graph_max_tokens")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]

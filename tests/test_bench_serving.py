@@ -48,8 +48,8 @@ def test_engine_options_reach_both_halves_alike():
     from preble.bench.serving_config import ServingBenchConfig
     from preble.engine.config import EngineConfig
 
-    options = _engine_options(ServingBenchConfig(num_pages=4096, piecewise_graph_max_tokens=512))
-    assert options == {"num_pages": 4096, "piecewise_graph_max_tokens": 512}
+    options = _engine_options(ServingBenchConfig(num_pages=4096, piecewise_graph_max_tokens=0))
+    assert options == {"num_pages": 4096, "piecewise_graph_max_tokens": 0}  # 0 (eager) passes on too
     EngineConfig(model="m", **options)  # every name is an engine field
     assert _engine_options(ServingBenchConfig()) == {
         "piecewise_graph_max_tokens": EngineConfig.piecewise_graph_max_tokens}

@@ -130,7 +130,7 @@ def test_piecewise_graphs_do_not_change_outputs(model_dirs):
     batch = prompts(seed=6)
     opts = dict(device="cuda", dtype="float32", page_size=4, num_pages=80, kv_watermark=0.0,
                 max_num_batched_tokens=64)
-    eager = LLM(model_dirs["llama3"], **opts)
+    eager = LLM(model_dirs["llama3"], piecewise_graph_max_tokens=0, **opts)
     pieces = LLM(model_dirs["llama3"], piecewise_graph_max_tokens=512, **opts)
     assert eager.engine.runner.piecewise is None
     calls = count_runs(pieces.engine.runner.piecewise)

@@ -28,7 +28,9 @@ ENGINE_HEADLINE = "results/engine/h200_llama3-8b_4a8cdbb.json"
 ENGINE_H200_A9C0070 = "results/engine/h200_llama3-8b_a9c0070.json"  # steps in turn
 ENGINE_GEMV = "results/engine/h200_gemv_variants_4a8cdbb.json"  # the decode step's matmuls alone
 SERVING_RUNS = ("results/serving/dev_cpu_tiny_base_c72e6e6.json", "results/serving/dev_cpu_tiny.json")  # oldest first
-SERVING_GPU = "results/serving/h100_e2e_f9066a3.json"  # the served path beside its engine, on one machine
+SERVING_GPU = "results/serving/h100_e2e_piecewise_5247459.json"  # the served path beside its engine, on one machine
+SERVING_GPU_EAGER = "results/serving/h100_e2e_5247459.json"  # the same lease, prompt steps run eagerly
+SERVING_GPU_F9066A3 = "results/serving/h100_e2e_f9066a3.json"  # before piecewise CUDA graphs
 SERVING_GPU_038BD89 = "results/serving/h100_e2e_038bd89.json"  # before overlapped engine steps
 SERVING_GPU_8EC9FD6 = "results/serving/h100_e2e_8ec9fd6.json"  # before the router's connection and client changes
 SERVING_GPU_HTTPTOOLS = "results/serving/h100_e2e_httptools_8ec9fd6.json"  # 8ec9fd6's machine with httptools
@@ -164,7 +166,10 @@ REGIONS: Mapping[str, Spec] = {
     "serving-dev-cpu-hops": Spec(serving.hops, (SERVING_RUNS[-1],)),
     "serving-gpu": Spec(serving.against_engine, (SERVING_GPU,)),
     "serving-gpu-hops": Spec(serving.hops, (SERVING_GPU,)),
-    "serving-gpu-hops-runs": Spec(serving.hops_side_by_side, (SERVING_GPU_8EC9FD6, SERVING_GPU_038BD89, SERVING_GPU)),
+    "serving-gpu-hops-runs": Spec(serving.hops_side_by_side, (SERVING_GPU_8EC9FD6, SERVING_GPU_038BD89,
+                                                              SERVING_GPU_F9066A3, SERVING_GPU_EAGER, SERVING_GPU)),
+    "serving-gpu-eager": Spec(serving.against_engine, (SERVING_GPU_EAGER,)),
+    "serving-gpu-f9066a3": Spec(serving.against_engine, (SERVING_GPU_F9066A3,)),
     "serving-gpu-038bd89": Spec(serving.against_engine, (SERVING_GPU_038BD89,)),
     "serving-gpu-8ec9fd6": Spec(serving.against_engine, (SERVING_GPU_8EC9FD6,)),
     "serving-gpu-httptools": Spec(serving.variant, (SERVING_GPU_8EC9FD6, SERVING_GPU_HTTPTOOLS)),
