@@ -234,10 +234,7 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
 
     model = cfg.model or str(ensure_demo_model())
     specs = [RouterSpec.parse(r) for r in cfg.routers]
-    if cfg.climb is not None:
-        climber = RouterSpec.parse(cfg.climb.router)
-        if climber.kind != "preble" and cfg.executable(climber.kind) is None:
-            raise ValueError(f"the climb's router {climber.name}: {PEER_KINDS[climber.kind].executable} not found")
+    climb_exe = _climb_executable(cfg)
     routers: dict[str, dict[str, Any]] = {}
     for spec in specs:
         exe = None if spec.kind == "preble" else cfg.executable(spec.kind)
@@ -266,11 +263,9 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
                 reqs = prepare_requests(wl, tokenizer, cfg)
                 rate = wl.rate
                 if cfg.climb is not None:
-                    climber = RouterSpec.parse(cfg.climb.router)
-                    knees[wl.name] = find_knee(cfg.climb, cfg.executable(climber.kind) if climber.kind != "preble"
-                                               else None, pool, model, reqs, wl, cfg, logs)
+                    knees[wl.name] = find_knee(cfg.climb, climb_exe, pool, model, reqs, wl, cfg, logs)
                     rate = knees[wl.name]["knee"]
-                    log(f"{wl.name}: {climber.name}'s knee at {rate:.3g}/s")
+                    log(f"{wl.name}: {cfg.climb.router}'s knee at {rate:.3g}/s")
                 for repeat in range(cfg.repeats):
                     runs += _compare(specs, routers, pool, model, reqs, wl, rate, repeat, cfg, logs, on_start,
                                      on_done, log)
@@ -282,6 +277,20 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
             "model": {"path": model, "served_name": pool.model_name},
             "config": {**asdict(replace(cfg, model=model, worker_threads=cfg.threads())), "workloads": [asdict(w) for w in cfg.workloads]},
             "routers": routers, "knees": knees, "wall_s": time.monotonic() - started, "runs": runs}
+
+
+def _climb_executable(cfg: PeerBenchConfig) -> str | None:
+    """The climbing router's executable (None for Preble's own); a peer that cannot be found is
+    an error before anything starts."""
+    if cfg.climb is None:
+        return None
+    climber = RouterSpec.parse(cfg.climb.router)
+    if climber.kind == "preble":
+        return None
+    exe = cfg.executable(climber.kind)
+    if exe is None:
+        raise ValueError(f"the climb's router {climber.name}: {PEER_KINDS[climber.kind].executable} not found")
+    return exe
 
 
 def _compare(specs: Sequence[RouterSpec], routers: Mapping[str, Mapping[str, Any]], pool: WorkerPool, model: str,

@@ -353,8 +353,8 @@ class LatencyPolicy:
         path, holding = self.view.commit(match, worker)
         if path:  # per-prefix traffic: for operators (`hot_prefixes`) and the eviction term
             self.tree.record(path[-1], worker, (1.0, prefill_s, float(output)))
-        self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now,
-                        self._new_pages(len(req.token_ids), held))
+        new_pages = self._new_pages(len(req.token_ids), held) if self.config.eviction else 0  # read by it only
+        self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now, new_pages)
         self._decisions += 1
         self._loads.last_chosen[i] = self._decisions
         self._pending[req.request_id] = _Pending(worker, holding)
