@@ -272,8 +272,11 @@ def test_repeats_climb_and_pinning_end_to_end(tiny_models, tmp_path):
                           workloads=(wl,), page_size=4, num_pages=256, worker_threads=1, repeats=2,
                           pin_cores=len(os.sched_getaffinity(0)) > 1, router_cores=1,
                           climb=Climb("preble:round_robin", requests=4, max_rungs=2))
-    doc = run(cfg, log=lambda _: None)
+    partial = []
+    doc = run(cfg, log=lambda _: None, checkpoint=partial.append)
     json.dumps(doc)
+    assert [len(p["runs"]) for p in partial] == [2, 4] and not any(p["complete"] for p in partial)
+    assert doc["complete"] and "Cut short" in markdown(partial[0]) and "Cut short" not in markdown(doc)
     knee = doc["knees"]["shared_prefix"]
     assert [r["rate"] for r in knee["rungs"]] == [4.0, 6.0] and knee["knee"] in (4.0, 6.0)
     assert [(r["router"], r["repeat"], r["arrival_seed"]) for r in doc["runs"]] == [

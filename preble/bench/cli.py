@@ -530,7 +530,8 @@ def routers(
                 progress.remove_task(task)
             task = progress.add_task(f"{workload} via {router}", total=n)
 
-        doc = run(cfg, on_start=start, on_done=lambda _: progress.advance(task), log=progress.console.print)
+        doc = run(cfg, on_start=start, on_done=lambda _: progress.advance(task), log=progress.console.print,
+                  checkpoint=None if out is None else (lambda partial: write(partial, out)))
     if out is not None:
         print(f"wrote {out} and {write(doc, out)}")
     print(markdown(doc))

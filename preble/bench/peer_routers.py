@@ -226,8 +226,11 @@ def device() -> dict[str, Any]:
 
 def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None = None,
         on_done: Callable[[RequestRecord], None] | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every router over every workload; the results document (see `markdown`)."""
+        log: Callable[[str], None] = print,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every router over every workload; the results document (see `markdown`). `checkpoint`
+    gets the document so far (`complete` False) after each repeat, so that a run cut short by a
+    time limit still leaves what it measured."""
     from transformers import AutoTokenizer
 
     from ..models.demo import ensure_demo_model
@@ -269,14 +272,24 @@ def run(cfg: PeerBenchConfig, on_start: Callable[[str, str, int], None] | None =
                 for repeat in range(cfg.repeats):
                     runs += _compare(specs, routers, pool, model, reqs, wl, rate, repeat, cfg, logs, on_start,
                                      on_done, log)
+                    if checkpoint is not None:
+                        checkpoint(document(cfg, model, pool.model_name, routers, knees, runs, started, False))
         finally:
             os.sched_setaffinity(0, affinity)
             pool.stop()
+    return document(cfg, model, pool.model_name, routers, knees, runs, started, True)
+
+
+def document(cfg: PeerBenchConfig, model: str, served_name: str, routers: Mapping[str, Any],
+             knees: Mapping[str, Any], runs: list[dict[str, Any]], started: float, complete: bool) -> dict[str, Any]:
+    """The results document: provenance, configuration, each router's version, the knees and
+    every run so far."""
     return {"benchmark": "peer_routers", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            **source_revision(), "device": device(),
-            "model": {"path": model, "served_name": pool.model_name},
-            "config": {**asdict(replace(cfg, model=model, worker_threads=cfg.threads())), "workloads": [asdict(w) for w in cfg.workloads]},
-            "routers": routers, "knees": knees, "wall_s": time.monotonic() - started, "runs": runs}
+            **source_revision(), "device": device(), "complete": complete,
+            "model": {"path": model, "served_name": served_name},
+            "config": {**asdict(replace(cfg, model=model, worker_threads=cfg.threads())),
+                       "workloads": [asdict(w) for w in cfg.workloads]},
+            "routers": dict(routers), "knees": dict(knees), "wall_s": time.monotonic() - started, "runs": list(runs)}
 
 
 def _climb_executable(cfg: PeerBenchConfig) -> str | None:
@@ -336,7 +349,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
              f"{doc['date']}. {cfg['workers']} workers of {Path(doc['model']['path']).name}{pinned} "
              f"({cfg['num_pages']} KV pages of {cfg['page_size']} tokens, {cfg['max_num_batched_tokens']}-token "
              f"steps); shared prefixes cut to {cfg['prefix_cap']} tokens, outputs to {cfg['max_output_tokens']}; "
-             f"seed {cfg['seed']}."]
+             f"seed {cfg['seed']}."
+             + ("" if doc.get("complete", True) else " Cut short: only the runs below finished.")]
     versions = [f"{name}: {r.get('version') or 'skipped (' + r['skipped'] + ')'}" for name, r in doc["routers"].items()]
     lines.append("Routers: " + "; ".join(versions) + ".\n")
     repeats = cfg.get("repeats", 1)
