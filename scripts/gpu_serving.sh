@@ -55,7 +55,7 @@ for step in $STEPS; do
       timeout 300 python3 -m preble.cli bench engine $flag --out "$OUT/$step.json" > "$OUT/$step.log" 2>&1
       report "$OUT/$step.md" "$OUT/$step.log" ;;
     gemv)
-      timeout 120 python3 scripts/gemv_variants.py --out "$OUT/gemv_variants.json" 2>&1 | tail -25 ;;
+      timeout 240 python3 scripts/gemv_variants.py --out "$OUT/gemv_variants.json" 2>&1 | tail -25 ;;
     prefill-profile)
       timeout 300 python3 scripts/profile_prefill.py --out "$OUT/prefill_profile.json" > "$OUT/prefill_profile.log" 2>&1
       head -12 "$OUT/prefill_profile.log"; grep -A20 "top host operators" "$OUT/prefill_profile.log" ;;
