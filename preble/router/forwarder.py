@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import msgspec
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..core.routing.base import RequestDone, RouteDecision, RouteRequest, RoutingPolicy
 from ..http import openai as oai
 from ..http.errors import max_tokens_for
 from ..http.limits import Admission
 from ..http.logs import REQUEST_ID_HEADER
+from ..http.streams import EventStream
 from ..http.timing import TIMING_HEADER
 from .config import RouterConfig
 from .dashboard import Timeline
@@ -145,21 +146,6 @@ def merge_choices(batch: list[dict]) -> dict[int, tuple[str, str | None]]:
             text, reason = merged.get(c["index"], ("", None))
             merged[c["index"]] = (text + (c.get("text") or ""), c.get("finish_reason") or reason)
     return merged
-
-
-class _Stream(StreamingResponse):
-    """A streaming response that runs `on_close` however it ends: finished, failed, or cancelled
-    by a client that disconnected (before its body started, too)."""
-
-    def __init__(self, content, on_close, **kw) -> None:
-        super().__init__(content, media_type="text/event-stream", **kw)
-        self.on_close = on_close
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.on_close()
 
 
 class Outcome:
@@ -354,7 +340,7 @@ class Forwarder:
             return JSONResponse(answer, headers=self.route_header(up.decision))
 
     async def answer_stream(self, prompt: list[int], body, fwd: dict, rid: str, chat: bool, outcome: Outcome,
-                            release: Callable[[], None]) -> StreamingResponse:
+                            release: Callable[[], None]) -> EventStream:
         """A streamed answer: retried until its first chunk is in hand; a worker failing after
         that ends the stream with an error event. However the response ends (a client that
         goes away before it starts included), the upstream is closed and the request released."""
@@ -392,4 +378,4 @@ class Forwarder:
                 yield oai.sse(oai.APIError(502, "the worker failed mid-stream", "server_error").body())
             yield oai.sse("[DONE]")
 
-        return _Stream(sse(), lambda: end(RequestStatus.CLIENT_GONE), headers=self.route_header(up.decision))
+        return EventStream(sse(), headers=self.route_header(up.decision), on_close=lambda: end(RequestStatus.CLIENT_GONE))

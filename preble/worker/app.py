@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from transformers import AutoTokenizer
 
@@ -23,6 +23,7 @@ from ..http.errors import check_model, check_token_ids, install_error_handlers, 
 from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
 from ..http.logs import REQUEST_ID_HEADER
+from ..http.streams import EventStream
 from ..http.timing import wants_timing
 from .config import FrontendConfig
 from .engine_client import EngineClient
@@ -128,7 +129,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         async def lines() -> AsyncIterator[bytes]:
             async for batch in client.kv_events():
                 yield msgspec.json.encode(batch) + b"\n"
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return EventStream(lines(), media_type="application/x-ndjson")
 
     @app.get("/metrics")
     async def prometheus():

@@ -18,17 +18,16 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from ..core.sampling_params import SamplingParams
 from ..http import openai as oai
 from ..http.limits import Admission
+from ..http.streams import EventStream
 from .engine_client import EngineClient
 from .metrics import RequestStatus, WorkerMetrics
 from .protocol import TokenDelta
 from .text import IncrementalText
-
-SSE = "text/event-stream"
 
 
 @dataclass
@@ -133,8 +132,7 @@ class Generator:
         """A completion or chat completion: one body, or a stream of chunks."""
         runs = await self._start_choices(rid, prompt, body, max_tokens, received)
         if body.stream:
-            return StreamingResponse(self._openai_stream(runs, rid, len(prompt), body.include_usage, chat),
-                                     media_type=SSE)
+            return EventStream(self._openai_stream(runs, rid, len(prompt), body.include_usage, chat))
         outputs = [await self.drain(run) for run in runs]
         use = oai.usage(len(prompt), sum(o.last.output_tokens for o in outputs), outputs[0].last.cached_tokens)
         choices = [oai.choice(i, o.text, oai.finish_reason_openai(o.last.finish_reason), chat)
@@ -182,7 +180,7 @@ class Generator:
                     yield oai.sse(_sglang_payload(rid, text, ids, delta))
             yield oai.sse("[DONE]")
 
-        return StreamingResponse(events(), media_type=SSE)
+        return EventStream(events())
 
 
 async def _interleaved(streams: list[AsyncIterator[tuple[str, TokenDelta]]]
