@@ -95,6 +95,7 @@ class LatencyConfig:
     cache_aware: bool = True  # off: every worker prices the whole prompt (no reuse) for ablations
     calibration: CalibrationConfig = CalibrationConfig()  # each worker's speed against the cost model
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
+    backlog: bool = False  # also charge the arrivals that queue behind the work while the worker's backlog drains
     copy_credit: bool = True  # credit idle workers for what a copy of the prefix saves its later requests
     eviction: bool = False  # charge what the pages a request adds to a full cache evict (`eviction.py`)
     min_rate_span_s: float = 1.0  # the shortest span the tree window's request counts are turned into rates over
@@ -133,10 +134,12 @@ class Estimate:
 
 
 def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, output: int, config: LatencyConfig,
-             prefill_scale: np.ndarray | float = 1.0, decode_scale: np.ndarray | float = 1.0) -> Estimate:
+             prefill_scale: np.ndarray | float = 1.0, decode_scale: np.ndarray | float = 1.0,
+             arrival_rate: float = 0.0) -> Estimate:
     """What routing a request (`prompt` tokens of which each worker holds `held`, `output`
     expected) to workers in state `view` costs, by term; each worker's prefill and decode times
-    are the cost model's times its scales (`Calibration`)."""
+    are the cost model's times its scales (`Calibration`). `arrival_rate`: requests per second
+    per worker, for the backlog part of the work term."""
     new = prompt - held
     passes = -(-new // np.maximum(1, view.step_tokens))
     batch_step = decode_scale * cost.decode_step_times(view.batch, view.context)
@@ -146,7 +149,17 @@ def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, out
     interference = view.batch * (compute + output * (with_it - batch_step))
     return Estimate(held, view.queue_s if config.wait else 0.0, compute + passes * batch_step,
                     output * with_it if config.decode else 0.0, interference if config.interference else 0.0,
-                    config.work_weight * compute)
+                    work_weight(config, view, arrival_rate) * compute)
+
+
+def work_weight(config: LatencyConfig, view: LoadView, arrival_rate: float) -> np.ndarray | float:
+    """Seconds of later requests' waiting per second of compute added to each worker. In steady
+    state `config.work_weight` (the M/M/1 externality at 50% utilisation); with `backlog`, also
+    the requests that arrive while the worker's present queue drains and so wait behind the new
+    work: the queue's seconds times the arrival rate, over 1 - u at the same u = 0.5."""
+    if not config.backlog:
+        return config.work_weight
+    return config.work_weight + 2.0 * arrival_rate * view.queue_s
 
 
 def copy_credit(total: np.ndarray, as_holder: np.ndarray, holders: np.ndarray, eligible: np.ndarray,
@@ -192,6 +205,7 @@ class LatencyPolicy:
         self._pending: dict[str, _Pending] = {}
         self._window = WindowSpec(cfg.output_window_s, cfg.output_window_buckets)
         self._outputs = WindowSums(cfg.output_window_buckets, 2)  # (finished requests, output tokens)
+        self._arrivals = WindowSums(cfg.output_window_buckets, 1)  # decisions, for the backlog term's rate
         self._decisions = 0
         self._first_estimate: float | None = None  # the tree window's span until it has run that long
         self._held = HeldTokens(self.tree, cfg.mask_cache_size)
@@ -264,11 +278,12 @@ class LatencyPolicy:
         held = self._held(match) if cfg.cache_aware else np.zeros(len(loads))
         view = loads.view(now)
         copy = self._copy_candidates(match, held, view)
+        rate = self._arrival_rate(now) if cfg.backlog else 0.0
         if copy is None:
-            est = estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale)
+            est = estimate(self.cost, view, prompt, held, output, cfg, loads.prefill_scale, loads.decode_scale, rate)
         else:  # priced in one pass as they are (row 0) and as if each held the cached prefix (row 1)
             both = estimate(self.cost, view, prompt, np.stack((held, np.full_like(held, match.cached_tokens))),
-                            output, cfg, loads.prefill_scale, loads.decode_scale)
+                            output, cfg, loads.prefill_scale, loads.decode_scale, rate)
             est, totals = both.row(0), both.total
             credit = self._copy_credit(copy, totals[0], totals[1], est.prefill, now)
             est = est if credit is None else replace(est, copy_credit=credit)
@@ -339,6 +354,13 @@ class LatencyPolicy:
         rate[takers] = self.tree.requests_on([loads.ids[i] for i in takers], copy.bucket)
         return copy_credit(total, as_holder, copy.holders, gaining, copy.requests, rate / span, prefill)
 
+    def _arrival_rate(self, now: float) -> float:
+        """Requests per second per worker over the output window (until it has run that long,
+        since the first decision)."""
+        cfg = self.config
+        span = max(cfg.min_rate_span_s, min(now - self._first_estimate, cfg.output_window_s))
+        return self._arrivals.totals(self._window.bucket(now))[0] / span / len(self._loads)
+
     def _pick(self, totals: list[float]) -> int:
         """The cheapest worker; among equals the least recently chosen, then the first added."""
         best = min(totals)
@@ -357,6 +379,8 @@ class LatencyPolicy:
         self._loads.add(worker, req.request_id, prefill_s, len(req.token_ids) + output // 2, now, new_pages)
         self._decisions += 1
         self._loads.last_chosen[i] = self._decisions
+        if self.config.backlog:
+            self._arrivals.add(self._window.bucket(now), (1.0,))
         self._pending[req.request_id] = _Pending(worker, holding)
 
     def _expected_output(self, max_tokens: int, now: float) -> int:

@@ -1,0 +1,88 @@
+"""A trial of the default policy with the backlog part of its work term, against the default as it
+is and the peers' figures in the committed grids, at every point of the grids with one seed.
+
+The default charges each second of compute it adds to a worker one second of later requests'
+waiting: the M/M/1 externality at 50% utilisation, a steady state. While a worker has a backlog
+(a cold start, a burst) every request that arrives before the backlog drains waits behind the new
+work too: the backlog's seconds times the arrival rate, over 1 - u. Priced per request without it,
+the default recomputes a prefix elsewhere whenever the holder's queue is longer than the copy, and
+the copies lengthen every queue (`LatencyConfig.backlog`, `latency.work_weight`).
+
+    python scripts/routing_backlog_trial.py --jobs 2 --out results/routing/backlog_trial.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from preble.bench.compare_config import Variant
+from preble.bench.grid import config_of, leaderboard, prepare_workload
+from preble.bench.prepare import tokenizer_path
+from preble.bench.provenance import source_revision
+from preble.bench.sim_runner import Runner
+from preble.core.cost_model import CostModel
+from preble.core.routing import DEFAULT_POLICY
+
+TRIAL = Variant("latency + backlog", DEFAULT_POLICY, overrides={"backlog": True})
+GRIDS = ("results/routing/grid_h200_2.json", "results/routing/grid_h200_4_16_all.json",
+         "results/routing/grid_paper_ablation.json", "results/routing/grid_h200_32_all.json",
+         "results/routing/grid_h200_64.json")
+
+
+def run_cell(grid: str, workload: str, replicas: int, memory: str) -> list[dict]:
+    """Every load of one grid cell, for the default and the trial (seed 0)."""
+    doc = json.loads(Path(grid).read_text())
+    cfg = config_of(doc)
+    rates = next(r["rates"] for r in doc["rates"] if (r["workload"], r["replicas"], r["memory"]) == (workload, replicas, memory))
+    runner = Runner(cfg.compare_config(memory, 0), prepare_workload(cfg, workload, tokenizer_path(cfg.base)),
+                    CostModel.load(cfg.base.cost_model))
+    rows = [{**runner.point(replicas, rate, v), "memory": memory, "seed": 0, "grid": grid}
+            for rate in rates for v in (Variant(DEFAULT_POLICY, DEFAULT_POLICY), TRIAL)]
+    print(workload, replicas, memory, [(r["policy"], round(r["mean_latency"], 3)) for r in rows], flush=True)
+    return rows
+
+
+def cells() -> list[tuple[str, str, int, str]]:
+    """(grid, workload, replicas, memory) of every cell, the longest runs (most replicas) first."""
+    found = [(g, r["workload"], r["replicas"], r["memory"]) for g in GRIDS for r in json.loads(Path(g).read_text())["rates"]]
+    return sorted(found, key=lambda c: -c[2])
+
+
+def peers(grid: str) -> list[dict]:
+    """The grid's seed-0 rows of its listed policies other than the default."""
+    doc = json.loads(Path(grid).read_text())
+    listed = set(doc["config"]["policies"]) - {DEFAULT_POLICY}
+    return [{**r, "grid": grid} for r in doc["rows"] if r["policy"] in listed and r["seed"] == 0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    revision = source_revision()
+    started = datetime.now(UTC)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = [row for cell in pool.map(run_cell, *zip(*cells())) for row in cell]
+    boards = {}
+    for grid in GRIDS:
+        others = peers(grid)
+        reference = sorted({r["policy"] for r in others})
+        mine = [r for r in rows if r["grid"] == grid]
+        boards[grid] = {p: leaderboard({"rows": others + [r for r in mine if r["policy"] == p]}, reference + [p])[p]
+                        for p in (DEFAULT_POLICY, TRIAL.label)}
+    doc = {"meta": {**revision, "date": started.isoformat(timespec="seconds"), "device": "cpu",
+                    "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(GRIDS),
+                    "trial": TRIAL.label},
+           "rows": rows, "leaderboard": boards}
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps({g: {p: {k: v for k, v in b.items() if not isinstance(v, (list, dict))} for p, b in bs.items()}
+                      for g, bs in boards.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
