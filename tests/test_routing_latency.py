@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -48,6 +49,30 @@ def test_estimate_by_hand():
     off = estimate(COST, view, 20, 8, 10, LatencyConfig(wait=False, decode=False, interference=False,
                                                           work_weight=0.0))
     assert (off.wait, off.decode, off.interference, off.work) == (0.0,) * 4 and off.prefill == e.prefill
+
+
+def test_the_backlog_term_charges_the_arrivals_that_queue_behind_the_work():
+    """With `backlog`, a second of compute on a worker with B seconds queued costs later requests
+    work_weight + 2 x rate x B seconds (those arriving while B drains at u = 0.5 wait behind it)."""
+    view = LoadView(queue_s=np.array([0.0, 0.5, 2.0]), batch=np.zeros(3), context=np.zeros(3), step_tokens=np.full(3, 8))
+    held = np.array([0, 0, 8])
+    plain = estimate(COST, view, 20, held, 10, LatencyConfig())
+    rated = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True, work_weight=0.5), arrival_rate=3.0)
+    compute = 0.01 + 0.001 * (20 - held)
+    assert plain.work == pytest.approx(compute)
+    assert rated.work == pytest.approx((0.5 + 2 * 3.0 * np.array([0.0, 0.5, 2.0])) * compute)
+    assert estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True)).work == pytest.approx(compute)  # no rate yet
+
+
+def test_the_backlog_terms_rate_is_the_windows_decisions_per_worker():
+    policy, clock = make(workers=("w0", "w1"), backlog=True, output_window_s=60.0)
+    for i in range(30):  # 30 decisions over 10 s: 1.5 a second per worker
+        clock.t = i / 3
+        policy.route(RouteRequest(f"r{i}", [i + 3] * 8, 1))
+    clock.t = 10.0
+    assert policy._arrival_rate(clock.t) == pytest.approx(30 / 10 / 2)
+    clock.t = 100.0  # the window (60 s) has run: its span, not the time since the first decision
+    assert policy._arrival_rate(clock.t) == pytest.approx(0.0)
 
 
 def test_idle_cluster_sends_a_prefix_back_to_its_holder_and_new_prefixes_elsewhere():
