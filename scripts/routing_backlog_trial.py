@@ -9,6 +9,8 @@ the default recomputes a prefix elsewhere whenever the holder's queue is longer 
 the copies lengthen every queue (`LatencyConfig.backlog`, `latency.work_weight`).
 
     python scripts/routing_backlog_trial.py --jobs 2 --out results/routing/backlog_trial.json
+
+`--rows-from FILE` recomputes the leaderboard from a trial file's rows.
 """
 
 from __future__ import annotations
@@ -59,29 +61,36 @@ def peers(grid: str) -> list[dict]:
     return [{**r, "grid": grid} for r in doc["rows"] if r["policy"] in listed and r["seed"] == 0]
 
 
+def boards(rows: list[dict]) -> dict:
+    """The default and the trial against the grids' other policies, over every point at once (no
+    two grids share a point)."""
+    others = [r for g in GRIDS for r in peers(g)]
+    reference = sorted({r["policy"] for r in others})
+    return {p: leaderboard({"rows": others + [r for r in rows if r["policy"] == p]}, reference + [p])[p]
+            for p in (DEFAULT_POLICY, TRIAL.label)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--rows-from", type=Path, help="take the rows of this trial file instead of running them")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    revision = source_revision()
-    started = datetime.now(UTC)
-    with ProcessPoolExecutor(args.jobs) as pool:
-        rows = [row for cell in pool.map(run_cell, *zip(*cells())) for row in cell]
-    boards = {}
-    for grid in GRIDS:
-        others = peers(grid)
-        reference = sorted({r["policy"] for r in others})
-        mine = [r for r in rows if r["grid"] == grid]
-        boards[grid] = {p: leaderboard({"rows": others + [r for r in mine if r["policy"] == p]}, reference + [p])[p]
-                        for p in (DEFAULT_POLICY, TRIAL.label)}
-    doc = {"meta": {**revision, "date": started.isoformat(timespec="seconds"), "device": "cpu",
-                    "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(GRIDS),
-                    "trial": TRIAL.label},
-           "rows": rows, "leaderboard": boards}
+    if args.rows_from is not None:
+        doc = json.loads(args.rows_from.read_text())
+        doc["leaderboard"] = boards(doc["rows"])
+    else:
+        revision = source_revision()
+        started = datetime.now(UTC)
+        with ProcessPoolExecutor(args.jobs) as pool:
+            rows = [row for cell in pool.map(run_cell, *zip(*cells())) for row in cell]
+        doc = {"meta": {**revision, "date": started.isoformat(timespec="seconds"), "device": "cpu",
+                        "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(GRIDS),
+                        "trial": TRIAL.label},
+               "rows": rows, "leaderboard": boards(rows)}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps({g: {p: {k: v for k, v in b.items() if not isinstance(v, (list, dict))} for p, b in bs.items()}
-                      for g, bs in boards.items()}, indent=1))
+    print(json.dumps({p: {k: v for k, v in b.items() if not isinstance(v, (list, dict))}
+                      for p, b in doc["leaderboard"].items()}, indent=1))
 
 
 if __name__ == "__main__":
