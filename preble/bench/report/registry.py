@@ -67,6 +67,7 @@ ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
 WORST_POINTS = ROUTING + "worst_points.json"
 REPLICA_TRIAL = ROUTING + "replica_trial.json"
 EVICTION_TRIAL = ROUTING + "eviction_trial.json"
+BACKLOG_TRIAL = ROUTING + "backlog_trial.json"
 SEEDS_GRID = ROUTING + "grid_h200_2_seeds.json"  # the 2-replica grid's loads with 3 seeds
 SEEDS_GRID_64 = ROUTING + "grid_h200_64_seeds.json"  # the 64-replica grid's loads with 3 seeds
 SEEDS_GRID_32 = ROUTING + "grid_h200_32_seeds.json"  # the 32-replica grid's loads with 3 seeds
@@ -137,6 +138,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-worst": Spec(routing.worst_points, (WORST_POINTS,)),
     "routing-replica-trial": Spec(routing.policy_trial, (REPLICA_TRIAL,)),
     "routing-eviction-trial": Spec(routing.policy_trial, (EVICTION_TRIAL,)),
+    "routing-backlog-trial": Spec(routing.policy_trial, (BACKLOG_TRIAL,)),
     "routing-seeds": Spec(routing.grids, (ROUTING + "grid_h200_2.json", SEEDS_GRID)),
     "routing-seed-spread": Spec(routing.seed_spread, (SEEDS_GRID,)),
     "routing-seeds-64": Spec(routing.grids, (ROUTING + "grid_h200_64.json", SEEDS_GRID_64)),

@@ -39,7 +39,9 @@ decision.
 
 With `eviction` on, a worker whose cache is full is also charged what the pages the request
 adds there evict: the prefill of the evicted pages times their predicted reuse there
-(`eviction.py`), so a new prompt displaces pages nobody reuses before a hot prefix.
+(`eviction.py`), so a new prompt displaces pages nobody reuses before a hot prefix. With
+`backlog` on, the work term also charges the requests that arrive while the worker's present
+queue drains (`work_weight`). Both were tried on the grids and are off (results/routing/README.md).
 
 Seconds are the cost model's, scaled per worker to what its load reports show its passes really
 take (`Calibration`): a profile of another GPU, or none, still prices each worker right. Each term
