@@ -194,6 +194,53 @@ def test_markdown_gives_the_knee_and_each_router_over_its_repeats():
     assert "| preble:latency #2 | 4/4 | 3.00 |" in text and "| vllm:cache_aware #2 | failed: router did not start |" in text
 
 
+def _one_workload_doc(workload: str, date: str, routers: dict | None = None) -> dict:
+    return {"date": date, "commit": "abc", "dirty": False, "complete": True, "wall_s": 10.0,
+            "device": {"kind": "cpu", "cpu": "C", "cores": 16, "torch": "2.x", "gpu": "NVIDIA H100"},
+            "model": {"path": "/m/tiny", "served_name": "tiny"},
+            "config": {"workers": 4, "num_pages": 64, "page_size": 16, "max_num_batched_tokens": 512, "prefix_cap": None,
+                       "max_output_tokens": None, "seed": 0, "repeats": 1, "workloads": [{"name": workload}]},
+            "routers": routers or {"preble:latency": {"version": "preble 0.1.0"}},
+            "knees": {workload: {"router": "preble:round_robin", "knee": 6.0, "reached": True,
+                                 "rungs": [{"rate": 6.0, "p99_latency": 1.0}]}},
+            "runs": [{"workload": workload, "rate": 6.0, "num_requests": 4, "params": {}, "router": "preble:latency",
+                      "repeat": 0, "summary": _summary(1.0, 0.5), "worker_requests": {"worker-0": 4}}]}
+
+
+def test_files_of_one_workload_each_merge_and_others_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from preble.bench.peer_routers import merge
+    from preble.cli import app
+
+    a, b = _one_workload_doc("toolbench", "2026-01-01"), {**_one_workload_doc("loogle", "2026-01-02"), "complete": False}
+    doc = merge([a, b])
+    assert [r["workload"] for r in doc["runs"]] == ["toolbench", "loogle"] and set(doc["knees"]) == {"toolbench", "loogle"}
+    assert [w["name"] for w in doc["config"]["workloads"]] == ["toolbench", "loogle"]
+    assert doc["date"] == "2026-01-02" and doc["wall_s"] == 20.0 and not doc["complete"]
+    assert [m["workloads"] for m in doc["merged_from"]] == [["toolbench"], ["loogle"]]
+    text = markdown(doc)
+    assert "## toolbench" in text and "## loogle" in text and "Merged from 2 files" in text
+    for other, why in ((_one_workload_doc("toolbench", "d"), "more than one file"),
+                       ({**_one_workload_doc("loogle", "d"), "commit": "def"}, "differ in commit"),
+                       ({**b, "config": {**b["config"], "workers": 2}}, "different configurations"),
+                       ({**b, "device": {**b["device"], "gpu": "NVIDIA H200"}}, "different kinds of machine"),
+                       (_one_workload_doc("loogle", "d", {"preble:latency": {"version": "preble 0.2.0"}}), "differs")):
+        with pytest.raises(ValueError, match=why):
+            merge([a, other])
+    paths = []
+    for i, d in enumerate((a, b)):
+        paths += ["--merge", str(tmp_path / f"{i}.json")]
+        (tmp_path / f"{i}.json").write_text(json.dumps(d))
+    result = CliRunner().invoke(app, ["bench", "routers", *paths, "--out", str(tmp_path / "all.json")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "all.json").read_text())
+    assert [(r["workload"], r["summary"]["mean_latency"]) for r in written["runs"]] == [("toolbench", 1.0), ("loogle", 1.0)]
+    (tmp_path / "0.json").write_text(json.dumps({**a, "commit": "zzz"}))
+    bad = CliRunner().invoke(app, ["bench", "routers", *paths, "--out", str(tmp_path / "all.json")])
+    assert bad.exit_code != 0 and "cannot merge" in bad.output
+
+
 def test_pinned_workers_take_blocks_of_their_own_and_leave_the_rest_to_the_routers():
     plan = core_plan([7, 0, 1, 2, 3, 4, 5, 6], workers=3, threads=2)
     assert plan.workers == (frozenset({0, 1}), frozenset({2, 3}), frozenset({4, 5})) and plan.rest == {6, 7}

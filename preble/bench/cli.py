@@ -484,6 +484,8 @@ def routers(
     climb_requests: int = typer.Option(Climb.requests, min=1, help="Requests per rung of the climb."),
     seed: int = typer.Option(0),
     log_dir: Path | None = typer.Option(None, help="Keep the workers' and routers' logs here."),
+    merge: list[Path] = typer.Option([], help="Run nothing: merge these results files (same code, machine "
+                                             "and options, workloads of their own) into --out; repeat."),
     out: Path | None = typer.Option(None, help="Write JSON here and Markdown next to it."),
 ) -> None:
     """Preble's router, sglang-router and vllm-router in front of the same Preble workers: the
@@ -491,6 +493,18 @@ def routers(
     from rich.progress import Progress
 
     from .peer_routers import markdown, run, write
+    from .peer_routers import merge as merge_docs
+
+    if merge:
+        if out is None:
+            raise typer.BadParameter("--merge needs --out", param_hint="--merge")
+        try:
+            doc = merge_docs([json.loads(path.read_text()) for path in merge])
+        except (ValueError, KeyError) as err:
+            raise typer.BadParameter(f"cannot merge: {err}", param_hint="--merge") from None
+        print(f"wrote {out} and {write(doc, out)}")
+        print(markdown(doc))
+        return
 
     overrides = []
     for p in param:

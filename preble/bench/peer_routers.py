@@ -330,6 +330,40 @@ def _compare(specs: Sequence[RouterSpec], routers: Mapping[str, Mapping[str, Any
     return rows
 
 
+MERGE_SAME = ("commit", "dirty", "model")  # what the merged files must share, beside their config
+
+
+def merge(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several results documents of the same code, machine kind and configuration, each with
+    workloads of its own (e.g. one per call on a machine whose calls are time-limited), as one.
+    ValueError where they differ in anything but their workloads."""
+    first = docs[0]
+    seen: set[str] = set()
+    for doc in docs:
+        for key in MERGE_SAME:
+            if doc.get(key) != first.get(key):
+                raise ValueError(f"the files differ in {key}: {first.get(key)!r} and {doc.get(key)!r}")
+        if {k: v for k, v in doc["config"].items() if k != "workloads"} != \
+                {k: v for k, v in first["config"].items() if k != "workloads"}:
+            raise ValueError("the files were run with different configurations")
+        if doc["device"].get("gpu") != first["device"].get("gpu") or doc["device"]["cpu"] != first["device"]["cpu"]:
+            raise ValueError("the files were run on different kinds of machine")
+        for name, router in doc["routers"].items():
+            if name in first["routers"] and router != first["routers"][name]:
+                raise ValueError(f"{name} differs between the files (version or command)")
+        names = {w["name"] for w in doc["config"]["workloads"]}
+        if names & seen:
+            raise ValueError(f"workload(s) {sorted(names & seen)} in more than one file")
+        seen |= names
+    return {**first, "date": max(d["date"] for d in docs), "complete": all(d.get("complete", True) for d in docs),
+            "config": {**first["config"], "workloads": [w for d in docs for w in d["config"]["workloads"]]},
+            "routers": {k: v for d in docs for k, v in d["routers"].items()},
+            "knees": {k: v for d in docs for k, v in d.get("knees", {}).items()},
+            "wall_s": sum(d["wall_s"] for d in docs), "runs": [r for d in docs for r in d["runs"]],
+            "merged_from": [{"date": d["date"], "workloads": [w["name"] for w in d["config"]["workloads"]],
+                             "wall_s": d["wall_s"], "complete": d.get("complete", True)} for d in docs]}
+
+
 def _num(x: Any, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -353,6 +387,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
              + ("" if doc.get("complete", True) else " Cut short: only the runs below finished.")]
     versions = [f"{name}: {r.get('version') or 'skipped (' + r['skipped'] + ')'}" for name, r in doc["routers"].items()]
     lines.append("Routers: " + "; ".join(versions) + ".\n")
+    if doc.get("merged_from"):
+        lines.append(f"Merged from {len(doc['merged_from'])} files: " + "; ".join(
+            f"{', '.join(m['workloads'])} ({m['date']})" for m in doc["merged_from"]) + ".\n")
     repeats = cfg.get("repeats", 1)
     for wl in dict.fromkeys(r["workload"] for r in doc["runs"]):
         rows = [r for r in doc["runs"] if r["workload"] == wl]
