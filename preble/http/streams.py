@@ -17,6 +17,8 @@ SSE = "text/event-stream"
 
 
 class EventStream(Response):
+    """A 200 answer whose body is `content`'s chunks, sent as they come."""
+
     def __init__(self, content: AsyncIterator[bytes], media_type: str = SSE,
                  headers: Mapping[str, str] | None = None,
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:
