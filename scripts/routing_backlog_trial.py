@@ -19,14 +19,13 @@ import argparse
 import json
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from preble.bench.compare_config import Variant
-from preble.bench.grid import config_of, leaderboard, prepare_workload
-from preble.bench.prepare import tokenizer_path
+from preble.bench.grid import leaderboard
+from preble.bench.policy_trial import peers, run_cell
 from preble.bench.provenance import source_revision
-from preble.bench.sim_runner import Runner
-from preble.core.cost_model import CostModel
 from preble.core.routing import DEFAULT_POLICY
 
 TRIAL = Variant("latency + backlog", DEFAULT_POLICY, overrides={"backlog": True})
@@ -35,30 +34,10 @@ GRIDS = ("results/routing/grid_h200_2.json", "results/routing/grid_h200_4_16_all
          "results/routing/grid_h200_64.json")
 
 
-def run_cell(grid: str, workload: str, replicas: int, memory: str) -> list[dict]:
-    """Every load of one grid cell, for the default and the trial (seed 0)."""
-    doc = json.loads(Path(grid).read_text())
-    cfg = config_of(doc)
-    rates = next(r["rates"] for r in doc["rates"] if (r["workload"], r["replicas"], r["memory"]) == (workload, replicas, memory))
-    runner = Runner(cfg.compare_config(memory, 0), prepare_workload(cfg, workload, tokenizer_path(cfg.base)),
-                    CostModel.load(cfg.base.cost_model))
-    rows = [{**runner.point(replicas, rate, v), "memory": memory, "seed": 0, "grid": grid}
-            for rate in rates for v in (Variant(DEFAULT_POLICY, DEFAULT_POLICY), TRIAL)]
-    print(workload, replicas, memory, [(r["policy"], round(r["mean_latency"], 3)) for r in rows], flush=True)
-    return rows
-
-
 def cells() -> list[tuple[str, str, int, str]]:
     """(grid, workload, replicas, memory) of every cell, the longest runs (most replicas) first."""
     found = [(g, r["workload"], r["replicas"], r["memory"]) for g in GRIDS for r in json.loads(Path(g).read_text())["rates"]]
     return sorted(found, key=lambda c: -c[2])
-
-
-def peers(grid: str) -> list[dict]:
-    """The grid's seed-0 rows of its listed policies other than the default."""
-    doc = json.loads(Path(grid).read_text())
-    listed = set(doc["config"]["policies"]) - {DEFAULT_POLICY}
-    return [{**r, "grid": grid} for r in doc["rows"] if r["policy"] in listed and r["seed"] == 0]
 
 
 def boards(rows: list[dict]) -> dict:
@@ -83,7 +62,7 @@ def main() -> None:
         revision = source_revision()
         started = datetime.now(UTC)
         with ProcessPoolExecutor(args.jobs) as pool:
-            rows = [row for cell in pool.map(run_cell, *zip(*cells())) for row in cell]
+            rows = [row for cell in pool.map(partial(run_cell, TRIAL), *zip(*cells())) for row in cell]
         doc = {"meta": {**revision, "date": started.isoformat(timespec="seconds"), "device": "cpu",
                         "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(GRIDS),
                         "trial": TRIAL.label},

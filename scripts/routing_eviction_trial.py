@@ -22,14 +22,13 @@ import argparse
 import json
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from preble.bench.compare_config import Variant
-from preble.bench.grid import config_of, leaderboard, prepare_workload
-from preble.bench.prepare import tokenizer_path
+from preble.bench.grid import leaderboard
+from preble.bench.policy_trial import peers, run_cell
 from preble.bench.provenance import source_revision
-from preble.bench.sim_runner import Runner
-from preble.core.cost_model import CostModel
 from preble.core.routing import DEFAULT_POLICY
 
 TRIAL = Variant("latency + eviction", DEFAULT_POLICY, overrides={"eviction": True})
@@ -43,31 +42,10 @@ GRIDS = {  # grid -> the workloads of its cells the trial runs (ALL: every cell)
 }
 
 
-def run_cell(grid: str, workload: str, replicas: int, memory: str) -> list[dict]:
-    """Every load of one grid cell, for the default and the trial (seed 0)."""
-    doc = json.loads(Path(grid).read_text())
-    cfg = config_of(doc)
-    rates = next(r["rates"] for r in doc["rates"] if (r["workload"], r["replicas"], r["memory"]) == (workload, replicas, memory))
-    runner = Runner(cfg.compare_config(memory, 0), prepare_workload(cfg, workload, tokenizer_path(cfg.base)),
-                    CostModel.load(cfg.base.cost_model))
-    rows = [{**runner.point(replicas, rate, v), "memory": memory, "seed": 0}
-            for rate in rates for v in (Variant(DEFAULT_POLICY, DEFAULT_POLICY), TRIAL)]
-    print(workload, replicas, memory, [(r["policy"], round(r["mean_latency"], 3)) for r in rows], flush=True)
-    return rows
-
-
 def cells() -> list[tuple[str, str, int, str]]:
     """(grid, workload, replicas, memory) of every cell the trial runs."""
     return [(g, r["workload"], r["replicas"], r["memory"]) for g, workloads in GRIDS.items()
             for r in json.loads(Path(g).read_text())["rates"] if workloads is ALL or r["workload"] in workloads]
-
-
-def peers(grid: str, workloads: tuple[str, ...] | None) -> list[dict]:
-    """The grid's seed-0 rows of its listed policies other than the default, on the trial's cells."""
-    doc = json.loads(Path(grid).read_text())
-    listed = set(doc["config"]["policies"]) - {DEFAULT_POLICY}
-    return [r for r in doc["rows"] if r["policy"] in listed and r["seed"] == 0
-            and (workloads is ALL or r["workload"] in workloads)]
 
 
 def main() -> None:
@@ -78,7 +56,7 @@ def main() -> None:
     revision = source_revision()
     started = datetime.now(UTC)
     with ProcessPoolExecutor(args.jobs) as pool:
-        rows = [row for cell in pool.map(run_cell, *zip(*cells())) for row in cell]
+        rows = [row for cell in pool.map(partial(run_cell, TRIAL), *zip(*cells())) for row in cell]
     others = [r for g, w in GRIDS.items() for r in peers(g, w)]
     reference = sorted({r["policy"] for r in others})
     boards = {p: leaderboard({"rows": others + [r for r in rows if r["policy"] == p]}, reference + [p])[p]
