@@ -3,8 +3,12 @@ and the checks of a request against the model served."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
+from typing import Annotated
 
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -49,11 +53,20 @@ def check_model(name: str | None, served: str) -> None:
                        "not_found_error", "model")
 
 
-def check_token_ids(ids: list[int], limit: int, param: str) -> None:
-    """A 400 unless every prompt token id is in [0, limit) (an id beyond 64 bits would otherwise
-    fail as a 500 where the request is encoded for the engine)."""
-    if ids and (min(ids) < 0 or max(ids) >= limit):
-        raise APIError(400, f"prompt token ids must be in [0, {limit})", param=param)
+def checked_token_ids(ids: Sequence[int], limit: int, param: str) -> list[int]:
+    """The prompt's token ids as a list of its own, or a 400 unless every one is in [0, limit)
+    (an id beyond 64 bits would otherwise fail as a 500 where the request is encoded for the
+    engine). One pass in C, copy and check together: msgspec's conversion with the range as a
+    constraint takes a third of the time of Python's min and max over 8k ids."""
+    try:
+        return msgspec.convert(ids, _token_id_list(limit))
+    except msgspec.ValidationError:
+        raise APIError(400, f"prompt token ids must be in [0, {limit})", param=param) from None
+
+
+@functools.cache
+def _token_id_list(limit: int) -> type:
+    return list[Annotated[int, msgspec.Meta(ge=0, lt=limit)]]
 
 
 def max_tokens_for(prompt_len: int, asked: int | None, max_model_len: int, default: int) -> int:

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from ..core.routing.base import RoutingPolicy
 from ..http import openai as oai
-from ..http.errors import check_model, check_token_ids, install_error_handlers
+from ..http.errors import check_model, checked_token_ids, install_error_handlers
 from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
 from ..http.timing import wants_timing
@@ -60,8 +60,7 @@ def create_router_app(cfg: RouterConfig, worker_urls: list[str], policy: Routing
         received = wants_timing(request.headers)
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        check_token_ids(ids, len(tokenizer), "prompt")
+        ids = checked_token_ids(tokenizer.encode(prompt) if isinstance(prompt, str) else prompt, len(tokenizer), "prompt")
         return await forwarder.handle(ids, body, chat=False, received=received)
 
     @app.post("/v1/chat/completions")

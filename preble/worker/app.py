@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from transformers import AutoTokenizer
 
 from ..http import openai as oai
-from ..http.errors import check_model, check_token_ids, install_error_handlers, max_tokens_for
+from ..http.errors import check_model, checked_token_ids, install_error_handlers, max_tokens_for
 from ..http.fast_json import parse_bodies_with_msgspec
 from ..http.limits import Admission, Guard
 from ..http.logs import REQUEST_ID_HEADER
@@ -70,8 +70,7 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
         received = wants_timing(request.headers)
         check_model(body.model, cfg.served_model_name)
         prompt = body.prompt_value()
-        ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
-        check_token_ids(ids, cfg.vocab_size, "prompt")
+        ids = checked_token_ids(encode_text(prompt) if isinstance(prompt, str) else prompt, cfg.vocab_size, "prompt")
         max_tokens = max_tokens_for(len(ids), body.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
         return await generator.openai(request_id(request, "cmpl"), ids, body, max_tokens, chat=False,
                                       received=received)
@@ -91,8 +90,8 @@ def create_worker_app(cfg: FrontendConfig, client: EngineClient) -> FastAPI:
 
     @app.post("/generate")
     async def generate(body: oai.GenerateRequest):
-        ids = encode_text(body.text) if body.text is not None else list(body.input_ids)
-        check_token_ids(ids, cfg.vocab_size, "input_ids")
+        ids = checked_token_ids(encode_text(body.text) if body.text is not None else body.input_ids, cfg.vocab_size,
+                                "input_ids")
         sampling = body.sampling(cfg.default_max_tokens)
         max_tokens_for(len(ids), sampling.max_tokens, cfg.max_model_len, cfg.default_max_tokens)
         return await generator.sglang(body.rid or oai.new_id("gen"), ids, sampling, body.stream)
