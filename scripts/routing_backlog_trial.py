@@ -9,8 +9,12 @@ the default recomputes a prefix elsewhere whenever the holder's queue is longer 
 the copies lengthen every queue (`LatencyConfig.backlog`, `latency.work_weight`).
 
     python scripts/routing_backlog_trial.py --jobs 2 --out results/routing/backlog_trial.json
+    python scripts/routing_backlog_trial.py --trial fleet --jobs 2 --out results/routing/backlog_fleet_trial.json
 
-`--rows-from FILE` recomputes the leaderboard from a trial file's rows.
+`--trial fleet` reads the fleet's shortest queue instead of the worker's own: a later arrival that
+can go where less is queued does not wait behind the new work, so a copy made to relieve one hot
+worker is charged only what every worker's queue would make it wait anyway. `--rows-from FILE`
+recomputes the leaderboard from a trial file's rows.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from preble.bench.policy_trial import peers, run_cell
 from preble.bench.provenance import source_revision
 from preble.core.routing import DEFAULT_POLICY
 
-TRIAL = Variant("latency + backlog", DEFAULT_POLICY, overrides={"backlog": True})
+TRIALS = {  # --trial: whose queue the backlog part reads
+    "worker": Variant("latency + backlog", DEFAULT_POLICY, overrides={"backlog": True}),
+    "fleet": Variant("latency + fleet backlog", DEFAULT_POLICY, overrides={"backlog": True, "backlog_fleet": True}),
+}
 GRIDS = ("results/routing/grid_h200_2.json", "results/routing/grid_h200_4_16_all.json",
          "results/routing/grid_paper_ablation.json", "results/routing/grid_h200_32_all.json",
          "results/routing/grid_h200_64.json")
@@ -40,33 +47,36 @@ def cells() -> list[tuple[str, str, int, str]]:
     return sorted(found, key=lambda c: -c[2])
 
 
-def boards(rows: list[dict]) -> dict:
+def boards(rows: list[dict], trial: str) -> dict:
     """The default and the trial against the grids' other policies, over every point at once (no
     two grids share a point)."""
     others = [r for g in GRIDS for r in peers(g)]
     reference = sorted({r["policy"] for r in others})
     return {p: leaderboard({"rows": others + [r for r in rows if r["policy"] == p]}, reference + [p])[p]
-            for p in (DEFAULT_POLICY, TRIAL.label)}
+            for p in (DEFAULT_POLICY, trial)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--trial", choices=TRIALS, default="worker",
+                    help="the worker's own queue, or the fleet's shortest (a later arrival waits that anywhere)")
     ap.add_argument("--rows-from", type=Path, help="take the rows of this trial file instead of running them")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.rows_from is not None:
         doc = json.loads(args.rows_from.read_text())
-        doc["leaderboard"] = boards(doc["rows"])
+        doc["leaderboard"] = boards(doc["rows"], doc["meta"]["trial"])
     else:
+        trial = TRIALS[args.trial]
         revision = source_revision()
         started = datetime.now(UTC)
         with ProcessPoolExecutor(args.jobs) as pool:
-            rows = [row for cell in pool.map(partial(run_cell, TRIAL), *zip(*cells())) for row in cell]
+            rows = [row for cell in pool.map(partial(run_cell, trial), *zip(*cells())) for row in cell]
         doc = {"meta": {**revision, "date": started.isoformat(timespec="seconds"), "device": "cpu",
                         "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(GRIDS),
-                        "trial": TRIAL.label},
-               "rows": rows, "leaderboard": boards(rows)}
+                        "trial": trial.label},
+               "rows": rows, "leaderboard": boards(rows, trial.label)}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({p: {k: v for k, v in b.items() if not isinstance(v, (list, dict))}
                       for p, b in doc["leaderboard"].items()}, indent=1))

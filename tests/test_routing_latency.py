@@ -62,6 +62,11 @@ def test_the_backlog_term_charges_the_arrivals_that_queue_behind_the_work():
     assert plain.work == pytest.approx(compute)
     assert rated.work == pytest.approx((0.5 + 2 * 3.0 * np.array([0.0, 0.5, 2.0])) * compute)
     assert estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True)).work == pytest.approx(compute)  # no rate yet
+    fleet = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True, backlog_fleet=True), arrival_rate=3.0)
+    assert fleet.work == pytest.approx(1.0 * compute)  # the shortest queue is empty: nothing must wait
+    busy = LoadView(queue_s=view.queue_s + 1.0, batch=view.batch, context=view.context, step_tokens=view.step_tokens)
+    fleet = estimate(COST, busy, 20, held, 10, LatencyConfig(backlog=True, backlog_fleet=True), arrival_rate=3.0)
+    assert fleet.work == pytest.approx((1.0 + 2 * 3.0 * 1.0) * compute)  # every worker has a second queued
 
 
 def test_the_backlog_terms_rate_is_the_windows_decisions_per_worker():

@@ -98,6 +98,7 @@ class LatencyConfig:
     calibration: CalibrationConfig = CalibrationConfig()  # each worker's speed against the cost model
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
     backlog: bool = False  # also charge the arrivals that queue behind the work while the worker's backlog drains
+    backlog_fleet: bool = False  # ... while the fleet's shortest queue drains (what a later arrival waits anywhere)
     copy_credit: bool = True  # credit idle workers for what a copy of the prefix saves its later requests
     eviction: bool = False  # charge what the pages a request adds to a full cache evict (`eviction.py`)
     min_rate_span_s: float = 1.0  # the shortest span the tree window's request counts are turned into rates over
@@ -158,10 +159,13 @@ def work_weight(config: LatencyConfig, view: LoadView, arrival_rate: float) -> n
     """Seconds of later requests' waiting per second of compute added to each worker. In steady
     state `config.work_weight` (the M/M/1 externality at 50% utilisation); with `backlog`, also
     the requests that arrive while the worker's present queue drains and so wait behind the new
-    work: the queue's seconds times the arrival rate, over 1 - u at the same u = 0.5."""
+    work: the queue's seconds times the arrival rate, over 1 - u at the same u = 0.5. With
+    `backlog_fleet` the queue is the fleet's shortest: a later arrival that can go to a worker
+    with less queued does not wait behind this work, so only what it must wait anywhere counts."""
     if not config.backlog:
         return config.work_weight
-    return config.work_weight + 2.0 * arrival_rate * view.queue_s
+    backlog = np.min(view.queue_s) if config.backlog_fleet else view.queue_s
+    return config.work_weight + 2.0 * arrival_rate * backlog
 
 
 def copy_credit(total: np.ndarray, as_holder: np.ndarray, holders: np.ndarray, eligible: np.ndarray,
