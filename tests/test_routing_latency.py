@@ -53,14 +53,15 @@ def test_estimate_by_hand():
 
 def test_the_backlog_term_charges_the_arrivals_that_queue_behind_the_work():
     """With `backlog`, a second of compute on a worker with B seconds queued costs later requests
-    work_weight + 2 x rate x B seconds (those arriving while B drains at u = 0.5 wait behind it)."""
+    w + (1 + w) x rate x B seconds, w the work weight (those arriving while B drains wait behind
+    it; 1 + w is 1 / (1 - u) at the u where u / (1 - u) = w)."""
     view = LoadView(queue_s=np.array([0.0, 0.5, 2.0]), batch=np.zeros(3), context=np.zeros(3), step_tokens=np.full(3, 8))
     held = np.array([0, 0, 8])
     plain = estimate(COST, view, 20, held, 10, LatencyConfig())
     rated = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True, work_weight=0.5), arrival_rate=3.0)
     compute = 0.01 + 0.001 * (20 - held)
     assert plain.work == pytest.approx(compute)
-    assert rated.work == pytest.approx((0.5 + 2 * 3.0 * np.array([0.0, 0.5, 2.0])) * compute)
+    assert rated.work == pytest.approx((0.5 + 1.5 * 3.0 * np.array([0.0, 0.5, 2.0])) * compute)
     assert estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True)).work == pytest.approx(compute)  # no rate yet
     fleet = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True, backlog_fleet=True), arrival_rate=3.0)
     assert fleet.work == pytest.approx(1.0 * compute)  # the shortest queue is empty: nothing must wait

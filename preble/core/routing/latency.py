@@ -157,15 +157,16 @@ def estimate(cost: CostModel, view: LoadView, prompt: int, held: np.ndarray, out
 
 def work_weight(config: LatencyConfig, view: LoadView, arrival_rate: float) -> np.ndarray | float:
     """Seconds of later requests' waiting per second of compute added to each worker. In steady
-    state `config.work_weight` (the M/M/1 externality at 50% utilisation); with `backlog`, also
-    the requests that arrive while the worker's present queue drains and so wait behind the new
-    work: the queue's seconds times the arrival rate, over 1 - u at the same u = 0.5. With
-    `backlog_fleet` the queue is the fleet's shortest: a later arrival that can go to a worker
-    with less queued does not wait behind this work, so only what it must wait anywhere counts."""
+    state `config.work_weight`, the M/M/1 externality u / (1 - u) at the utilisation u it
+    assumes (1: u = 0.5); with `backlog`, also the requests that arrive while the worker's
+    present queue drains and so wait behind the new work: the queue's seconds times the arrival
+    rate, over 1 - u = 1 / (1 + work_weight). With `backlog_fleet` the queue is the fleet's
+    shortest: a later arrival that can go to a worker with less queued does not wait behind this
+    work, so only what it must wait anywhere counts."""
     if not config.backlog:
         return config.work_weight
     backlog = np.min(view.queue_s) if config.backlog_fleet else view.queue_s
-    return config.work_weight + 2.0 * arrival_rate * backlog
+    return config.work_weight + (1.0 + config.work_weight) * arrival_rate * backlog
 
 
 def copy_credit(total: np.ndarray, as_holder: np.ndarray, holders: np.ndarray, eligible: np.ndarray,
