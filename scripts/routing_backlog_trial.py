@@ -11,6 +11,7 @@ the copies lengthen every queue (`LatencyConfig.backlog`, `latency.work_weight`)
     python scripts/routing_backlog_trial.py --jobs 2 --out results/routing/backlog_trial.json
     python scripts/routing_backlog_trial.py --trial fleet --jobs 2 --out results/routing/backlog_fleet_trial.json
 
+`--grids A,B --seeds 0,1,2` runs other grids (e.g. a three-seed one) at each of the seeds.
 `--trial fleet` reads the fleet's shortest queue instead of the worker's own: a later arrival that
 can go where less is queued does not wait behind the new work, so a copy made to relieve one hot
 worker is charged only what every worker's queue would make it wait anyway. `--rows-from FILE`
@@ -41,16 +42,18 @@ GRIDS = ("results/routing/grid_h200_2.json", "results/routing/grid_h200_4_16_all
          "results/routing/grid_h200_64.json")
 
 
-def cells() -> list[tuple[str, str, int, str]]:
-    """(grid, workload, replicas, memory) of every cell, the longest runs (most replicas) first."""
-    found = [(g, r["workload"], r["replicas"], r["memory"]) for g in GRIDS for r in json.loads(Path(g).read_text())["rates"]]
+def cells(grids: tuple[str, ...], seeds: tuple[int, ...]) -> list[tuple[str, str, int, str, int]]:
+    """(grid, workload, replicas, memory, seed) of every cell and seed, the longest runs (most
+    replicas) first."""
+    found = [(g, r["workload"], r["replicas"], r["memory"], s) for g in grids
+             for r in json.loads(Path(g).read_text())["rates"] for s in seeds]
     return sorted(found, key=lambda c: -c[2])
 
 
-def boards(rows: list[dict], trial: str) -> dict:
-    """The default and the trial against the grids' other policies, over every point at once (no
-    two grids share a point)."""
-    others = [r for g in GRIDS for r in peers(g)]
+def boards(rows: list[dict], trial: str, grids: tuple[str, ...], seeds: tuple[int, ...]) -> dict:
+    """The default and the trial against the grids' other policies (seed means), over every point
+    at once (no two grids share a point)."""
+    others = [r for g in grids for r in peers(g, seeds=seeds)]
     reference = sorted({r["policy"] for r in others})
     return {p: leaderboard({"rows": others + [r for r in rows if r["policy"] == p]}, reference + [p])[p]
             for p in (DEFAULT_POLICY, trial)}
@@ -61,22 +64,26 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--trial", choices=TRIALS, default="worker",
                     help="the worker's own queue, or the fleet's shortest (a later arrival waits that anywhere)")
+    ap.add_argument("--grids", default=",".join(GRIDS), help="comma-separated grid files (default: the single-seed grids)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, each among the grids' own")
     ap.add_argument("--rows-from", type=Path, help="take the rows of this trial file instead of running them")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.rows_from is not None:
         doc = json.loads(args.rows_from.read_text())
-        doc["leaderboard"] = boards(doc["rows"], doc["meta"]["trial"])
+        meta = doc["meta"]
+        doc["leaderboard"] = boards(doc["rows"], meta["trial"], tuple(meta["grids"]), tuple(meta.get("seeds", (0,))))
     else:
-        trial = TRIALS[args.trial]
+        trial, grids = TRIALS[args.trial], tuple(args.grids.split(","))
+        seeds = tuple(int(s) for s in args.seeds.split(","))
         revision = source_revision()
         started = datetime.now(UTC)
         with ProcessPoolExecutor(args.jobs) as pool:
-            rows = [row for cell in pool.map(partial(run_cell, trial), *zip(*cells())) for row in cell]
+            rows = [row for cell in pool.map(partial(run_cell, trial), *zip(*cells(grids, seeds))) for row in cell]
         doc = {"meta": {**revision, "date": started.isoformat(timespec="seconds"), "device": "cpu",
-                        "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(GRIDS),
-                        "trial": trial.label},
-               "rows": rows, "leaderboard": boards(rows, trial.label)}
+                        "wall_s": (datetime.now(UTC) - started).total_seconds(), "grids": list(grids),
+                        "seeds": list(seeds), "trial": trial.label},
+               "rows": rows, "leaderboard": boards(rows, trial.label, grids, seeds)}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({p: {k: v for k, v in b.items() if not isinstance(v, (list, dict))}
                       for p, b in doc["leaderboard"].items()}, indent=1))
