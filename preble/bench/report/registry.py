@@ -69,6 +69,7 @@ REPLICA_TRIAL = ROUTING + "replica_trial.json"
 EVICTION_TRIAL = ROUTING + "eviction_trial.json"
 BACKLOG_TRIAL = ROUTING + "backlog_trial.json"
 BACKLOG_FLEET_TRIAL = ROUTING + "backlog_fleet_trial.json"
+BACKLOG_FLEET_TRIAL_8_SEEDS = ROUTING + "backlog_fleet_trial_8_seeds.json"
 SEEDS_GRID = ROUTING + "grid_h200_2_seeds.json"  # the 2-replica grid's loads with 3 seeds
 SEEDS_GRID_64 = ROUTING + "grid_h200_64_seeds.json"  # the 64-replica grid's loads with 3 seeds
 SEEDS_GRID_32 = ROUTING + "grid_h200_32_seeds.json"  # the 32-replica grid's loads with 3 seeds
@@ -141,6 +142,7 @@ REGIONS: Mapping[str, Spec] = {
     "routing-eviction-trial": Spec(routing.policy_trial, (EVICTION_TRIAL,)),
     "routing-backlog-trial": Spec(routing.policy_trial, (BACKLOG_TRIAL,)),
     "routing-backlog-fleet-trial": Spec(routing.policy_trial, (BACKLOG_FLEET_TRIAL,)),
+    "routing-backlog-fleet-trial-8-seeds": Spec(routing.policy_trial, (BACKLOG_FLEET_TRIAL_8_SEEDS,)),
     "routing-seeds": Spec(routing.grids, (ROUTING + "grid_h200_2.json", SEEDS_GRID)),
     "routing-seed-spread": Spec(routing.seed_spread, (SEEDS_GRID,)),
     "routing-seeds-64": Spec(routing.grids, (ROUTING + "grid_h200_64.json", SEEDS_GRID_64)),
