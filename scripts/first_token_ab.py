@@ -31,17 +31,13 @@ RUN_ONE = r"""
 import asyncio, json, os, sys
 from pathlib import Path
 from preble.bench.local_cluster import LocalCluster
-from preble.bench.process_cpu import _parents
+from preble.bench.process_cpu import cpu_by_role
 from preble.bench.serving import Prompts, hop_breakdown
 from preble.bench.serving_clients import Client
 from preble.bench.serving_config import QUICK
 from preble.models.random_folder import write_random_model_folder
 
 requests, warmup, prompt_tokens, tmp = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-
-def cpu_s(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 async def send(url, model, n):
     client, prompts = Client(url, model, 1), Prompts(0, 30000)
@@ -52,15 +48,14 @@ async def send(url, model, n):
 
 model = str(write_random_model_folder(Path(tmp) / "model", "llama3-8b", 0, **QUICK["preset_overrides"]))
 with LocalCluster(model, workers=1, device="cpu", worker_args=("--load-format", "dummy", "--num-pages", "512")) as c:
-    frontends = [p for p, parent in _parents().items() if parent == c.proc.pid]
     asyncio.run(send(c.url, os.path.basename(model), warmup))
-    before = {p: cpu_s(p) for p in (c.proc.pid, *frontends)}
+    before = cpu_by_role(c.proc.pid)
     results = asyncio.run(send(c.url, os.path.basename(model), requests))
-    used = {p: cpu_s(p) - before[p] for p in before}
+    after = cpu_by_role(c.proc.pid)
 ttft = sorted(r["first"] - r["sent"] for r in results)
 print(json.dumps({"ttft_ms": ttft[len(ttft) // 2] * 1e3, "hops_ms": hop_breakdown(results),
-                  "cpu_ms_per_request": {"router": used[c.proc.pid] / requests * 1e3,
-                                         "frontend": sum(used[p] for p in frontends) / requests * 1e3}}))
+                  "cpu_ms_per_request": {role: (after[role] - before[role]) / requests * 1e3
+                                         for role in ("router", "frontend")}}))
 """
 
 
