@@ -52,26 +52,27 @@ def test_estimate_by_hand():
 
 
 def test_the_backlog_term_charges_the_arrivals_that_queue_behind_the_work():
-    """With `backlog`, a second of compute on a worker with B seconds queued costs later requests
-    w + (1 + w) x rate x B seconds, w the work weight (those arriving while B drains wait behind
-    it; 1 + w is 1 / (1 - u) at the u where u / (1 - u) = w)."""
+    """A second of compute on a worker costs later requests w + (1 + w) x rate x B seconds, w the
+    work weight and B the fleet's shortest queue (those arriving while B drains wait behind it
+    wherever they go; 1 + w is 1 / (1 - u) at the u where u / (1 - u) = w). With `backlog_fleet`
+    off, B is the worker's own queue; with `backlog` off, only w."""
     view = LoadView(queue_s=np.array([0.0, 0.5, 2.0]), batch=np.zeros(3), context=np.zeros(3), step_tokens=np.full(3, 8))
     held = np.array([0, 0, 8])
-    plain = estimate(COST, view, 20, held, 10, LatencyConfig())
-    rated = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True, work_weight=0.5), arrival_rate=3.0)
     compute = 0.01 + 0.001 * (20 - held)
+    plain = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=False), arrival_rate=3.0)
     assert plain.work == pytest.approx(compute)
-    assert rated.work == pytest.approx((0.5 + 1.5 * 3.0 * np.array([0.0, 0.5, 2.0])) * compute)
-    assert estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True)).work == pytest.approx(compute)  # no rate yet
-    fleet = estimate(COST, view, 20, held, 10, LatencyConfig(backlog=True, backlog_fleet=True), arrival_rate=3.0)
+    own = estimate(COST, view, 20, held, 10, LatencyConfig(backlog_fleet=False, work_weight=0.5), arrival_rate=3.0)
+    assert own.work == pytest.approx((0.5 + 1.5 * 3.0 * np.array([0.0, 0.5, 2.0])) * compute)
+    assert estimate(COST, view, 20, held, 10, LatencyConfig()).work == pytest.approx(compute)  # no rate yet
+    fleet = estimate(COST, view, 20, held, 10, LatencyConfig(), arrival_rate=3.0)
     assert fleet.work == pytest.approx(1.0 * compute)  # the shortest queue is empty: nothing must wait
     busy = LoadView(queue_s=view.queue_s + 1.0, batch=view.batch, context=view.context, step_tokens=view.step_tokens)
-    fleet = estimate(COST, busy, 20, held, 10, LatencyConfig(backlog=True, backlog_fleet=True), arrival_rate=3.0)
+    fleet = estimate(COST, busy, 20, held, 10, LatencyConfig(), arrival_rate=3.0)
     assert fleet.work == pytest.approx((1.0 + 2 * 3.0 * 1.0) * compute)  # every worker has a second queued
 
 
 def test_the_backlog_terms_rate_is_the_windows_decisions_per_worker():
-    policy, clock = make(workers=("w0", "w1"), backlog=True, output_window_s=60.0)
+    policy, clock = make(workers=("w0", "w1"), output_window_s=60.0)
     for i in range(30):  # 30 decisions over 10 s: 1.5 a second per worker
         clock.t = i / 3
         policy.route(RouteRequest(f"r{i}", [i + 3] * 8, 1))
@@ -194,7 +195,11 @@ class Oracle:
         """Each worker's total cost and the prefill seconds it would queue; the expected output."""
         self.first = now if self.first is None else self.first
         out = max_tokens if not self.outputs else min(max_tokens, round(sum(self.outputs) / len(self.outputs)))
-        cfg = LatencyConfig()
+        span = max(LatencyConfig.min_rate_span_s, now - self.first)  # the test stays inside the windows
+        rate = sum(len(r) for r in self.routed.values()) / span / len(self.workers)
+        shortest = min(self.view(w, now).queue_s for w in self.workers)
+        # the backlog part: arrivals while the shortest queue drains wait behind the work, over 1 - u = 1/2
+        cfg = LatencyConfig(backlog=False, work_weight=1.0 + 2.0 * rate * shortest)
         est = {w: estimate(COST, self.view(w, now), len(q), self.held(w, q, now), out, cfg) for w in self.workers}
         totals = {w: e.total for w, e in est.items()}
         cached = max(e.held for e in est.values())
@@ -203,7 +208,6 @@ class Oracle:
         if cached and node_end:
             best_holder = min(totals[w] for w in holders)
             requests = sum(1 for w in self.workers for _, p in self.routed[w] if self.shared(p, q) >= node_end)
-            span = max(cfg.min_rate_span_s, now - self.first)  # the test stays inside the tree's window
             for w in self.workers:
                 if w in holders or self.view(w, now).batch:
                     continue

@@ -6,7 +6,8 @@ rate ladder at that point (`sim_runner.Runner.climb`: from a light load until it
 saturation factor, one step beyond), plus, for traces, the trace's own rate and twice it (its
 arrivals compressed, their burstiness kept). The ladder is climbed once per (workload,
 replicas, memory) with the first seed; every seed then plays the same rates with its own
-arrivals (Poisson) or its own trace offset. Each run's statistics leave out its first
+arrivals (Poisson), or for a trace the same rows with their own token contents (the trace's timing
+and reuse are its own, so its seeds differ little). Each run's statistics leave out its first
 `warmup_fraction` of arrivals (cold caches).
 
 Capacity at a TTFT SLO: for each policy, the highest rate whose p90 TTFT stays under
@@ -410,7 +411,8 @@ ABLATIONS = (
     Variant("latency - wait", DEFAULT_POLICY, overrides={"wait": False}),
     Variant("latency - decode", DEFAULT_POLICY, overrides={"decode": False}),
     Variant("latency - interference", DEFAULT_POLICY, overrides={"interference": False}),
-    Variant("latency - work", DEFAULT_POLICY, overrides={"work_weight": 0.0}),
+    Variant("latency - work", DEFAULT_POLICY, overrides={"work_weight": 0.0, "backlog": False}),
+    Variant("latency - backlog", DEFAULT_POLICY, overrides={"backlog": False}),
     Variant("latency - cache", DEFAULT_POLICY, overrides={"cache_aware": False}),
     Variant("latency - copy credit", DEFAULT_POLICY, overrides={"copy_credit": False}),
 )

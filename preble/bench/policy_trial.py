@@ -1,6 +1,6 @@
 """Trials of the default policy with one change, run at the points of committed grids: the default
 and the trial at every load of a grid cell (seed 0 unless asked), and the grid's other policies'
-rows there to compare both with (`scripts/routing_eviction_trial.py`, `scripts/routing_backlog_trial.py`)."""
+rows there to compare both with (`scripts/routing_eviction_trial.py`; the backlog term's trial as of 9ba75a0)."""
 
 from __future__ import annotations
 

@@ -380,7 +380,7 @@ def headline(*grids_and_capacity: Result) -> str:
 def policy_trial(doc: Result) -> str:
     """A trial of the default with one change (the copy credit's, `scripts/routing_replica_trial.py`
     as of a2adb5a; the eviction term's, `scripts/routing_eviction_trial.py`; the backlog term's,
-    `scripts/routing_backlog_trial.py`): the default and the
+    `scripts/routing_backlog_trial.py` as of 9ba75a0): the default and the
     trial against the peers' grid figures (leaderboard), then the trial over the default per
     cell, the range over the cell's loads."""
     trial = doc.data["meta"]["trial"]

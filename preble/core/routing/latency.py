@@ -14,8 +14,11 @@ requests, this one included (the greedy rule for the lowest mean latency):
 - work: what its compute costs requests that arrive later and queue behind it. In an M/M/1 queue
   at utilisation u each second of work delays later arrivals by u / (1 - u) seconds in all; the
   policy charges one second per second (u = 0.5) rather than chase a utilisation it measures
-  noisily. It breaks near-ties between waiting for a holder and recomputing elsewhere toward the
-  choice that spends less GPU time.
+  noisily. While every worker has a queue (a cold start, a burst), the requests that arrive before
+  the shortest one drains must wait somewhere, and so wait behind the new work too: the shortest
+  queue's seconds times the arrival rate per worker, over 1 - u (the backlog part). It breaks
+  near-ties between waiting for a holder and recomputing elsewhere toward the choice that spends
+  less GPU time, more firmly the more work is queued everywhere.
 
 Cache reuse, load balance and replication all follow from that one sum. Where it cannot tell
 workers apart (idle ones, for a prefix none holds) the least recently chosen wins, so new
@@ -39,9 +42,9 @@ decision.
 
 With `eviction` on, a worker whose cache is full is also charged what the pages the request
 adds there evict: the prefill of the evicted pages times their predicted reuse there
-(`eviction.py`), so a new prompt displaces pages nobody reuses before a hot prefix. With
-`backlog` on, the work term also charges the requests that arrive while the worker's present
-queue drains (`work_weight`). Both were tried on the grids and are off (results/routing/README.md).
+(`eviction.py`), so a new prompt displaces pages nobody reuses before a hot prefix. It was tried
+on the grids and is off, as is a backlog part read from each worker's own queue rather than the
+fleet's shortest (`backlog_fleet` off; results/routing/README.md).
 
 Seconds are the cost model's, scaled per worker to what its load reports show its passes really
 take (`Calibration`): a profile of another GPU, or none, still prices each worker right. Each term
@@ -97,8 +100,8 @@ class LatencyConfig:
     cache_aware: bool = True  # off: every worker prices the whole prompt (no reuse) for ablations
     calibration: CalibrationConfig = CalibrationConfig()  # each worker's speed against the cost model
     work_weight: float = 1.0  # seconds of others' future waiting charged per second of compute added (see above)
-    backlog: bool = False  # also charge the arrivals that queue behind the work while the worker's backlog drains
-    backlog_fleet: bool = False  # ... while the fleet's shortest queue drains (what a later arrival waits anywhere)
+    backlog: bool = True  # also charge the arrivals that queue behind the work while a backlog drains ...
+    backlog_fleet: bool = True  # ... the fleet's shortest (what a later arrival waits anywhere); off: the worker's own
     copy_credit: bool = True  # credit idle workers for what a copy of the prefix saves its later requests
     eviction: bool = False  # charge what the pages a request adds to a full cache evict (`eviction.py`)
     min_rate_span_s: float = 1.0  # the shortest span the tree window's request counts are turned into rates over
