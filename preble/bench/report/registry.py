@@ -43,10 +43,12 @@ VALIDATION = "results/validation/"
 COMPARISON = "results/comparison/"
 COST_MODELS = "results/cost_models/"
 DEMO = "results/demo_cpu.json"
-ROUTER_DEV = "results/router_overhead_dev.json"  # the development machine, newest
+ROUTER_DEV = "results/router_overhead_dev_6869a86.json"  # the development machine, newest: the backlog term on
+ROUTER_DEV_IDLE = "results/router_overhead_dev_idle_d32dee0.json"  # ... with few requests in flight (idle workers)
 ROUTER_DEV_24F80D3 = "results/router_overhead_dev_24f80d3.json"  # with the backlog terms (off)
 ROUTER_DEV_E9B8112 = "results/router_overhead_dev_e9b8112.json"  # after the eviction term (off) and E2's shared curve
-ROUTER_DEV_IDLE = "results/router_overhead_dev_idle.json"  # ... with few requests in flight (idle workers)
+ROUTER_DEV_9DE29FB = "results/router_overhead_dev.json"  # the headline until 6869a86
+ROUTER_DEV_IDLE_9DE29FB = "results/router_overhead_dev_idle.json"
 ROUTER_DEV_62E23D5 = "results/router_overhead_dev_62e23d5.json"  # the same host name, a slower day
 ROUTER_DEV_IDLE_62E23D5 = "results/router_overhead_dev_idle_62e23d5.json"
 ROUTER_AB = "results/router_overhead_ab.json"  # the default now against an earlier commit, one process (router_ab.py)
@@ -115,7 +117,8 @@ REGIONS: Mapping[str, Spec] = {
     "router-overhead-copy-credit": Spec(router_overhead.copy_credit_cost, (ROUTER_DEV_15C9F6B, ROUTER_DEV_6DB255C,
                                                                            ROUTER_DEV_IDLE_6DB255C)),
     "router-overhead-ab": Spec(router_overhead.side_by_side, (ROUTER_AB, ROUTER_AB_IDLE)),
-    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV_24F80D3, ROUTER_DEV_E9B8112, ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_62E23D5,
+    "router-overhead-runs": Spec(router_overhead.runs, (ROUTER_DEV, ROUTER_DEV_IDLE, ROUTER_DEV_24F80D3, ROUTER_DEV_E9B8112,
+                                                        ROUTER_DEV_9DE29FB, ROUTER_DEV_IDLE_9DE29FB, ROUTER_DEV_62E23D5,
                                                         ROUTER_DEV_IDLE_62E23D5, ROUTER_DEV_6DB255C,
                                                         ROUTER_DEV_IDLE_6DB255C, ROUTER_DEV_15C9F6B,
                                                         ROUTER_DEV_049E7FF,
