@@ -63,7 +63,8 @@ ROUTER_BOX = "results/router_overhead.json"  # the GPU box's CPU, newest
 ROUTER_BOX_6CCBFA4 = "results/router_overhead_6ccbfa4.json"
 PEERS = "results/peer_routers/cpu_smollm2-135m_3workers.json"
 PEERS_HEALTH5 = "results/peer_routers/cpu_smollm2-135m_3workers_preble_health5.json"
-MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"
+MOONCAKE_BREAKDOWN = ROUTING + "mooncake_breakdown.json"  # the findings, at e51d39b
+MOONCAKE_BREAKDOWN_D3150B3 = ROUTING + "mooncake_breakdown_d3150b3.json"  # the same points re-run
 MOONCAKE_CAPACITY = ROUTING + "mooncake_capacity.json"
 MOONCAKE_REUSE = ROUTING + "mooncake_reuse.json"  # the trace's prompt tokens any placement could reuse
 ABLATION_GRID = ROUTING + "grid_paper_ablation.json"
@@ -137,6 +138,8 @@ REGIONS: Mapping[str, Spec] = {
     "routing-files": Spec(routing.files, GRID_FILES),
     "routing-breakdown": Spec(routing.breakdown, (MOONCAKE_BREAKDOWN,)),
     "routing-breakdown-e2": Spec(routing.breakdown_e2, (MOONCAKE_BREAKDOWN,)),
+    "routing-breakdown-d3150b3": Spec(routing.breakdown, (MOONCAKE_BREAKDOWN_D3150B3,)),
+    "routing-breakdown-e2-d3150b3": Spec(routing.breakdown_e2, (MOONCAKE_BREAKDOWN_D3150B3,)),
     "routing-grids": Spec(routing.grids, GRIDS),
     "routing-peers": Spec(routing.peers, GRIDS),
     "routing-knee": Spec(routing.knee_gains, GRIDS),

@@ -229,10 +229,11 @@ def breakdown_e2(doc: Result) -> str:
     for n, scale in dict.fromkeys((r["replicas"], r["time_scale"]) for r in rows):
         at = {r["variant"]: r for r in rows if (r["replicas"], r["time_scale"]) == (n, scale)}
         e2 = at[E2]
-        pd = e2["branches"][PD_BRANCH]
+        pd = e2["branches"].get(PD_BRANCH)  # absent where the rule never fired
+        sent = "0" if pd is None else f"{pd['requests']} ({pd['mean_latency']:.1f} s)"
         workers = [w["mean_latency"] for w in e2["workers"].values()]
         decisions = sum(b["requests"] for b in e2["branches"].values())
-        lines.append(f"| {n}, {scale:g} | {pd['requests']} ({pd['mean_latency']:.1f} s) | {max(workers):.1f} / "
+        lines.append(f"| {n}, {scale:g} | {sent} | {max(workers):.1f} / "
                      f"{min(workers):.1f} s | {e2['branches'][EXPLORE_BRANCH]['requests'] / decisions:.0%} | "
                      f"{e2['p99_latency'] / at[E2_NO_PD]['p99_latency']:.1f}x | "
                      + " | ".join(f"{at[v]['mean_ttft'] / at[v]['mean_latency']:.0%}" for v in variants) + " |")
